@@ -1,0 +1,186 @@
+//! The [`Plugin`] trait and the glue that exports it as the WIT `handler`.
+
+use std::marker::PhantomData;
+
+use crate::bindings::exports::tenantry::plugin::handler::Guest;
+use crate::bindings::tenantry::plugin::types as wit;
+use crate::ctx::{ConnectRequest, Ctx, User};
+use crate::error::{LiveError, ValidationIssue};
+use crate::router::Router;
+
+/// A Tenantry plugin: its handlers and its two hooks.
+///
+/// Implement it on a unit struct and export it with
+/// [`export_plugin!`](crate::export_plugin). The host calls every method in a
+/// fresh sandbox, so there is no state between calls except what the plugin
+/// keeps in [`crate::Kv`].
+pub trait Plugin {
+    /// The `live()` handlers (see [`Router`]).
+    fn router() -> Router;
+
+    /// Decide who connects (svelte's `upgrade()`): `Ok(Some(user))` accepts
+    /// an authenticated user, `Ok(None)` an anonymous one, and an error
+    /// refuses the connection (`UNAUTHENTICATED` closes it with 4401,
+    /// `FORBIDDEN` with 4403, any other code with 1008).
+    ///
+    /// The default accepts everyone anonymously.
+    fn authenticate(request: &ConnectRequest) -> Result<Option<User>, LiveError> {
+        let _ = request;
+        Ok(None)
+    }
+
+    /// May this connection subscribe to `topic`? An error denies, and its
+    /// code is sent to the client as the reason.
+    ///
+    /// The default denies every topic with `FORBIDDEN`: the gate fails closed,
+    /// so a plugin opens exactly the topics it means to.
+    fn authorize_subscribe(ctx: &Ctx, topic: &str) -> Result<(), LiveError> {
+        let _ = ctx;
+        Err(LiveError::forbidden(format!(
+            "Subscribing to {topic} is not allowed"
+        )))
+    }
+}
+
+/// The WIT `handler` implementation for any [`Plugin`]. Used by
+/// [`export_plugin!`](crate::export_plugin); not part of the public API.
+#[doc(hidden)]
+pub struct Adapter<P>(PhantomData<P>);
+
+fn user_from_wit(user: wit::User) -> User {
+    let attributes = serde_json::from_str(&user.attributes)
+        .unwrap_or_else(|_| serde_json::Value::Object(serde_json::Map::new()));
+    User {
+        id: user.id,
+        attributes,
+    }
+}
+
+fn user_to_wit(user: User) -> wit::User {
+    let attributes = match user.attributes {
+        serde_json::Value::Null => "{}".to_owned(),
+        other => other.to_string(),
+    };
+    wit::User {
+        id: user.id,
+        attributes,
+    }
+}
+
+fn ctx_from_wit(ctx: wit::CallContext) -> Ctx {
+    Ctx::new(
+        ctx.user.map(user_from_wit),
+        ctx.connection_id,
+        ctx.request_id,
+    )
+}
+
+fn error_to_wit(e: LiveError) -> wit::LiveError {
+    wit::LiveError {
+        code: e.code,
+        message: e.message,
+        issues: e.issues.map(|issues| {
+            issues
+                .into_iter()
+                .map(|ValidationIssue { path, message }| wit::ValidationIssue { path, message })
+                .collect()
+        }),
+        retry_after_ms: e.retry_after_ms,
+    }
+}
+
+fn request_from_wit(r: wit::ConnectRequest) -> ConnectRequest {
+    ConnectRequest {
+        headers: r.headers,
+        cookies: r.cookies,
+        query: r.query,
+        remote_address: r.remote_address,
+        path: r.path,
+    }
+}
+
+impl<P: Plugin> Guest for Adapter<P> {
+    fn authenticate(request: wit::ConnectRequest) -> Result<Option<wit::User>, wit::LiveError> {
+        P::authenticate(&request_from_wit(request))
+            .map(|user| user.map(user_to_wit))
+            .map_err(error_to_wit)
+    }
+
+    fn call(ctx: wit::CallContext, path: String, args: String) -> Result<String, wit::LiveError> {
+        P::router()
+            .call(&ctx_from_wit(ctx), &path, &args)
+            .map_err(error_to_wit)
+    }
+
+    fn authorize_subscribe(ctx: wit::CallContext, topic: String) -> Result<(), wit::LiveError> {
+        P::authorize_subscribe(&ctx_from_wit(ctx), &topic).map_err(error_to_wit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Default;
+    impl Plugin for Default {
+        fn router() -> Router {
+            Router::new().live("a/who", |ctx: &Ctx, (): ()| Ok(ctx.user().cloned()))
+        }
+    }
+
+    fn wit_ctx(user: Option<(&str, &str)>) -> wit::CallContext {
+        wit::CallContext {
+            user: user.map(|(id, attributes)| wit::User {
+                id: id.into(),
+                attributes: attributes.into(),
+            }),
+            connection_id: "c1".into(),
+            request_id: "r1".into(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_anonymous_and_fail_closed() {
+        let req = wit::ConnectRequest {
+            headers: vec![],
+            cookies: vec![],
+            query: vec![],
+            remote_address: "1.2.3.4:5".into(),
+            path: "/ws".into(),
+        };
+        assert!(matches!(Adapter::<Default>::authenticate(req), Ok(None)));
+        let err =
+            Adapter::<Default>::authorize_subscribe(wit_ctx(None), "room:x".into()).unwrap_err();
+        assert_eq!(err.code, "FORBIDDEN");
+    }
+
+    #[test]
+    fn call_passes_user_and_maps_errors() {
+        let out = Adapter::<Default>::call(
+            wit_ctx(Some(("ann", r#"{"r":1}"#))),
+            "a/who".into(),
+            "[]".into(),
+        )
+        .unwrap();
+        assert_eq!(out, r#"{"id":"ann","attributes":{"r":1}}"#);
+        let err = Adapter::<Default>::call(wit_ctx(None), "a/b".into(), "[1]".into()).unwrap_err();
+        assert_eq!(err.code, "NOT_FOUND");
+        let err =
+            Adapter::<Default>::call(wit_ctx(None), "a/who".into(), "[1]".into()).unwrap_err();
+        assert_eq!(err.code, "VALIDATION");
+        assert_eq!(err.issues.map(|i| i.len()), Some(1));
+    }
+
+    #[test]
+    fn user_conversion() {
+        let u = user_to_wit(User::new("bob"));
+        assert_eq!(u.attributes, "{}");
+        let u = user_to_wit(User::new("bob").with_attributes(serde_json::Value::Null));
+        assert_eq!(u.attributes, "{}");
+        let back = user_from_wit(wit::User {
+            id: "bob".into(),
+            attributes: "not json".into(),
+        });
+        assert!(back.attributes.is_object());
+    }
+}

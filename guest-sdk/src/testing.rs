@@ -1,0 +1,60 @@
+//! Unit-test plugins natively (`cargo test` on your machine, no host needed).
+//!
+//! Outside WebAssembly the SDK's host services are an in-memory stand-in, one
+//! per test thread: [`crate::Kv`] works (with TTLs and `incr`), `publish`
+//! records what was published, and the log keeps its entries. These functions
+//! look at and reset that state. They do not exist in a `wasm32` build.
+//!
+//! ```
+//! use tenantry_sdk::{testing, Ctx, LiveError, Router};
+//!
+//! fn shout(ctx: &Ctx, (text,): (String,)) -> Result<(), LiveError> {
+//!     ctx.publish("room:lobby", "shout", &text.to_uppercase())?;
+//!     Ok(())
+//! }
+//!
+//! testing::reset();
+//! let router = Router::new().live("room/shout", shout);
+//! let ctx = testing::ctx(Some("ann"));
+//! router.call(&ctx, "room/shout", r#"["hi"]"#).unwrap();
+//! let published = testing::take_published();
+//! assert_eq!(published[0].topic, "room:lobby");
+//! assert_eq!(published[0].data, "HI");
+//! ```
+
+use crate::ctx::{Ctx, User};
+use crate::host::imp::STATE;
+use crate::log::Level;
+
+/// One event published through the stand-in host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// The topic it went to.
+    pub topic: String,
+    /// The event name.
+    pub event: String,
+    /// The data, parsed back from JSON.
+    pub data: serde_json::Value,
+}
+
+/// Forget everything this thread's stand-in host holds: keys, published
+/// events and log entries.
+pub fn reset() {
+    STATE.with_borrow_mut(|s| *s = Default::default());
+}
+
+/// Take (and clear) the events published so far on this thread.
+pub fn take_published() -> Vec<Published> {
+    STATE.with_borrow_mut(|s| std::mem::take(&mut s.published))
+}
+
+/// Take (and clear) the log entries written so far on this thread.
+pub fn take_logs() -> Vec<(Level, String)> {
+    STATE.with_borrow_mut(|s| std::mem::take(&mut s.logs))
+}
+
+/// A call context for a user with this id (or anonymous), with fixed
+/// connection and request ids.
+pub fn ctx(user: Option<&str>) -> Ctx {
+    Ctx::new(user.map(User::new), "test-connection", "test-request")
+}

@@ -1,0 +1,38 @@
+//! The embedded default backends: everything in this process's memory, no
+//! external service. [`MemoryBus`] fans out through the local [`Hub`];
+//! [`MemoryKv`] is a per-tenant map with TTLs.
+//!
+//! [`conformance`] holds the behavioural suites every implementation of a
+//! backend trait (memory, Redis, ...) must pass.
+//!
+//! [`Hub`]: crate::hub::Hub
+
+mod bus;
+pub mod conformance;
+mod kv;
+
+pub use bus::MemoryBus;
+pub use kv::{MemoryKv, MemoryKvLimits};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::Backends;
+use crate::hub::Hub;
+
+/// How often the KV sweeper started by [`backends`] purges expired keys.
+pub const KV_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The embedded default [`Backends`]: a [`MemoryBus`] on `hub` and a
+/// [`MemoryKv`] with default limits. Called inside a tokio runtime, it also
+/// starts the KV's periodic sweeper (every [`KV_SWEEP_INTERVAL`]).
+pub fn backends(hub: Arc<Hub>) -> Backends {
+    let kv = Arc::new(MemoryKv::new());
+    if tokio::runtime::Handle::try_current().is_ok() {
+        kv.spawn_sweeper(KV_SWEEP_INTERVAL);
+    }
+    Backends {
+        bus: Arc::new(MemoryBus::new(hub)),
+        kv,
+    }
+}

@@ -1,0 +1,87 @@
+//! Backend extensions behind traits. The in-memory versions in [`memory`] are
+//! the embedded default; Redis and Postgres versions implement the same
+//! traits and pass the same behavioural test suite.
+//!
+//! Every method takes the tenant explicitly: the import layer
+//! ([`crate::imports`]) fills it in from the calling plugin's store, so a
+//! plugin can never choose it.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::tenant::TenantId;
+
+/// A failure of a backend operation; maps one-to-one onto the WIT `host-error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The operation is not allowed for this tenant or on this name.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// A quota of the tenant's plan is used up.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// The backend did not answer in time.
+    #[error("backend timed out")]
+    Timeout,
+    /// The backend is down or the breaker is open.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// An argument is larger than allowed.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// An argument is malformed.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Publishes events to a tenant's topic subscribers, across every host
+/// process of the deployment (the memory bus: this process only).
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publish `event` with JSON `data` on `topic` of `tenant`.
+    /// The topic and data have already been validated by the caller.
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        event: &str,
+        data: &str,
+    ) -> Result<(), BackendError>;
+}
+
+/// A per-tenant key-value store with TTLs.
+#[async_trait]
+pub trait Kv: Send + Sync + 'static {
+    /// The value at `key`, or `None` if absent or expired.
+    async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Vec<u8>>, BackendError>;
+    /// Store `value` at `key`; with `ttl` the key expires after it.
+    async fn set(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), BackendError>;
+    /// Remove `key`; `true` if it existed.
+    async fn delete(&self, tenant: &TenantId, key: &str) -> Result<bool, BackendError>;
+    /// Add `delta` to the decimal integer at `key` (absent = 0), keeping any
+    /// TTL; returns the new value. `Invalid` if the value is not an integer
+    /// or the result overflows.
+    async fn incr(&self, tenant: &TenantId, key: &str, delta: i64) -> Result<i64, BackendError>;
+}
+
+/// The set of backends a host process uses.
+#[derive(Clone)]
+pub struct Backends {
+    /// Pub/sub bus.
+    pub bus: Arc<dyn Bus>,
+    /// Key-value store.
+    pub kv: Arc<dyn Kv>,
+}

@@ -1,0 +1,282 @@
+//! The `tenantry` command line.
+//!
+//! ```text
+//! tenantry serve [--config FILE] [--listen ADDR]
+//! ```
+//!
+//! `--config` (env `TENANTRY_CONFIG`) names a TOML file (see
+//! [`crate::config`]); without it the built-in defaults run the embedded
+//! demo. `--listen` (env `TENANTRY_LISTEN`) overrides the file's `listen`;
+//! the command line wins over the environment. Logs go to stderr (filter
+//! with `RUST_LOG`, default `info`); once bound, one line
+//! `tenantry listening on http://ADDR` (the actual address, so port 0
+//! works) is printed on stdout. SIGINT/SIGTERM shut down gracefully (every
+//! WebSocket closed with 1001) and exit 0; any startup error is printed on
+//! stderr and exits 1.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::backend::memory;
+use crate::bundled;
+use crate::config::{Config, ConfigError, PluginSource};
+use crate::hub::Hub;
+use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
+use crate::server::{self, AppState, ServerSettings};
+use crate::tenant::{Registry, Tenant, TenantId};
+
+/// Multi-tenant realtime host: WebSocket server + sandboxed WASM tenant plugins.
+#[derive(Debug, Parser)]
+#[command(name = "tenantry", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve WebSocket clients for the configured tenants.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Configuration file (TOML). Without it the embedded demo runs.
+    #[arg(long, short, env = "TENANTRY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (overrides the file's `listen`).
+    #[arg(long, short, env = "TENANTRY_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+}
+
+/// Why `tenantry serve` could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    AsyncRuntime(std::io::Error),
+    /// The wasm runtime could not start.
+    #[error(transparent)]
+    Runtime(RuntimeError),
+    /// A tenant's plugin file could not be read.
+    #[error("tenant {tenant}: cannot read plugin {path}: {source}")]
+    ReadPlugin {
+        /// The tenant.
+        tenant: TenantId,
+        /// The plugin file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A `bundled:` plugin name that is not compiled in.
+    #[error("tenant {tenant}: unknown bundled plugin {name:?} (available: {})", bundled::EMBEDDED.join(", "))]
+    UnknownBundled {
+        /// The tenant.
+        tenant: TenantId,
+        /// The requested name.
+        name: String,
+    },
+    /// A tenant's plugin is not a valid component.
+    #[error("tenant {tenant}: {source}")]
+    LoadPlugin {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why loading failed.
+        source: RuntimeError,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Entry point of the `tenantry` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_tracing();
+    let result = match cli.command {
+        Command::Serve(args) => run_serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tenantry: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run_serve(args: ServeArgs) -> Result<(), CliError> {
+    let config = Config::load(args.config.as_deref(), args.listen.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::AsyncRuntime)?;
+    rt.block_on(serve_config(config, shutdown_signal()))
+}
+
+/// Start everything `config` describes and serve until `shutdown`
+/// completes: memory backends, the wasm runtime, every tenant's plugin, the
+/// listener. Prints `tenantry listening on http://ADDR` on stdout once bound.
+pub async fn serve_config(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CliError> {
+    let hub = Hub::new();
+    let backends = memory::backends(Arc::clone(&hub));
+    let runtime = Runtime::new(
+        RuntimeConfig {
+            cache_dir: Some(config.cache_dir.clone()),
+            call_deadline: config.limits.call_deadline(),
+            memory_limit: config.limits.memory_limit_bytes(),
+            max_instances: config.limits.max_instances,
+            ..RuntimeConfig::default()
+        },
+        backends,
+    )
+    .map_err(CliError::Runtime)?;
+
+    let registry = Arc::new(Registry::new());
+    for t in &config.tenants {
+        let wasm: std::borrow::Cow<'static, [u8]> = match &t.plugin {
+            PluginSource::Bundled(name) => bundled::embedded(name)
+                .ok_or_else(|| CliError::UnknownBundled {
+                    tenant: t.id.clone(),
+                    name: name.clone(),
+                })?
+                .into(),
+            PluginSource::File(path) => tokio::fs::read(path)
+                .await
+                .map_err(|source| CliError::ReadPlugin {
+                    tenant: t.id.clone(),
+                    path: path.clone(),
+                    source,
+                })?
+                .into(),
+        };
+        let plugin = runtime
+            .load_plugin(t.id.clone(), &wasm)
+            .await
+            .map_err(|source| CliError::LoadPlugin {
+                tenant: t.id.clone(),
+                source,
+            })?;
+        let tenant = Tenant::new(t.id.clone(), plugin);
+        tenant.set_suspended(t.suspended);
+        registry.insert(tenant);
+    }
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| CliError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| CliError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
+    tracing::info!(
+        %addr,
+        tenants = ?registry.ids().iter().map(TenantId::as_str).collect::<Vec<_>>(),
+        default_tenant = config.default_tenant.as_ref().map(TenantId::as_str),
+        "serving"
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "tenantry listening on http://{addr}");
+        let _ = out.flush();
+    }
+    let state = AppState::new(registry, hub, ServerSettings::from_config(&config));
+    server::serve(listener, state, shutdown)
+        .await
+        .map_err(CliError::Serve)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_arguments() {
+        let cli = Cli::try_parse_from([
+            "tenantry",
+            "serve",
+            "--config",
+            "t.toml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.config, Some(PathBuf::from("t.toml")));
+        assert_eq!(args.listen.as_deref(), Some("127.0.0.1:0"));
+        assert!(Cli::try_parse_from(["tenantry", "serve", "--bogus"]).is_err());
+    }
+}

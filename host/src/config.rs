@@ -1,0 +1,530 @@
+//! Operator configuration: an optional TOML file (`tenantry.toml`), the
+//! environment, then the command line, over built-in defaults. No file is
+//! needed: the defaults run the embedded demo.
+//!
+//! Every key of the file, with its default:
+//!
+//! ```toml
+//! # Address to listen on. Env TENANTRY_LISTEN and --listen override it.
+//! listen = "127.0.0.1:8080"
+//! # Tenant from the subdomain: `acme.example.com` → tenant `acme`. Unset: off.
+//! base_domain = "example.com"
+//! # Honour the `X-Tenant-ID` header (only behind a trusted proxy that sets it).
+//! trust_tenant_header = false
+//! # Tenant of connections that name none (no path, subdomain or header).
+//! # Default: unset, or "demo" when no [[tenant]] is listed.
+//! default_tenant = "acme"
+//! # Compiled-component cache. Default: $XDG_CACHE_HOME/tenantry,
+//! # else $HOME/.cache/tenantry, else ./.tenantry-cache. Relative paths are
+//! # relative to this file's directory.
+//! cache_dir = "/var/cache/tenantry"
+//!
+//! [limits]
+//! call_deadline_ms = 50                    # CPU deadline of one plugin call
+//! memory_limit_mb = 16                     # linear memory per plugin instance
+//! max_instances = 1000                     # concurrent plugin instances (pool size)
+//! max_frame_bytes = 1048576                # larger inbound frames close with 1009
+//! send_queue = 1024                        # outbound frames queued per connection
+//! max_inflight_calls_per_connection = 32   # more concurrent RPCs → OVERLOADED
+//! max_subscriptions_per_connection = 10000 # more topics → subscribe-denied RATE_LIMITED
+//!
+//! # One table per tenant. `plugin` is a path to a `.wasm` component,
+//! # relative to this file's directory, or `bundled:chat` for the demo plugin.
+//! [[tenant]]
+//! id = "acme"
+//! plugin = "plugins/acme.wasm"
+//! suspended = false                        # refuse new connections (1008)
+//! ```
+//!
+//! With no `[[tenant]]` at all, the embedded default applies: tenant `demo`
+//! running the bundled `chat` plugin, and `default_tenant = "demo"`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::tenant::{InvalidTenantId, TenantId};
+
+/// The listen address used when nothing else is configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The tenant created when the file lists none.
+pub const DEMO_TENANT: &str = "demo";
+
+/// Prefix of `plugin` values naming a plugin compiled into the binary.
+pub const BUNDLED_PREFIX: &str = "bundled:";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (unknown keys included).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// A tenant id (in `[[tenant]]` or `default_tenant`) is malformed.
+    #[error("invalid config: {0}")]
+    TenantId(#[from] InvalidTenantId),
+    /// Two `[[tenant]]` tables have the same id.
+    #[error("invalid config: tenant {0:?} is listed twice")]
+    DuplicateTenant(String),
+    /// `default_tenant` names no configured tenant.
+    #[error("invalid config: default_tenant {0:?} is not a configured tenant")]
+    UnknownDefaultTenant(String),
+    /// A setting has an unusable value.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Where a tenant's plugin comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A `.wasm` component file (absolute, or resolved against the config file's directory).
+    File(PathBuf),
+    /// A plugin compiled into the binary, by name (only `chat` today).
+    Bundled(String),
+}
+
+/// One tenant to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantConfig {
+    /// The tenant's id.
+    pub id: TenantId,
+    /// Its plugin.
+    pub plugin: PluginSource,
+    /// Whether new connections are refused (close 1008).
+    pub suspended: bool,
+}
+
+/// Resource limits (the `[limits]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// CPU deadline of one plugin call, in milliseconds. Default 50.
+    pub call_deadline_ms: u64,
+    /// Linear memory cap per plugin instance, in MiB. Default 16.
+    pub memory_limit_mb: u64,
+    /// Maximum concurrent plugin instances in the pool. Default 1000.
+    pub max_instances: u32,
+    /// Largest inbound WebSocket message in bytes; larger closes with 1009. Default 1 MiB.
+    pub max_frame_bytes: usize,
+    /// Outbound frames queued per connection; fan-out beyond it is dropped. Default 1024.
+    pub send_queue: usize,
+    /// Concurrent RPCs per connection; more are answered `OVERLOADED`. Default 32.
+    pub max_inflight_calls_per_connection: usize,
+    /// Topics one connection may hold; more are denied `RATE_LIMITED`. Default 10,000.
+    pub max_subscriptions_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            call_deadline_ms: 50,
+            memory_limit_mb: 16,
+            max_instances: 1000,
+            max_frame_bytes: 1 << 20,
+            send_queue: 1024,
+            max_inflight_calls_per_connection: 32,
+            max_subscriptions_per_connection: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The call deadline as a duration.
+    pub fn call_deadline(&self) -> Duration {
+        Duration::from_millis(self.call_deadline_ms)
+    }
+
+    /// The memory cap per instance in bytes.
+    pub fn memory_limit_bytes(&self) -> usize {
+        usize::try_from(self.memory_limit_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("call_deadline_ms", self.call_deadline_ms as usize),
+            ("memory_limit_mb", self.memory_limit_mb as usize),
+            ("max_instances", self.max_instances as usize),
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("send_queue", self.send_queue),
+            (
+                "max_inflight_calls_per_connection",
+                self.max_inflight_calls_per_connection,
+            ),
+            (
+                "max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{name} must be greater than 0"
+                )));
+            }
+        }
+        // tokio's semaphore caps permits at usize::MAX >> 3.
+        if self.max_inflight_calls_per_connection > 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "limits.max_inflight_calls_per_connection must be at most 1048576".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The whole configuration, after defaults and validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address to listen on (`host:port`).
+    pub listen: String,
+    /// Base domain for subdomain tenancy (`{tenant}.{base_domain}`), lower-case.
+    pub base_domain: Option<String>,
+    /// Whether the `X-Tenant-ID` header is honoured.
+    pub trust_tenant_header: bool,
+    /// Tenant for connections that name none.
+    pub default_tenant: Option<TenantId>,
+    /// Compiled-component cache directory.
+    pub cache_dir: PathBuf,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Tenants to serve (never empty: the demo tenant when the file lists none).
+    pub tenants: Vec<TenantConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        match Self::from_file_contents(FileConfig::default(), Path::new(".")) {
+            Ok(c) => c,
+            // The built-in defaults are valid; this arm only keeps the code panic-free.
+            Err(_) => Self {
+                listen: DEFAULT_LISTEN.to_owned(),
+                base_domain: None,
+                trust_tenant_header: false,
+                default_tenant: None,
+                cache_dir: default_cache_dir(),
+                limits: Limits::default(),
+                tenants: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The file as written (all keys optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    base_domain: Option<String>,
+    #[serde(default)]
+    trust_tenant_header: bool,
+    default_tenant: Option<String>,
+    cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default, rename = "tenant")]
+    tenants: Vec<FileTenant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTenant {
+    id: String,
+    plugin: String,
+    #[serde(default)]
+    suspended: bool,
+}
+
+/// The default cache directory: `$XDG_CACHE_HOME/tenantry`, else
+/// `$HOME/.cache/tenantry`, else `./.tenantry-cache`.
+pub fn default_cache_dir() -> PathBuf {
+    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(xdg) = non_empty("XDG_CACHE_HOME") {
+        PathBuf::from(xdg).join("tenantry")
+    } else if let Some(home) = non_empty("HOME") {
+        PathBuf::from(home).join(".cache").join("tenantry")
+    } else {
+        PathBuf::from(".tenantry-cache")
+    }
+}
+
+impl Config {
+    /// Load the configuration: the file at `path` if given (else the
+    /// defaults), then `listen_override` (from `--listen` or
+    /// `TENANTRY_LISTEN`) if given.
+    pub fn load(path: Option<&Path>, listen_override: Option<&str>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            None => Self::from_file_contents(FileConfig::default(), Path::new("."))?,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let base = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                Self::from_toml(&text, base).map_err(|e| match e {
+                    ConfigError::Parse { message, .. } => ConfigError::Parse {
+                        path: path.to_owned(),
+                        message,
+                    },
+                    other => other,
+                })?
+            }
+        };
+        if let Some(listen) = listen_override {
+            config.listen = listen.to_owned();
+        }
+        Ok(config)
+    }
+
+    /// Parse TOML text; relative paths are resolved against `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<string>"),
+            message: e.to_string(),
+        })?;
+        Self::from_file_contents(file, base_dir)
+    }
+
+    fn from_file_contents(file: FileConfig, base_dir: &Path) -> Result<Self, ConfigError> {
+        file.limits.validate()?;
+        let listen = file.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        if listen.trim().is_empty() {
+            return Err(ConfigError::Invalid("listen must not be empty".into()));
+        }
+        let base_domain = match file.base_domain {
+            None => None,
+            Some(d) => {
+                let d = d.trim().trim_matches('.').to_ascii_lowercase();
+                if d.is_empty() || d.contains(|c: char| c == ':' || c == '/' || c.is_whitespace()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "base_domain {d:?} must be a domain name such as example.com"
+                    )));
+                }
+                Some(d)
+            }
+        };
+
+        let mut tenants = Vec::with_capacity(file.tenants.len());
+        let mut seen = HashSet::new();
+        for t in file.tenants {
+            let id = TenantId::parse(&t.id)?;
+            if !seen.insert(id.clone()) {
+                return Err(ConfigError::DuplicateTenant(t.id));
+            }
+            let plugin = match t.plugin.strip_prefix(BUNDLED_PREFIX) {
+                Some(name) => PluginSource::Bundled(name.to_owned()),
+                None if t.plugin.is_empty() => {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenant {id}: plugin must be a path to a .wasm file"
+                    )));
+                }
+                None => PluginSource::File(base_dir.join(&t.plugin)),
+            };
+            tenants.push(TenantConfig {
+                id,
+                plugin,
+                suspended: t.suspended,
+            });
+        }
+
+        let mut default_tenant = file
+            .default_tenant
+            .as_deref()
+            .map(TenantId::parse)
+            .transpose()?;
+        if tenants.is_empty() {
+            let demo = TenantId::parse(DEMO_TENANT)?;
+            tenants.push(TenantConfig {
+                id: demo.clone(),
+                plugin: PluginSource::Bundled("chat".to_owned()),
+                suspended: false,
+            });
+            default_tenant.get_or_insert(demo);
+        }
+        if let Some(d) = &default_tenant
+            && !tenants.iter().any(|t| &t.id == d)
+        {
+            return Err(ConfigError::UnknownDefaultTenant(d.to_string()));
+        }
+
+        Ok(Self {
+            listen,
+            base_domain,
+            trust_tenant_header: file.trust_tenant_header,
+            default_tenant,
+            cache_dir: match file.cache_dir {
+                Some(dir) => base_dir.join(dir),
+                None => default_cache_dir(),
+            },
+            limits: file.limits,
+            tenants,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/tenantry"))
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_demo() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.base_domain, None);
+        assert!(!c.trust_tenant_header);
+        assert_eq!(
+            c.default_tenant.as_ref().map(TenantId::as_str),
+            Some("demo")
+        );
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.call_deadline(), Duration::from_millis(50));
+        assert_eq!(c.limits.memory_limit_bytes(), 16 << 20);
+        assert_eq!(c.limits.max_frame_bytes, 1 << 20);
+        assert_eq!(c.limits.send_queue, 1024);
+        assert_eq!(
+            c.tenants,
+            vec![TenantConfig {
+                id: TenantId::parse("demo").unwrap(),
+                plugin: PluginSource::Bundled("chat".into()),
+                suspended: false,
+            }]
+        );
+        assert_eq!(Config::default(), c);
+        assert_eq!(Config::load(None, None).unwrap(), c);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            r#"
+            listen = "0.0.0.0:9000"
+            base_domain = "Example.COM"
+            trust_tenant_header = true
+            default_tenant = "beta"
+            cache_dir = "cache"
+
+            [limits]
+            call_deadline_ms = 100
+            send_queue = 8
+
+            [[tenant]]
+            id = "acme"
+            plugin = "plugins/acme.wasm"
+
+            [[tenant]]
+            id = "beta"
+            plugin = "/abs/beta.wasm"
+            suspended = true
+
+            [[tenant]]
+            id = "demo"
+            plugin = "bundled:chat"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.base_domain.as_deref(), Some("example.com"));
+        assert!(c.trust_tenant_header);
+        assert_eq!(c.default_tenant.unwrap().as_str(), "beta");
+        assert_eq!(c.cache_dir, PathBuf::from("/etc/tenantry/cache"));
+        assert_eq!(c.limits.call_deadline_ms, 100);
+        assert_eq!(c.limits.send_queue, 8);
+        assert_eq!(c.limits.memory_limit_mb, 16, "unset limits keep defaults");
+        assert_eq!(c.tenants.len(), 3);
+        assert_eq!(
+            c.tenants[0].plugin,
+            PluginSource::File("/etc/tenantry/plugins/acme.wasm".into())
+        );
+        assert_eq!(
+            c.tenants[1].plugin,
+            PluginSource::File("/abs/beta.wasm".into())
+        );
+        assert!(c.tenants[1].suspended);
+        assert_eq!(c.tenants[2].plugin, PluginSource::Bundled("chat".into()));
+    }
+
+    #[test]
+    fn listed_tenants_replace_the_demo() {
+        let c = parse("[[tenant]]\nid = \"acme\"\nplugin = \"a.wasm\"\n").unwrap();
+        assert_eq!(c.tenants.len(), 1);
+        assert_eq!(c.default_tenant, None);
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let e = parse("lisen = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("unknown field") && e.contains("lisen"), "{e}");
+        let e = parse("[limits]\nsend_qeue = 1").unwrap_err().to_string();
+        assert!(e.contains("send_qeue"), "{e}");
+        let e = parse("[[tenant]]\nid = \"acme\"\nplugin = \"a.wasm\"\ncolor = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("color"), "{e}");
+        let e = parse("[[tenant]]\nid = \"Acme\"\nplugin = \"a.wasm\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid tenant id \"Acme\""), "{e}");
+        let e = parse("[[tenant]]\nid = \"a\"\nplugin = \"a.wasm\"\n[[tenant]]\nid = \"a\"\nplugin = \"b.wasm\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = parse("default_tenant = \"nope\"").unwrap_err().to_string();
+        assert!(e.contains("not a configured tenant"), "{e}");
+        let e = parse("default_tenant = \"No!\"").unwrap_err().to_string();
+        assert!(e.contains("invalid tenant id"), "{e}");
+        let e = parse("[limits]\nsend_queue = 0").unwrap_err().to_string();
+        assert!(e.contains("send_queue must be greater than 0"), "{e}");
+        let e = parse("[limits]\nsend_queue = -1").unwrap_err().to_string();
+        assert!(e.contains("send_queue"), "{e}");
+        let e = parse("listen = 8080").unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = parse("[[tenant]]\nid = \"acme\"").unwrap_err().to_string();
+        assert!(e.contains("plugin"), "{e}");
+    }
+
+    #[test]
+    fn load_from_file_and_override_listen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenantry.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\n[[tenant]]\nid = \"acme\"\nplugin = \"p/acme.wasm\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), None).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1");
+        assert_eq!(
+            c.tenants[0].plugin,
+            PluginSource::File(dir.path().join("p/acme.wasm"))
+        );
+        let c = Config::load(Some(&path), Some("127.0.0.1:0")).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:0");
+
+        let e = Config::load(Some(&dir.path().join("missing.toml")), None).unwrap_err();
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+        std::fs::write(&path, "listen = ").unwrap();
+        let e = Config::load(Some(&path), None).unwrap_err().to_string();
+        assert!(e.contains("tenantry.toml"), "{e}");
+    }
+}

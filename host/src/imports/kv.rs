@@ -1,0 +1,71 @@
+//! `tenantry:plugin/kv`: the calling tenant's key-value store.
+
+use std::time::Duration;
+
+use super::{MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES};
+use crate::runtime::HostState;
+use crate::runtime::wit::kv::Host;
+use crate::runtime::wit::types::HostError;
+
+fn check_key(key: &str) -> Result<(), HostError> {
+    if key.is_empty() {
+        Err(HostError::Invalid)
+    } else if key.len() > MAX_KV_KEY_BYTES {
+        Err(HostError::TooLarge)
+    } else {
+        Ok(())
+    }
+}
+
+impl Host for HostState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
+        check_key(&key)?;
+        let s = &self.scope;
+        s.backends
+            .kv
+            .get(&s.tenant, &key)
+            .await
+            .map_err(HostError::from)
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), HostError> {
+        check_key(&key)?;
+        if value.len() > MAX_KV_VALUE_BYTES {
+            return Err(HostError::TooLarge);
+        }
+        if ttl_ms == Some(0) {
+            return Err(HostError::Invalid);
+        }
+        let s = &self.scope;
+        s.backends
+            .kv
+            .set(&s.tenant, &key, value, ttl_ms.map(Duration::from_millis))
+            .await
+            .map_err(HostError::from)
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, HostError> {
+        check_key(&key)?;
+        let s = &self.scope;
+        s.backends
+            .kv
+            .delete(&s.tenant, &key)
+            .await
+            .map_err(HostError::from)
+    }
+
+    async fn incr(&mut self, key: String, delta: i64) -> Result<i64, HostError> {
+        check_key(&key)?;
+        let s = &self.scope;
+        s.backends
+            .kv
+            .incr(&s.tenant, &key, delta)
+            .await
+            .map_err(HostError::from)
+    }
+}

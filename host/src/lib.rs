@@ -1,0 +1,29 @@
+//! Tenantry: a multi-tenant realtime host.
+//!
+//! One process owns the WebSocket server and every backend; each tenant's
+//! logic runs as a sandboxed WASM component (its *plugin*) that reaches the
+//! backends only through tenant-scoped host imports. See `ARCHITECTURE.md`
+//! and `docs/` at the repository root.
+//!
+//! Module map (one concern each):
+//! - [`config`]: operator configuration (`tenantry.toml`, env, defaults).
+//! - [`tenant`]: tenant ids, the registry of deployed tenants, resolution.
+//! - [`runtime`]: the wasmtime engine, compiled-component cache, per-call sandbox.
+//! - [`imports`]: the host side of each WIT import, scoped to the caller's tenant.
+//! - [`backend`]: the extensions (pub/sub bus, KV) behind traits; `memory` is the embedded default.
+//! - [`hub`]: local subscriptions and fan-out to this process's connections.
+//! - [`protocol`]: the client wire format (svelte-adapter-uws 0.5 + svelte-realtime RPC).
+//! - [`server`]: axum routes (WebSocket, health) and the connection state machine.
+//! - [`bundled`]: the plugins compiled into the binary (the demo tenant's `chat`).
+//! - [`cli`]: the `tenantry` command line.
+
+pub mod backend;
+pub mod bundled;
+pub mod cli;
+pub mod config;
+pub mod hub;
+pub mod imports;
+pub mod protocol;
+pub mod runtime;
+pub mod server;
+pub mod tenant;

@@ -1,0 +1,61 @@
+//! The process-wide wasmtime engine: pooling allocator tuned as measured in
+//! `shared/research/wasm-spike.md` (keep-resident + PAGEMAP_SCAN reset), epoch
+//! interruption, and the 1 ms epoch ticker thread.
+
+use std::time::Duration;
+
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Interval between epoch ticks: the granularity of CPU deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Core instances per component instance we size the pool for (a Rust
+/// wasm32-wasip2 component has 3: main, shim, fixup).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+
+/// Build the engine for `max_instances` concurrently live plugin instances,
+/// each with at most `memory_limit` bytes of linear memory.
+pub fn build_engine(max_instances: u32, memory_limit: usize) -> wasmtime::Result<Engine> {
+    let n = max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(n.saturating_mul(2))
+        .max_memories_per_component(2)
+        .total_tables(n.saturating_mul(4))
+        .max_tables_per_component(4)
+        .total_stacks(n)
+        .total_gc_heaps(0)
+        .max_memory_size(memory_limit)
+        // Reset only dirty pages and keep them resident: 2.5x faster fresh
+        // instances and positive scaling across threads (spike §4b, §7).
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
+
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+}
+
+/// Start the thread that advances the engine's epoch every [`EPOCH_TICK`].
+/// It stops by itself once the engine is dropped.
+pub fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("tenantry-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map(|_| ())
+}

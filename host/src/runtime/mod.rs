@@ -1,0 +1,331 @@
+//! The WASM runtime: one wasmtime [`Engine`](wasmtime::Engine) per process,
+//! an on-disk cache of compiled components, one `InstancePre` per deployed
+//! plugin version, and a fresh sandboxed `Store` per call with a CPU deadline
+//! (epoch ticks), a memory cap summed over all memories and tables, and the
+//! tenant's scope in the store data.
+//!
+//! A trap, a deadline or a limit only ends the call that caused it: the store
+//! and its instance are dropped and the next call gets a fresh one.
+
+mod bindings;
+mod cache;
+mod engine;
+mod limiter;
+mod store;
+pub mod types;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::IgnoredAny;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+pub(crate) use bindings::tenantry::plugin as wit;
+pub use store::{HostState, Scope};
+pub use types::{CallContext, CallError, ConnectRequest, LiveError, User, ValidationIssue};
+
+use crate::backend::Backends;
+use crate::tenant::TenantId;
+
+/// Settings of the runtime (per process; per-tenant plans come later).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Guest CPU time one call may use before it is interrupted (`TIMEOUT`).
+    pub call_deadline: Duration,
+    /// Wall-clock bound on one call including host-import waits (`TIMEOUT`).
+    pub call_wall_timeout: Duration,
+    /// Linear memory per instance, in bytes, summed over all its memories.
+    pub memory_limit: usize,
+    /// Plugin instances alive at once in this process (the pool size).
+    pub max_instances: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            call_deadline: Duration::from_millis(50),
+            call_wall_timeout: Duration::from_secs(5),
+            memory_limit: 16 << 20,
+            max_instances: 1000,
+        }
+    }
+}
+
+/// Why the runtime could not start or load a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine or linker could not be built.
+    #[error("cannot start the wasm engine: {0}")]
+    Engine(String),
+    /// The bytes are not a valid Tenantry plugin component.
+    #[error("invalid plugin: {0}")]
+    InvalidPlugin(String),
+}
+
+/// The process-wide runtime. Cheap to share behind an `Arc`.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<cache::ComponentCache>,
+    config: RuntimeConfig,
+    backends: Backends,
+}
+
+impl Runtime {
+    /// Build the engine and linker and start the epoch ticker.
+    pub fn new(config: RuntimeConfig, backends: Backends) -> Result<Arc<Runtime>, RuntimeError> {
+        let engine = engine::build_engine(config.max_instances, config.memory_limit)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        engine::start_epoch_ticker(&engine)
+            .map_err(|e| RuntimeError::Engine(format!("epoch ticker thread: {e}")))?;
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("linking WASI: {e:#}")))?;
+        bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("linking host imports: {e:#}")))?;
+        let cache = config
+            .cache_dir
+            .clone()
+            .map(|dir| cache::ComponentCache::new(dir, &engine));
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache,
+            config,
+            backends,
+        }))
+    }
+
+    /// Compile (or load from the disk cache) `wasm` and prepare it to serve
+    /// `tenant`. Compilation runs on a blocking thread.
+    pub async fn load_plugin(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        wasm: &[u8],
+    ) -> Result<Arc<Plugin>, RuntimeError> {
+        let hash = hex::encode(Sha256::digest(wasm));
+        let version = hash[..12].to_owned();
+        let this = Arc::clone(self);
+        let bytes = wasm.to_vec();
+        let component = tokio::task::spawn_blocking(move || this.compile(&hash, &bytes))
+            .await
+            .map_err(|e| RuntimeError::InvalidPlugin(format!("compiler task failed: {e}")))??;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
+        let pre = bindings::PluginPre::new(pre)
+            .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
+        tracing::info!(%tenant, plugin_version = %version, "plugin loaded");
+        Ok(Arc::new(Plugin {
+            scope: Arc::new(Scope {
+                tenant: tenant.clone(),
+                plugin_version: version.clone(),
+                backends: self.backends.clone(),
+            }),
+            tenant,
+            version,
+            pre,
+            runtime: Arc::clone(self),
+        }))
+    }
+
+    fn compile(&self, hash: &str, wasm: &[u8]) -> Result<Component, RuntimeError> {
+        if let Some(c) = self.cache.as_ref().and_then(|c| c.load(&self.engine, hash)) {
+            return Ok(c);
+        }
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
+        if let Some(cache) = &self.cache {
+            cache.store(hash, &component);
+        }
+        Ok(component)
+    }
+}
+
+/// A compiled, deployed plugin version serving one tenant.
+pub struct Plugin {
+    /// The tenant this plugin serves; every import it makes is scoped to it.
+    pub tenant: TenantId,
+    /// Version id: the first 12 hex digits of the `.wasm`'s SHA-256.
+    pub version: String,
+    scope: Arc<Scope>,
+    pre: bindings::PluginPre<HostState>,
+    runtime: Arc<Runtime>,
+}
+
+impl Plugin {
+    /// Run the plugin's `authenticate` hook for a new connection.
+    pub async fn authenticate(&self, req: ConnectRequest) -> Result<Option<User>, CallError> {
+        let req = wit::types::ConnectRequest {
+            headers: req.headers,
+            cookies: req.cookies,
+            query: req.query,
+            remote_address: req.remote_address,
+            path: req.path,
+        };
+        let r = self
+            .run(async |inst, store| {
+                inst.tenantry_plugin_handler()
+                    .call_authenticate(store, &req)
+                    .await
+            })
+            .await?;
+        match r {
+            Ok(user) => user.map(user_from_wit).transpose(),
+            Err(e) => Err(CallError::Live(live_error_from_wit(e))),
+        }
+    }
+
+    /// Run one RPC: `path` is `module/fn`, `args_json` a JSON array. Returns
+    /// the result as JSON text (validated).
+    pub async fn call(
+        &self,
+        ctx: CallContext,
+        path: &str,
+        args_json: &str,
+    ) -> Result<String, CallError> {
+        let ctx = ctx_to_wit(ctx);
+        let args = args_json.to_owned();
+        let r = self
+            .run(async |inst, store| {
+                inst.tenantry_plugin_handler()
+                    .call_call(store, &ctx, path, &args)
+                    .await
+            })
+            .await?;
+        match r {
+            Ok(json) => {
+                check_json(&json, "call result")?;
+                Ok(json)
+            }
+            Err(e) => Err(CallError::Live(live_error_from_wit(e))),
+        }
+    }
+
+    /// Ask the plugin's gate whether this connection may subscribe to `topic`.
+    pub async fn authorize_subscribe(
+        &self,
+        ctx: CallContext,
+        topic: &str,
+    ) -> Result<(), CallError> {
+        let ctx = ctx_to_wit(ctx);
+        let r = self
+            .run(async |inst, store| {
+                inst.tenantry_plugin_handler()
+                    .call_authorize_subscribe(store, &ctx, topic)
+                    .await
+            })
+            .await?;
+        r.map_err(|e| CallError::Live(live_error_from_wit(e)))
+    }
+
+    /// Instantiate a fresh sandbox, run `f` in it, and classify any failure.
+    async fn run<R>(
+        &self,
+        f: impl AsyncFnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let rt = &self.runtime;
+        let mut store = Store::new(
+            &rt.engine,
+            HostState::new(
+                Arc::clone(&self.scope),
+                rt.config.memory_limit,
+                rt.config.call_deadline,
+            ),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let cpu = &mut ctx.data_mut().cpu;
+            if cpu.charge() {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(cpu.yield_future())))
+            }
+        });
+        let work = async {
+            let inst = match self.pre.instantiate_async(&mut store).await {
+                Ok(i) => i,
+                Err(e) => return Err(classify(e, &store, true)),
+            };
+            match f(&inst, &mut store).await {
+                Ok(r) => Ok(r),
+                Err(e) => Err(classify(e, &store, false)),
+            }
+        };
+        match tokio::time::timeout(rt.config.call_wall_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+}
+
+/// Turn a wasmtime error into what the caller sees; logs the details.
+fn classify(err: wasmtime::Error, store: &Store<HostState>, instantiating: bool) -> CallError {
+    let scope = &store.data().scope;
+    let detail = format!("{err:#}");
+    let result = if store.data().limiter.exhausted {
+        CallError::ResourceExhausted(detail)
+    } else if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        CallError::Timeout
+    } else if instantiating && err.downcast_ref::<Trap>().is_none() {
+        CallError::Host(detail)
+    } else {
+        CallError::Trap(detail)
+    };
+    tracing::warn!(tenant = %scope.tenant, plugin_version = %scope.plugin_version, error = %result, "plugin call failed");
+    result
+}
+
+fn check_json(json: &str, what: &str) -> Result<(), CallError> {
+    serde_json::from_str::<IgnoredAny>(json)
+        .map(|_| ())
+        .map_err(|e| CallError::Trap(format!("plugin returned invalid JSON as {what}: {e}")))
+}
+
+fn user_from_wit(u: wit::types::User) -> Result<User, CallError> {
+    let attributes = if u.attributes.trim().is_empty() {
+        "{}".to_owned()
+    } else {
+        check_json(&u.attributes, "user attributes")?;
+        u.attributes
+    };
+    Ok(User {
+        id: u.id,
+        attributes,
+    })
+}
+
+fn ctx_to_wit(ctx: CallContext) -> wit::types::CallContext {
+    wit::types::CallContext {
+        user: ctx.user.map(|u| wit::types::User {
+            id: u.id,
+            attributes: u.attributes,
+        }),
+        connection_id: ctx.connection_id,
+        request_id: ctx.request_id,
+    }
+}
+
+fn live_error_from_wit(e: wit::types::LiveError) -> LiveError {
+    LiveError {
+        code: e.code,
+        message: e.message,
+        issues: e.issues.map(|v| {
+            v.into_iter()
+                .map(|i| ValidationIssue {
+                    path: i.path,
+                    message: i.message,
+                })
+                .collect()
+        }),
+        retry_after_ms: e.retry_after_ms,
+    }
+}

@@ -1,0 +1,96 @@
+//! Plain Rust types crossing the host ↔ plugin boundary. The server and the
+//! rest of the host use these; only [`crate::runtime`] sees the generated
+//! WIT bindings.
+
+use serde::Serialize;
+
+/// A user as decided by the plugin's `authenticate` hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Stable user id.
+    pub id: String,
+    /// Extra attributes, a JSON object as text.
+    pub attributes: String,
+}
+
+/// Facts about one call, handed to the plugin.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The connection's user, if any.
+    pub user: Option<User>,
+    /// The connection (session) id.
+    pub connection_id: String,
+    /// This request's id.
+    pub request_id: String,
+}
+
+/// One validation problem in a call's arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ValidationIssue {
+    /// Where the problem is.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// An error meant for the client, with a machine-readable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveError {
+    /// Code such as `FORBIDDEN` or `VALIDATION`.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Validation issues, for `VALIDATION`.
+    pub issues: Option<Vec<ValidationIssue>>,
+    /// Retry hint in milliseconds, for `RATE_LIMITED`.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl LiveError {
+    /// A live error with just a code and message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            issues: None,
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// The HTTP upgrade request of a new connection, for `authenticate`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectRequest {
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Cookies from the `cookie` header.
+    pub cookies: Vec<(String, String)>,
+    /// Decoded query parameters.
+    pub query: Vec<(String, String)>,
+    /// Peer address `ip:port`.
+    pub remote_address: String,
+    /// Request path.
+    pub path: String,
+}
+
+/// Why a call into a plugin did not produce a result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The plugin returned a live error: shown to the client as is.
+    #[error("{}: {}", .0.code, .0.message)]
+    Live(LiveError),
+    /// The call ran past its CPU deadline (client code `TIMEOUT`).
+    #[error("plugin call exceeded its deadline")]
+    Timeout,
+    /// The call exceeded a memory or table limit (client code `RESOURCE_EXHAUSTED`).
+    #[error("plugin exceeded a resource limit: {0}")]
+    ResourceExhausted(String),
+    /// The plugin trapped (panic, unreachable, bad result): client sees
+    /// `INTERNAL_ERROR` with the message hidden.
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The host failed to run the plugin (instantiation, pool exhausted...):
+    /// client sees `INTERNAL_ERROR`.
+    #[error("host error running plugin: {0}")]
+    Host(String),
+}

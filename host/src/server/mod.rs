@@ -1,0 +1,191 @@
+//! The HTTP side: axum routes, shared server state and graceful shutdown.
+//!
+//! Routes:
+//! - `GET /ws`: WebSocket (svelte-adapter-uws protocol); tenant from the
+//!   subdomain, the trusted `X-Tenant-ID` header or the default tenant.
+//! - `GET /t/{tenant}/ws`: WebSocket for the tenant named in the path.
+//! - `GET /healthz`: `200 ok` while the process serves.
+//!
+//! Modules: [`tenancy`] decides a connection's tenant, [`connect`] builds
+//! the `authenticate` request, [`session`] is the frame-format-independent
+//! connection state, [`ws`] is the svelte-adapter-uws codec and socket loop.
+
+pub mod connect;
+pub mod session;
+pub mod tenancy;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, Limits};
+use crate::hub::Hub;
+use crate::tenant::Registry;
+use tenancy::TenancySettings;
+
+/// How long [`serve`] waits for WebSocket connections to finish their close
+/// handshake after the shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The settings the server needs from the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// How connections are assigned to tenants.
+    pub tenancy: TenancySettings,
+    /// Per-connection limits (frame size, send queue, in-flight calls, subscriptions).
+    pub limits: Limits,
+}
+
+impl ServerSettings {
+    /// The server settings of `config`.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            tenancy: TenancySettings::from_config(config),
+            limits: config.limits.clone(),
+        }
+    }
+}
+
+struct Shared {
+    registry: Arc<Registry>,
+    hub: Arc<Hub>,
+    settings: ServerSettings,
+    /// `true` once shutdown started; every connection watches it.
+    shutdown: watch::Sender<bool>,
+    /// Number of live WebSocket connections.
+    connections: watch::Sender<usize>,
+}
+
+/// State shared by every request handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+impl AppState {
+    /// State serving the tenants of `registry`, fanning out through `hub`
+    /// (the same hub the backends' bus publishes into).
+    pub fn new(registry: Arc<Registry>, hub: Arc<Hub>, settings: ServerSettings) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                registry,
+                hub,
+                settings,
+                shutdown: watch::Sender::new(false),
+                connections: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// The tenants served.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.shared.registry
+    }
+
+    /// The local fan-out hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.shared.hub
+    }
+
+    /// The server settings.
+    pub fn settings(&self) -> &ServerSettings {
+        &self.shared.settings
+    }
+
+    /// Number of open WebSocket connections (including ones being admitted or closed).
+    pub fn connection_count(&self) -> usize {
+        *self.shared.connections.borrow()
+    }
+
+    /// Start shutting down: every WebSocket connection is closed with 1001
+    /// and new ones are refused the same way. [`serve`] calls this when its
+    /// shutdown future completes.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shared.shutdown.borrow()
+    }
+
+    fn shutdown_receiver(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.subscribe()
+    }
+
+    /// Count a connection until the returned guard is dropped.
+    fn track_connection(&self) -> ConnectionGuard {
+        self.shared.connections.send_modify(|n| *n += 1);
+        ConnectionGuard {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Wait until no WebSocket connection is left, at most `timeout`;
+    /// `true` if all are gone.
+    pub async fn wait_for_connections_closed(&self, timeout: Duration) -> bool {
+        let mut rx = self.shared.connections.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+struct ConnectionGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.shared
+            .connections
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The axum router. It needs `ConnectInfo<SocketAddr>`: serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` (as [`serve`] does).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/ws", get(ws::ws_default))
+        .route("/t/{tenant}/ws", get(ws::ws_tenant))
+        .with_state(state)
+}
+
+/// Serve HTTP and WebSocket on `listener` until `shutdown` completes; then
+/// stop accepting, close every WebSocket with 1001 and wait (at most
+/// [`SHUTDOWN_GRACE`]) for the close handshakes.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let trigger = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            trigger.begin_shutdown();
+        })
+        .await?;
+    if !state.wait_for_connections_closed(SHUTDOWN_GRACE).await {
+        tracing::warn!(
+            open = state.connection_count(),
+            "connections still open after the shutdown grace period"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! The connection state machine, independent of the frame format: one
+//! [`Session`] per accepted connection holds its tenant, its user (decided
+//! once by `authenticate`), its subscriptions and its in-flight call budget.
+//! Codecs (the svelte-adapter-uws endpoint in [`super::ws`], later a
+//! Centrifugo endpoint) decode frames, call these methods and encode the
+//! results.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::hub::{HubConnection, SubscribeError};
+use crate::protocol;
+use crate::runtime::{CallContext, CallError, User};
+use crate::tenant::Tenant;
+
+/// Process-wide counter behind [`CallContext::request_id`].
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+/// A refused subscription; `reason` is the code sent to the client
+/// (`INVALID_TOPIC`, `FORBIDDEN`, `RATE_LIMITED`, or the plugin's own code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("subscription denied: {reason}")]
+pub struct Denied {
+    /// The denial code.
+    pub reason: String,
+}
+
+impl Denied {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Permission to run calls; the slots return to the session when dropped.
+pub struct CallPermit {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// One accepted, authenticated connection.
+pub struct Session {
+    id: String,
+    tenant: Arc<Tenant>,
+    user: Option<User>,
+    hub: HubConnection,
+    inflight: Arc<Semaphore>,
+    caps: Mutex<Vec<String>>,
+}
+
+impl Session {
+    /// A session of `tenant` for `user`, subscribed through `hub`, allowing
+    /// `max_inflight_calls` concurrent plugin calls. Gets a fresh UUID id.
+    pub fn new(
+        tenant: Arc<Tenant>,
+        user: Option<User>,
+        hub: HubConnection,
+        max_inflight_calls: usize,
+    ) -> Self {
+        Self::with_id(
+            uuid::Uuid::new_v4().to_string(),
+            tenant,
+            user,
+            hub,
+            max_inflight_calls,
+        )
+    }
+
+    /// Like [`Session::new`] with a given session id.
+    pub fn with_id(
+        id: String,
+        tenant: Arc<Tenant>,
+        user: Option<User>,
+        hub: HubConnection,
+        max_inflight_calls: usize,
+    ) -> Self {
+        Self {
+            id,
+            tenant,
+            user,
+            hub,
+            inflight: Arc::new(Semaphore::new(max_inflight_calls)),
+            caps: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The session id (sent to the client in `welcome`; the plugin's connection id).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The tenant, fixed for the life of the connection.
+    pub fn tenant(&self) -> &Arc<Tenant> {
+        &self.tenant
+    }
+
+    /// The user decided by `authenticate` (`None`: anonymous).
+    pub fn user(&self) -> Option<&User> {
+        self.user.as_ref()
+    }
+
+    /// Record the client's capabilities (from `hello`).
+    pub fn set_caps(&self, caps: Vec<String>) {
+        *self.caps.lock() = caps;
+    }
+
+    /// Whether the client announced capability `cap`.
+    pub fn has_cap(&self, cap: &str) -> bool {
+        self.caps.lock().iter().any(|c| c == cap)
+    }
+
+    /// A fresh call context for one plugin call.
+    pub fn call_context(&self) -> CallContext {
+        CallContext {
+            user: self.user.clone(),
+            connection_id: self.id.clone(),
+            request_id: NEXT_REQUEST.fetch_add(1, Ordering::Relaxed).to_string(),
+        }
+    }
+
+    /// Subscribe to `topic`: the wire topic rules, then the plugin's gate
+    /// (which fails closed: any error other than a live error denies with
+    /// `FORBIDDEN`), then the per-connection subscription limit. Subscribing
+    /// to a topic already held succeeds without asking the gate again.
+    pub async fn subscribe(&self, topic: &str) -> Result<(), Denied> {
+        if protocol::validate_topic(topic).is_err() {
+            return Err(Denied::new("INVALID_TOPIC"));
+        }
+        if self.hub.is_subscribed(topic) {
+            return Ok(());
+        }
+        let gate = self
+            .tenant
+            .plugin
+            .authorize_subscribe(self.call_context(), topic)
+            .await;
+        match gate {
+            Ok(()) => {}
+            Err(CallError::Live(e)) => return Err(Denied::new(e.code)),
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "subscribe gate failed; denying");
+                return Err(Denied::new("FORBIDDEN"));
+            }
+        }
+        match self.hub.subscribe(topic) {
+            Ok(_) => Ok(()),
+            Err(SubscribeError::TooMany(_)) => Err(Denied::new("RATE_LIMITED")),
+            Err(SubscribeError::Closed) => Err(Denied::new("CONNECTION_CLOSED")),
+        }
+    }
+
+    /// Unsubscribe from `topic`; `false` if it was not subscribed.
+    pub fn unsubscribe(&self, topic: &str) -> bool {
+        self.hub.unsubscribe(topic)
+    }
+
+    /// Number of topics held.
+    pub fn subscription_count(&self) -> usize {
+        self.hub.subscription_count()
+    }
+
+    /// Reserve `n` concurrent call slots, or `None` if fewer are free
+    /// (the client is answered `OVERLOADED`).
+    pub fn try_reserve_calls(&self, n: u32) -> Option<CallPermit> {
+        Arc::clone(&self.inflight)
+            .try_acquire_many_owned(n)
+            .ok()
+            .map(|p| CallPermit { _permit: p })
+    }
+
+    /// Run the RPC `path` with JSON array `args_json` in the tenant's plugin.
+    /// Failures that are not live errors are logged here with their real
+    /// message (the client only sees a generic one).
+    pub async fn call(&self, path: &str, args_json: &str) -> Result<String, CallError> {
+        let ctx = self.call_context();
+        let request_id = ctx.request_id.clone();
+        let result = self.tenant.plugin.call(ctx, path, args_json).await;
+        if let Err(e) = &result {
+            match e {
+                CallError::Live(_) => {}
+                CallError::Timeout | CallError::ResourceExhausted(_) => {
+                    tracing::info!(path, request_id, error = %e, "plugin call stopped");
+                }
+                CallError::Trap(_) | CallError::Host(_) => {
+                    tracing::warn!(path, request_id, error = %e, "plugin call failed");
+                }
+            }
+        }
+        result
+    }
+
+    /// Drop every subscription; later subscribes are denied. Idempotent.
+    pub fn close(&self) {
+        self.hub.close();
+    }
+}

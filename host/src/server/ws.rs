@@ -1,0 +1,573 @@
+//! The svelte-adapter-uws 0.5 WebSocket endpoint (with svelte-realtime RPC):
+//! the upgrade handler, the admission steps and the per-connection reader
+//! and writer tasks. Frames are decoded and encoded by [`crate::protocol`];
+//! the connection state lives in [`Session`].
+//!
+//! Admission, in order: the tenant is resolved from the request
+//! ([`super::tenancy`]); the upgrade is always accepted; an unknown or
+//! suspended tenant is then closed with 1008 before any other frame; the
+//! plugin's `authenticate` decides the user (a live error `UNAUTHENTICATED`
+//! closes with 4401, `FORBIDDEN` with 4403, anything else with 1008); then
+//! `welcome{sessionId}` is sent.
+//!
+//! Frames the host accepts but does not act on (documented in
+//! `docs/protocol.md`): `resume` (no replay yet: nothing is sent back),
+//! `reply` (the host sends no server requests yet), unknown `type`s, custom
+//! user messages and binary frames that are not RPC. Stream RPCs
+//! (`"stream":true`) are answered `INVALID_REQUEST`; `idempotencyKey` is
+//! accepted and ignored.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, Uri, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::Instrument;
+
+use super::AppState;
+use super::connect::{connect_request, truncate_utf8};
+use super::session::Session;
+use super::tenancy::{self, TENANT_HEADER, TenancyError};
+use crate::hub::Outbound;
+use crate::protocol::{self, ClientFrame, ProtocolError, Ref, RpcCall, RpcErrorBody};
+use crate::runtime::{CallError, ConnectRequest};
+use crate::tenant::Tenant;
+
+/// Close code: normal closure.
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code: the server is going away (shutdown).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: policy violation (unknown/suspended tenant, refused connection). Terminal for clients.
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code: message too big (over `max_frame_bytes`).
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: `authenticate` said `UNAUTHENTICATED`. Terminal for clients.
+pub const CLOSE_UNAUTHENTICATED: u16 = 4401;
+/// Close code: `authenticate` said `FORBIDDEN`. Terminal for clients.
+pub const CLOSE_FORBIDDEN: u16 = 4403;
+
+/// Initial read buffer per connection. tungstenite's default (128 KiB) would
+/// be touched on the first read and dominate the memory of idle connections.
+const READ_BUFFER_BYTES: usize = 2 * 1024;
+/// At most this many queued frames are written before one flush.
+const WRITE_BATCH: usize = 64;
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After closing with 1009 the rest of the oversized message cannot be read
+/// (the library stops parsing); keep the socket open this long so the peer
+/// can read our close frame before the TCP connection goes away.
+const TOO_BIG_LINGER: Duration = Duration::from_millis(500);
+/// A peer that sends nothing for this long is pinged; after twice this
+/// long without any frame (pongs included) the connection is dropped.
+pub const IDLE_PING_AFTER: Duration = Duration::from_secs(60);
+/// Error code for `"stream":true` calls, which are not supported yet.
+const STREAM_UNSUPPORTED: &str = "stream calls are not supported yet";
+
+/// `GET /ws`: tenant from subdomain, trusted header or default.
+pub async fn ws_default(
+    State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    accept(state, None, remote, headers, uri, upgrade)
+}
+
+/// `GET /t/{tenant}/ws`: tenant from the path.
+pub async fn ws_tenant(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    accept(state, Some(tenant), remote, headers, uri, upgrade)
+}
+
+fn accept(
+    state: AppState,
+    path_tenant: Option<String>,
+    remote: SocketAddr,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    let tenant_header = headers.get(TENANT_HEADER).and_then(|h| h.to_str().ok());
+    let resolved = tenancy::resolve_tenant(
+        path_tenant.as_deref(),
+        host,
+        tenant_header,
+        &state.settings().tenancy,
+    );
+    let request = connect_request(&headers, &uri, remote);
+    let max = state.settings().limits.max_frame_bytes;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .on_upgrade(move |socket| run_connection(socket, state, resolved, request))
+}
+
+/// Send a close frame as the only frame and wait (bounded) for the peer's reply.
+async fn close_now(mut socket: WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(truncate_utf8(reason, 123).as_ref()),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
+/// The close code and reason for a failed `authenticate`.
+pub fn authenticate_close(err: &CallError) -> (u16, String) {
+    match err {
+        CallError::Live(e) if e.code == "UNAUTHENTICATED" => {
+            (CLOSE_UNAUTHENTICATED, e.message.clone())
+        }
+        CallError::Live(e) if e.code == "FORBIDDEN" => (CLOSE_FORBIDDEN, e.message.clone()),
+        CallError::Live(e) => (CLOSE_POLICY, e.code.clone()),
+        _ => (CLOSE_POLICY, "authentication failed".to_owned()),
+    }
+}
+
+async fn run_connection(
+    socket: WebSocket,
+    state: AppState,
+    resolved: Result<crate::tenant::TenantId, TenancyError>,
+    request: ConnectRequest,
+) {
+    let _tracked = state.track_connection();
+    if state.is_shutting_down() {
+        return close_now(socket, CLOSE_GOING_AWAY, "server shutting down").await;
+    }
+    let tenant = match resolved {
+        Ok(id) => match state.registry().get(&id) {
+            Some(t) if t.is_suspended() => {
+                tracing::debug!(tenant = %id, "connection refused: tenant suspended");
+                return close_now(socket, CLOSE_POLICY, "tenant suspended").await;
+            }
+            Some(t) => t,
+            None => {
+                tracing::debug!(tenant = %id, "connection refused: unknown tenant");
+                return close_now(socket, CLOSE_POLICY, "unknown tenant").await;
+            }
+        },
+        Err(e) => {
+            tracing::debug!(error = ?e, "connection refused");
+            return close_now(socket, CLOSE_POLICY, &e.to_string()).await;
+        }
+    };
+    let session_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!(
+        "conn",
+        tenant = %tenant.id,
+        plugin_version = %tenant.plugin.version,
+        session = %session_id,
+    );
+    connection(socket, state, tenant, session_id, request)
+        .instrument(span)
+        .await;
+}
+
+async fn connection(
+    mut socket: WebSocket,
+    state: AppState,
+    tenant: Arc<Tenant>,
+    session_id: String,
+    request: ConnectRequest,
+) {
+    let user = match tenant.plugin.authenticate(request).await {
+        Ok(user) => user,
+        Err(e) => {
+            let (code, reason) = authenticate_close(&e);
+            match &e {
+                CallError::Live(_) => tracing::debug!(code, error = %e, "authenticate refused"),
+                _ => tracing::warn!(code, error = %e, "authenticate failed"),
+            }
+            return close_now(socket, code, &reason).await;
+        }
+    };
+    let limits = &state.settings().limits;
+    let (tx, rx) = mpsc::channel(limits.send_queue);
+    let hub = state.hub().connect(
+        tenant.id.clone(),
+        tx.clone(),
+        limits.max_subscriptions_per_connection,
+    );
+    let session = Arc::new(Session::with_id(
+        session_id,
+        tenant,
+        user,
+        hub,
+        limits.max_inflight_calls_per_connection,
+    ));
+    if socket
+        .send(Message::Text(protocol::welcome(session.id()).into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::debug!(user = session.user().map(|u| u.id.as_str()), "connected");
+
+    let (sink, stream) = socket.split();
+    let (close_tx, close_rx) = oneshot::channel();
+    let ping = Arc::new(Notify::new());
+    let mut writer =
+        tokio::spawn(write_loop(sink, rx, close_rx, Arc::clone(&ping)).in_current_span());
+    let conn = Connection {
+        session: Arc::clone(&session),
+        tx,
+        max_inflight: limits.max_inflight_calls_per_connection,
+    };
+    let (stream, close) = read_loop(stream, &conn, &state, &ping).await;
+    session.close();
+    drop(conn);
+
+    match close {
+        Some((code, reason)) => {
+            let _ = close_tx.send(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            });
+            // A peer that does not read can block the writer: give up on it.
+            if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+            if code == CLOSE_TOO_BIG {
+                tokio::time::sleep(TOO_BIG_LINGER).await;
+            } else {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+                    while let Some(Ok(_)) = stream.next().await {}
+                })
+                .await;
+            }
+        }
+        None => {
+            drop(close_tx);
+            if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+        }
+    }
+    tracing::debug!("disconnected");
+}
+
+/// Write queued frames, flushing once per batch, until the connection
+/// closes. A close frame from `close_rx` is sent at once (queued frames are
+/// discarded); a dropped `close_rx` sender ends the writer silently; `ping`
+/// sends a ping.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut close_rx: oneshot::Receiver<CloseFrame>,
+    ping: Arc<Notify>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            close = &mut close_rx => {
+                if let Ok(frame) = close {
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                }
+                return;
+            }
+            () = ping.notified() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+            next = rx.recv() => {
+                let Some(Outbound::Text(text)) = next else { return };
+                if sink.feed(Message::Text(text)).await.is_err() {
+                    return;
+                }
+                for _ in 1..WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(Outbound::Text(text)) => {
+                            if sink.feed(Message::Text(text)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a read error is the library's message size limit.
+fn is_too_big(err: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = err.source();
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+type CloseRequest = Option<(u16, &'static str)>;
+
+/// Read and handle frames until the peer goes away (`None`) or the server
+/// must close the connection (`Some(code, reason)`). A peer silent for
+/// [`IDLE_PING_AFTER`] is pinged (through `ping`); silent for twice that, it
+/// is dropped.
+async fn read_loop(
+    mut stream: SplitStream<WebSocket>,
+    conn: &Connection,
+    state: &AppState,
+    ping: &Notify,
+) -> (SplitStream<WebSocket>, CloseRequest) {
+    const SHUTDOWN: CloseRequest = Some((CLOSE_GOING_AWAY, "server shutting down"));
+    let mut shutdown = state.shutdown_receiver();
+    let idle = tokio::time::sleep(IDLE_PING_AFTER);
+    tokio::pin!(idle);
+    let mut pinged = false;
+    let close = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break SHUTDOWN,
+            _ = &mut idle => {
+                if pinged {
+                    tracing::debug!("peer unresponsive; dropping the connection");
+                    break None;
+                }
+                pinged = true;
+                ping.notify_one();
+                idle.as_mut().reset(tokio::time::Instant::now() + IDLE_PING_AFTER);
+                continue;
+            }
+            next = stream.next() => next,
+        };
+        pinged = false;
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + IDLE_PING_AFTER);
+        let frame = match next {
+            None => break None,
+            Some(Err(e)) if is_too_big(&e) => {
+                tracing::debug!(error = %e, "frame over the size limit");
+                break Some((CLOSE_TOO_BIG, "message too big"));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "read error");
+                break None;
+            }
+            Some(Ok(Message::Text(text))) => protocol::decode_text(text.as_str()),
+            Some(Ok(Message::Binary(bytes))) => protocol::decode_binary(&bytes),
+            // The library answers pings and the peer's close itself; the
+            // stream ends after the close handshake.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => continue,
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break SHUTDOWN,
+            () = conn.handle(frame) => {}
+        }
+    };
+    (stream, close)
+}
+
+/// What the reader needs to act on frames of one connection.
+struct Connection {
+    session: Arc<Session>,
+    tx: mpsc::Sender<Outbound>,
+    max_inflight: usize,
+}
+
+impl Connection {
+    /// Queue a frame that must not be dropped (acks, RPC answers): waits
+    /// while the queue is full. Fails only when the connection is gone.
+    async fn send(&self, frame: String) {
+        let _ = self.tx.send(Outbound::Text(frame.into())).await;
+    }
+
+    async fn handle(&self, frame: Result<ClientFrame, ProtocolError>) {
+        match frame {
+            Ok(ClientFrame::Hello { caps }) => self.session.set_caps(caps),
+            Ok(ClientFrame::Subscribe { topic, reference }) => {
+                self.subscribe(&topic, reference.as_ref()).await;
+            }
+            Ok(ClientFrame::SubscribeBatch { topics, reference }) => {
+                for topic in &topics {
+                    self.subscribe(topic, reference.as_ref()).await;
+                }
+            }
+            Ok(ClientFrame::Unsubscribe { topic }) => {
+                self.session.unsubscribe(&topic);
+            }
+            Ok(ClientFrame::Rpc(call)) => self.rpc(call).await,
+            Ok(ClientFrame::Batch { calls, sequential }) => self.batch(calls, sequential).await,
+            Ok(ClientFrame::Resume { .. } | ClientFrame::Reply { .. } | ClientFrame::Ignored) => {}
+            Err(e) => {
+                tracing::debug!(code = e.code, message = %e.message, "malformed frame");
+                let frame = match &e.rpc_id {
+                    Some(id) => protocol::rpc_error(id, &RpcErrorBody::from(&e)),
+                    None => protocol::protocol_error(&e),
+                };
+                self.send(frame).await;
+            }
+        }
+    }
+
+    async fn subscribe(&self, topic: &str, reference: Option<&Ref>) {
+        let result = self.session.subscribe(topic).await;
+        let Some(reference) = reference else { return };
+        let frame = match result {
+            Ok(()) => protocol::subscribed(topic, reference),
+            Err(denied) => protocol::subscribe_denied(topic, reference, &denied.reason),
+        };
+        self.send(frame).await;
+    }
+
+    /// Start one call concurrently; its answer is queued when it finishes.
+    async fn rpc(&self, call: RpcCall) {
+        let Some(permit) = self.session.try_reserve_calls(1) else {
+            if let Some(id) = &call.id {
+                self.send(protocol::rpc_error(id, &overloaded())).await;
+            }
+            return;
+        };
+        let session = Arc::clone(&self.session);
+        let tx = self.tx.clone();
+        tokio::spawn(
+            async move {
+                let result = run_call(&session, &call).await;
+                if let Some(id) = &call.id {
+                    let frame = match result {
+                        Ok(json) => protocol::rpc_ok(id, &json),
+                        Err(err) => protocol::rpc_error(id, &err),
+                    };
+                    let _ = tx.send(Outbound::Text(frame.into())).await;
+                }
+                drop(permit);
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Run a batch (in order if `sequential`, else up to the in-flight limit
+    /// at once) and answer once with every result in call order.
+    async fn batch(&self, calls: Vec<Result<RpcCall, ProtocolError>>, sequential: bool) {
+        let width = if sequential {
+            1
+        } else {
+            calls.len().clamp(1, self.max_inflight)
+        };
+        let id_of = |c: &Result<RpcCall, ProtocolError>| {
+            match c {
+                Ok(call) => call.id.clone(),
+                Err(e) => e.rpc_id.clone(),
+            }
+            .unwrap_or_else(|| Ref::Str(String::new()))
+        };
+        let Some(permit) = u32::try_from(width)
+            .ok()
+            .and_then(|w| self.session.try_reserve_calls(w))
+        else {
+            let results: Vec<_> = calls
+                .iter()
+                .map(|c| (id_of(c), Err(overloaded())))
+                .collect();
+            self.send(protocol::rpc_batch(&results)).await;
+            return;
+        };
+        let session = Arc::clone(&self.session);
+        let tx = self.tx.clone();
+        tokio::spawn(
+            async move {
+                let results: Vec<(Ref, Result<String, RpcErrorBody>)> =
+                    futures_util::stream::iter(calls)
+                        .map(|entry| {
+                            let session = &session;
+                            let id = id_of(&entry);
+                            async move {
+                                let result = match entry {
+                                    Ok(call) => run_call(session, &call).await,
+                                    Err(e) => Err(RpcErrorBody::from(&e)),
+                                };
+                                (id, result)
+                            }
+                        })
+                        .buffered(width)
+                        .collect()
+                        .await;
+                let _ = tx
+                    .send(Outbound::Text(protocol::rpc_batch(&results).into()))
+                    .await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+fn overloaded() -> RpcErrorBody {
+    RpcErrorBody::new("OVERLOADED", "Too many calls in flight on this connection")
+}
+
+/// Run one call and map its failure to what the client may see.
+async fn run_call(session: &Session, call: &RpcCall) -> Result<String, RpcErrorBody> {
+    if call.stream {
+        return Err(RpcErrorBody::new("INVALID_REQUEST", STREAM_UNSUPPORTED));
+    }
+    session
+        .call(&call.path, &call.args_json)
+        .await
+        .map_err(|e| RpcErrorBody::from(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::LiveError;
+
+    #[test]
+    fn authenticate_errors_map_to_close_codes() {
+        let live = |c: &str| CallError::Live(LiveError::new(c, "nope"));
+        assert_eq!(
+            authenticate_close(&live("UNAUTHENTICATED")),
+            (4401, "nope".into())
+        );
+        assert_eq!(
+            authenticate_close(&live("FORBIDDEN")),
+            (4403, "nope".into())
+        );
+        assert_eq!(authenticate_close(&live("TEAPOT")).0, 1008);
+        assert_eq!(authenticate_close(&CallError::Timeout).0, 1008);
+        let (code, reason) = authenticate_close(&CallError::Trap("secret".into()));
+        assert_eq!(code, 1008);
+        assert!(!reason.contains("secret"));
+    }
+}

@@ -1,0 +1,462 @@
+//! Test harness shared by the end-to-end tests and `tenantry-bench`: start a
+//! real `tenantry` process with a generated config, and talk to it with a
+//! real WebSocket client speaking the svelte-adapter-uws / svelte-realtime
+//! wire protocol.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for any single frame before failing.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Path of a bundled plugin (`chat`, `fixture`, ...), built by the host's build script.
+pub fn plugin(name: &str) -> PathBuf {
+    tenantry::bundled::plugin_path(name)
+}
+
+/// One tenant in a generated config.
+pub struct TenantSpec {
+    /// Tenant id.
+    pub id: String,
+    /// Path of its plugin `.wasm`.
+    pub plugin: PathBuf,
+    /// Start suspended.
+    pub suspended: bool,
+}
+
+impl TenantSpec {
+    /// A tenant running the named bundled plugin.
+    pub fn new(id: &str, plugin_name: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            plugin: plugin(plugin_name),
+            suspended: false,
+        }
+    }
+}
+
+/// A running `tenantry` process; killed when dropped.
+pub struct HostProcess {
+    child: Child,
+    /// The address it listens on.
+    pub addr: String,
+    /// Every line the process printed (stdout and stderr), for assertions.
+    pub output: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A shared compile cache for all test hosts, so plugins compile once per run.
+fn test_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tenantry-test-cache")
+}
+
+impl HostProcess {
+    /// Start `binary` with the given tenants plus extra raw TOML appended to
+    /// the generated config (top-level keys must come in `extra_toml`).
+    pub fn start_with(binary: &Path, tenants: &[TenantSpec], extra_toml: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut toml = String::new();
+        toml.push_str(extra_toml);
+        toml.push('\n');
+        toml.push_str(&format!(
+            "cache_dir = {:?}\n",
+            test_cache_dir().display().to_string()
+        ));
+        for t in tenants {
+            toml.push_str(&format!(
+                "\n[[tenant]]\nid = {:?}\nplugin = {:?}\nsuspended = {}\n",
+                t.id,
+                t.plugin.display().to_string(),
+                t.suspended
+            ));
+        }
+        let config = dir.path().join("tenantry.toml");
+        std::fs::write(&config, toml)?;
+        Self::spawn(
+            binary,
+            &["serve", "--listen", "127.0.0.1:0", "--config"],
+            Some(&config),
+            dir,
+        )
+    }
+
+    /// Start `binary` with no config file at all (the embedded default).
+    pub fn start_default(binary: &Path) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        Self::spawn(binary, &["serve", "--listen", "127.0.0.1:0"], None, dir)
+    }
+
+    fn spawn(
+        binary: &Path,
+        args: &[&str],
+        config: Option<&Path>,
+        dir: tempfile::TempDir,
+    ) -> Result<Self> {
+        let mut cmd = Command::new(binary);
+        cmd.args(args);
+        if let Some(c) = config {
+            cmd.arg(c);
+        }
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("TENANTRY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .env_remove("TENANTRY_LISTEN")
+        .env_remove("TENANTRY_CONFIG")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        // Drain both pipes for the whole life of the process so it never blocks on a full pipe.
+        if let Some(out) = child.stdout.take() {
+            drain(out, Arc::clone(&output), tx.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            drain(err, Arc::clone(&output), tx);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(i) = line.find("listening on http://") {
+                        let addr = line[i + "listening on http://".len()..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        return Ok(Self {
+                            child,
+                            addr,
+                            output,
+                            _dir: dir,
+                        });
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let lines = output.lock().map(|l| l.join("\n")).unwrap_or_default();
+                    bail!("host did not start listening; output:\n{lines}");
+                }
+            }
+        }
+    }
+
+    /// The WebSocket URL for `path` (e.g. `/ws` or `/t/acme/ws?user=ann`).
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(self.child.wait()?)
+    }
+
+    /// All output so far, joined.
+    pub fn output_text(&self) -> String {
+        self.output.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+}
+
+fn drain(
+    pipe: impl std::io::Read + Send + 'static,
+    output: Arc<Mutex<Vec<String>>>,
+    tx: std::sync::mpsc::Sender<String>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut o) = output.lock() {
+                o.push(line.clone());
+            }
+            let _ = tx.send(line);
+        }
+    });
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A WebSocket client speaking the host's wire protocol.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: AtomicU64,
+    /// Frames received while waiting for something else, oldest first.
+    pending: Vec<Value>,
+    /// The session id from `welcome`.
+    pub session_id: String,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// The close code, if a close frame arrived.
+    pub code: Option<u16>,
+    /// The close reason.
+    pub reason: String,
+}
+
+impl Client {
+    /// Connect and wait for `welcome`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let c = Self::connect_raw(url).await?;
+        Self::welcomed(c).await
+    }
+
+    /// Wrap an already-open WebSocket (e.g. one opened with custom headers)
+    /// and wait for `welcome`.
+    pub async fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Result<Self> {
+        let c = Self {
+            ws,
+            next_id: AtomicU64::new(1),
+            pending: Vec::new(),
+            session_id: String::new(),
+        };
+        Self::welcomed(c).await
+    }
+
+    async fn welcomed(mut c: Self) -> Result<Self> {
+        let w = c.next_frame().await?;
+        if w["type"] != "welcome" {
+            bail!("expected welcome, got {w}");
+        }
+        c.session_id = w["sessionId"].as_str().unwrap_or_default().to_owned();
+        c.send_text(r#"{"type":"hello","caps":["batch"]}"#).await?;
+        Ok(c)
+    }
+
+    /// Connect without waiting for anything.
+    pub async fn connect_raw(url: &str) -> Result<Self> {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        Ok(Self {
+            ws,
+            next_id: AtomicU64::new(1),
+            pending: Vec::new(),
+            session_id: String::new(),
+        })
+    }
+
+    /// Send a text frame.
+    pub async fn send_text(&mut self, text: impl Into<String>) -> Result<()> {
+        self.ws.send(Message::text(text.into())).await?;
+        Ok(())
+    }
+
+    /// Send a binary frame.
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.ws.send(Message::binary(bytes)).await?;
+        Ok(())
+    }
+
+    /// Send a JSON value as a text frame, with its discriminating key
+    /// (`type`, `rpc` or `batch`) first as the protocol requires.
+    pub async fn send_json(&mut self, v: &Value) -> Result<()> {
+        self.send_text(frame_text(v)).await
+    }
+
+    /// The next JSON frame from the server (including ones queued earlier).
+    pub async fn next_frame(&mut self) -> Result<Value> {
+        if !self.pending.is_empty() {
+            return Ok(self.pending.remove(0));
+        }
+        self.read_frame().await
+    }
+
+    async fn read_frame(&mut self) -> Result<Value> {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("timed out waiting for a frame"))?
+                .ok_or_else(|| anyhow!("connection ended"))??;
+            match msg {
+                Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
+                Message::Close(c) => bail!("connection closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Wait for the first frame matching `pred`; others are kept for later.
+    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        if let Some(i) = self.pending.iter().position(&pred) {
+            return Ok(self.pending.remove(i));
+        }
+        loop {
+            let f = self.read_frame().await?;
+            if pred(&f) {
+                return Ok(f);
+            }
+            self.pending.push(f);
+        }
+    }
+
+    /// Wait until the server closes the connection; returns its close frame.
+    pub async fn closed(&mut self) -> Result<Closed> {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("timed out waiting for close"))?;
+            match msg {
+                None => {
+                    return Ok(Closed {
+                        code: None,
+                        reason: String::new(),
+                    });
+                }
+                Some(Err(_)) => {
+                    return Ok(Closed {
+                        code: None,
+                        reason: String::new(),
+                    });
+                }
+                Some(Ok(Message::Close(c))) => return Ok(close_info(c)),
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(v) = serde_json::from_str(t.as_str()) {
+                        self.pending.push(v);
+                    }
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// A fresh RPC correlation id.
+    pub fn new_id(&self) -> String {
+        format!("t{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Call `path` with `args` and return the `data` of the `__rpc` reply
+    /// (`{"id","ok",...}`), whatever its outcome.
+    pub async fn rpc_raw(&mut self, path: &str, args: Value) -> Result<Value> {
+        let id = self.new_id();
+        self.send_json(&json!({"rpc": path, "id": id, "args": args}))
+            .await?;
+        let reply = self
+            .wait_for(|f| f["topic"] == "__rpc" && f["event"] == id.as_str())
+            .await?;
+        Ok(reply["data"].clone())
+    }
+
+    /// Call `path` and return its result, or an error `CODE: message`.
+    pub async fn rpc(&mut self, path: &str, args: Value) -> Result<Value> {
+        let d = self.rpc_raw(path, args).await?;
+        if d["ok"] == true {
+            Ok(d["data"].clone())
+        } else {
+            bail!(
+                "{}: {}",
+                d["code"].as_str().unwrap_or("?"),
+                d["error"].as_str().unwrap_or("?")
+            )
+        }
+    }
+
+    /// Subscribe with a ref and return the ack frame (`subscribed` or `subscribe-denied`).
+    pub async fn subscribe(&mut self, topic: &str) -> Result<Value> {
+        let r = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send_json(&json!({"type": "subscribe", "topic": topic, "ref": r}))
+            .await?;
+        self.wait_for(|f| f["ref"] == r && f["topic"] == topic)
+            .await
+    }
+
+    /// Wait for the next event envelope on `topic`.
+    pub async fn next_event(&mut self, topic: &str) -> Result<Value> {
+        self.wait_for(|f| f["topic"] == topic && f.get("type").is_none())
+            .await
+    }
+
+    /// Expect that no frame arrives within `d` (frames already queued count).
+    pub async fn expect_silence(&mut self, d: Duration) -> Result<()> {
+        if let Some(f) = self.pending.first() {
+            bail!("unexpected frame {f}");
+        }
+        match tokio::time::timeout(d, self.ws.next()).await {
+            Err(_) => Ok(()),
+            Ok(Some(Ok(Message::Text(t)))) => bail!("unexpected frame {t}"),
+            Ok(other) => bail!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Serialize a client frame with `type`, `rpc` or `batch` as its first key:
+/// the server only recognises control frames starting `{"type"` and RPC
+/// frames starting `{"rpc"` / `{"batch"` (svelte-adapter-uws's fast path),
+/// and `serde_json` would otherwise sort the keys.
+pub fn frame_text(v: &Value) -> String {
+    let Some(obj) = v.as_object() else {
+        return v.to_string();
+    };
+    let first = ["type", "rpc", "batch"]
+        .into_iter()
+        .find(|k| obj.contains_key(*k));
+    let mut out = String::from("{");
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    if let Some(f) = first {
+        keys.retain(|k| *k != f);
+        keys.insert(0, f);
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String((*k).to_owned()).to_string());
+        out.push(':');
+        out.push_str(&obj[*k].to_string());
+    }
+    out.push('}');
+    out
+}
+
+fn close_info(c: Option<CloseFrame>) -> Closed {
+    match c {
+        Some(c) => Closed {
+            code: Some(u16::from(c.code)),
+            reason: c.reason.to_string(),
+        },
+        None => Closed {
+            code: None,
+            reason: String::new(),
+        },
+    }
+}
