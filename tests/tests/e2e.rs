@@ -490,3 +490,13 @@ async fn health_endpoint_answers() {
     s.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+#[tokio::test]
+async fn resume_is_acknowledged_without_replay() {
+    let h = two_fixture_tenants();
+    let mut c = client(&h, "/t/alpha/ws").await;
+    c.send_json(&json!({"type": "resume", "sessionId": "00000000-0000-0000-0000-000000000000", "lastSeenSeqs": {"news": 3}}))
+        .await
+        .unwrap();
+    assert_eq!(c.next_frame().await.unwrap(), json!({"type": "resumed"}));
+}

@@ -11,7 +11,7 @@
 //! `welcome{sessionId}` is sent.
 //!
 //! Frames the host accepts but does not act on (documented in
-//! `docs/protocol.md`): `resume` (no replay yet: nothing is sent back),
+//! `docs/protocol.md`): `resume` (no replay yet: answered `resumed` at once),
 //! `reply` (the host sends no server requests yet), unknown `type`s, custom
 //! user messages and binary frames that are not RPC. Stream RPCs
 //! (`"stream":true`) are answered `INVALID_REQUEST`; `idempotencyKey` is
@@ -429,7 +429,10 @@ impl Connection {
             }
             Ok(ClientFrame::Rpc(call)) => self.rpc(call).await,
             Ok(ClientFrame::Batch { calls, sequential }) => self.batch(calls, sequential).await,
-            Ok(ClientFrame::Resume { .. } | ClientFrame::Reply { .. } | ClientFrame::Ignored) => {}
+            // No replay yet: acknowledge at once, as svelte-adapter-uws does
+            // without a resume hook, so the client goes on to resubscribe.
+            Ok(ClientFrame::Resume { .. }) => self.send(protocol::resumed().to_owned()).await,
+            Ok(ClientFrame::Reply { .. } | ClientFrame::Ignored) => {}
             Err(e) => {
                 tracing::debug!(code = e.code, message = %e.message, "malformed frame");
                 let frame = match &e.rpc_id {
