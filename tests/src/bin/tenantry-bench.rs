@@ -110,7 +110,7 @@ fn pin_self_to_core(core: u32) -> Result<()> {
 }
 
 fn start_host(bin: &std::path::Path, pin: bool) -> Result<HostProcess> {
-    let extra = "[limits]\nsend_queue = 4096\n";
+    let extra = "";
     let tenants = [TenantSpec::new("bench", "fixture")];
     let h = HostProcess::start_with(bin, &tenants, extra)?;
     if pin {
