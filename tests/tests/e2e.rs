@@ -500,3 +500,62 @@ async fn resume_is_acknowledged_without_replay() {
         .unwrap();
     assert_eq!(c.next_frame().await.unwrap(), json!({"type": "resumed"}));
 }
+
+/// Fuzz the whole dispatch path of a real host: random and mutated frames
+/// (control frames, RPCs with random paths and arguments, batches, binary)
+/// must never take the host down or break the connection.
+#[tokio::test]
+async fn random_frames_never_break_the_host() {
+    let mut h = two_fixture_tenants();
+    let mut c = client(&h, "/t/alpha/ws").await;
+    let seeds = [
+        r#"{"type":"subscribe","topic":"a","ref":1}"#,
+        r#"{"type":"subscribe-batch","topics":["a","b"],"ref":"x"}"#,
+        r#"{"type":"unsubscribe","topic":"a"}"#,
+        r#"{"type":"hello","caps":["batch"]}"#,
+        r#"{"type":"resume","sessionId":"s","lastSeenSeqs":{"a":1}}"#,
+        r#"{"rpc":"fixture/echo","id":"e","args":[1,"two",{"3":null}]}"#,
+        r#"{"rpc":"fixture/publish","id":"p","args":["a","ev",{"k":[1]}]}"#,
+        r#"{"rpc":"fixture/kv_set","id":"k","args":["key","v",1000]}"#,
+        r#"{"rpc":"fixture/whoami","args":[]}"#,
+        r#"{"batch":[{"rpc":"fixture/echo","id":"1","args":[1]},{"rpc":"x/y","id":"2"}]}"#,
+    ];
+    let alphabet: &[u8] = b"{}[]\":,0123456789abcdefrpcidtypeargs/_-\\ \x00\xff";
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..2000 {
+        let seed = seeds[(next() % seeds.len() as u64) as usize].as_bytes();
+        let mut bytes = seed.to_vec();
+        for _ in 0..(next() % 4) {
+            let pos = (next() % (bytes.len() as u64 + 1)) as usize;
+            let b = alphabet[(next() % alphabet.len() as u64) as usize];
+            match next() % 3 {
+                0 if pos < bytes.len() => bytes[pos] = b,
+                1 if pos < bytes.len() => {
+                    bytes.remove(pos);
+                }
+                _ => bytes.insert(pos, b),
+            }
+        }
+        if i % 10 == 0 {
+            c.send_binary(bytes).await.unwrap();
+        } else {
+            match String::from_utf8(bytes) {
+                Ok(text) => c.send_text(text).await.unwrap(),
+                Err(e) => c.send_binary(e.into_bytes()).await.unwrap(),
+            }
+        }
+    }
+    assert!(h.is_running());
+    assert_eq!(
+        c.rpc("fixture/echo", json!(["alive"])).await.unwrap(),
+        "alive"
+    );
+    let mut other = client(&h, "/t/beta/ws").await;
+    assert_eq!(other.rpc("fixture/echo", json!([2])).await.unwrap(), 2);
+}
