@@ -329,3 +329,102 @@ fn live_error_from_wit(e: wit::types::LiveError) -> LiveError {
         retry_after_ms: e.retry_after_ms,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory;
+    use crate::hub::Hub;
+
+    fn runtime(cache_dir: Option<PathBuf>) -> Arc<Runtime> {
+        let config = RuntimeConfig {
+            cache_dir,
+            max_instances: 8,
+            ..RuntimeConfig::default()
+        };
+        Runtime::new(config, memory::backends(Hub::new())).unwrap()
+    }
+
+    fn ctx() -> CallContext {
+        CallContext {
+            user: None,
+            connection_id: "c".into(),
+            request_id: "r".into(),
+        }
+    }
+
+    fn fixture() -> Vec<u8> {
+        std::fs::read(crate::bundled::plugin_path("fixture")).unwrap()
+    }
+
+    fn cached_files(dir: &std::path::Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn compiled_components_are_cached_on_disk_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(Some(dir.path().to_owned()));
+        let tenant = TenantId::parse("acme").unwrap();
+        let p = rt.load_plugin(tenant.clone(), &fixture()).await.unwrap();
+        let files = cached_files(dir.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].to_string_lossy().ends_with(".cwasm"));
+        assert!(files[0].to_string_lossy().contains(&p.version));
+
+        // A second runtime (a restart) loads from the cache and serves calls.
+        let rt2 = runtime(Some(dir.path().to_owned()));
+        let p2 = rt2.load_plugin(tenant.clone(), &fixture()).await.unwrap();
+        assert_eq!(p2.version, p.version);
+        assert_eq!(p2.call(ctx(), "fixture/echo", "[5]").await.unwrap(), "5");
+
+        // A corrupt cache entry is replaced, not fatal. (Written as a new
+        // file: truncating a cached file in place would pull the pages from
+        // under the runtimes that mmap it — the cache itself only ever
+        // writes a temp file and renames it.)
+        drop((p2, rt2));
+        std::fs::remove_file(&files[0]).unwrap();
+        std::fs::write(&files[0], b"garbage").unwrap();
+        let rt3 = runtime(Some(dir.path().to_owned()));
+        let p3 = rt3.load_plugin(tenant, &fixture()).await.unwrap();
+        assert_eq!(p3.call(ctx(), "fixture/echo", "[6]").await.unwrap(), "6");
+        assert!(std::fs::read(&files[0]).unwrap().len() > 1000);
+    }
+
+    #[tokio::test]
+    async fn invalid_plugins_are_refused_with_a_clear_error() {
+        let rt = runtime(None);
+        let tenant = TenantId::parse("acme").unwrap();
+        for bad in [&b""[..], b"not wasm at all", b"\0asm\x01\0\0\0"] {
+            match rt.load_plugin(tenant.clone(), bad).await {
+                Err(RuntimeError::InvalidPlugin(msg)) => assert!(!msg.is_empty()),
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(_) => panic!("accepted invalid plugin {bad:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trap_only_ends_its_own_call() {
+        let rt = runtime(None);
+        let p = rt
+            .load_plugin(TenantId::parse("acme").unwrap(), &fixture())
+            .await
+            .unwrap();
+        assert!(matches!(
+            p.call(ctx(), "fixture/panic", "[]").await,
+            Err(CallError::Trap(_))
+        ));
+        assert!(matches!(
+            p.call(ctx(), "fixture/spin", "[]").await,
+            Err(CallError::Timeout)
+        ));
+        assert!(matches!(
+            p.call(ctx(), "fixture/alloc", "[]").await,
+            Err(CallError::ResourceExhausted(_))
+        ));
+        assert_eq!(p.call(ctx(), "fixture/echo", "[1]").await.unwrap(), "1");
+    }
+}
