@@ -260,7 +260,10 @@ impl Plugin {
                 Err(e) => Err(classify(e, &store, false)),
             }
         };
-        match tokio::time::timeout(rt.config.call_wall_timeout, work).await {
+        // Boxed: the store and wasmtime's instantiate/call futures are
+        // several KiB, and would otherwise be inlined into every caller's
+        // future (e.g. each connection's reader task) for its whole life.
+        match tokio::time::timeout(rt.config.call_wall_timeout, Box::pin(work)).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout),
         }
