@@ -2,7 +2,7 @@
 //! ([`ProtocolError`]) and the body of an RPC error answer ([`RpcErrorBody`]).
 
 use super::frames::Ref;
-use crate::runtime::types::{CallError, LiveError, ValidationIssue};
+use crate::runtime::types::{CallError, LiveError};
 
 /// The error codes this module and the host put on the wire.
 ///
@@ -80,44 +80,15 @@ impl ProtocolError {
 }
 
 /// The error half of an RPC answer: `{"id","ok":false,"code","error","issues"?,"retryAfter"?}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RpcErrorBody {
-    /// Machine-readable code (wire key `code`).
-    pub code: String,
-    /// Human-readable message (wire key `error`).
-    pub message: String,
-    /// Validation issues (wire key `issues`), for `VALIDATION`.
-    pub issues: Option<Vec<ValidationIssue>>,
-    /// Retry hint in milliseconds (wire key `retryAfter`), for `RATE_LIMITED`.
-    pub retry_after_ms: Option<u64>,
-}
+/// It is the same thing as a plugin's [`LiveError`] (wire keys: `code`,
+/// `error` for the message, `issues`, `retryAfter`), so it is that type.
+pub type RpcErrorBody = LiveError;
 
-impl RpcErrorBody {
-    /// A body with just a code and a message.
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-            issues: None,
-            retry_after_ms: None,
-        }
-    }
-
+impl LiveError {
     /// `INTERNAL_ERROR` / `Internal server error`: what the client sees for any
     /// failure that is not a plugin `live-error`.
     pub fn internal() -> Self {
         Self::new(codes::INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE)
-    }
-}
-
-impl From<LiveError> for RpcErrorBody {
-    fn from(e: LiveError) -> Self {
-        Self {
-            code: e.code,
-            message: e.message,
-            issues: e.issues,
-            retry_after_ms: e.retry_after_ms,
-        }
     }
 }
 
@@ -133,7 +104,7 @@ impl From<&ProtocolError> for RpcErrorBody {
 impl From<&CallError> for RpcErrorBody {
     fn from(e: &CallError) -> Self {
         match e {
-            CallError::Live(live) => Self::from(live.clone()),
+            CallError::Live(live) => live.clone(),
             CallError::Timeout => Self::new(codes::TIMEOUT, "Call exceeded its time limit"),
             CallError::ResourceExhausted(_) => Self::new(
                 codes::RESOURCE_EXHAUSTED,
