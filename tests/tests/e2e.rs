@@ -375,47 +375,39 @@ async fn kv_is_disjoint_between_tenants() {
     );
 }
 
+/// Connect to `/ws` with an `X-Tenant-ID` header.
+async fn client_with_tenant_header(h: &HostProcess, tenant: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = h.url("/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("x-tenant-id", tenant.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    Client::from_stream(ws).await.unwrap()
+}
+
 #[tokio::test]
 async fn tenant_header_is_ignored_unless_trusted() {
+    let tenants = [
+        TenantSpec::new("alpha", "fixture"),
+        TenantSpec::new("beta", "chat"),
+    ];
     // Not trusted: the header cannot pick a tenant; the default tenant serves.
-    let h = HostProcess::start_with(
-        bin(),
-        &[
-            TenantSpec::new("alpha", "fixture"),
-            TenantSpec::new("beta", "chat"),
-        ],
-        "default_tenant = \"alpha\"",
-    )
-    .unwrap();
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        h.url("/ws"),
-    )
-    .unwrap();
-    req.headers_mut()
-        .insert("x-tenant-id", "beta".parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    drop(ws);
-    let mut c = client(&h, "/ws").await;
-    assert_eq!(c.rpc("fixture/echo", json!([1])).await.unwrap(), 1);
+    let h = HostProcess::start_with(bin(), &tenants, "default_tenant = \"alpha\"").unwrap();
+    let mut c = client_with_tenant_header(&h, "beta").await;
+    assert_eq!(
+        c.rpc("fixture/echo", json!([1])).await.unwrap(),
+        1,
+        "served by alpha"
+    );
 
     // Trusted: the header picks the tenant.
     let h = HostProcess::start_with(
         bin(),
-        &[
-            TenantSpec::new("alpha", "fixture"),
-            TenantSpec::new("beta", "chat"),
-        ],
+        &tenants,
         "default_tenant = \"alpha\"\ntrust_tenant_header = true",
     )
     .unwrap();
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        h.url("/ws"),
-    )
-    .unwrap();
-    req.headers_mut()
-        .insert("x-tenant-id", "beta".parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut c = tenantry_tests::Client::from_stream(ws).await.unwrap();
+    let mut c = client_with_tenant_header(&h, "beta").await;
     assert_eq!(
         c.rpc("chat/count", json!([])).await.unwrap(),
         1,
@@ -558,4 +550,27 @@ async fn random_frames_never_break_the_host() {
     );
     let mut other = client(&h, "/t/beta/ws").await;
     assert_eq!(other.rpc("fixture/echo", json!([2])).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn subdomain_picks_the_tenant_under_the_base_domain() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let h = HostProcess::start_with(
+        bin(),
+        &[
+            TenantSpec::new("alpha", "fixture"),
+            TenantSpec::new("beta", "chat"),
+        ],
+        "base_domain = \"example.test\"",
+    )
+    .unwrap();
+    let mut req = h.url("/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("host", "beta.example.test".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut c = Client::from_stream(ws).await.unwrap();
+    assert_eq!(c.rpc("chat/count", json!([])).await.unwrap(), 1);
+    // No default tenant and no subdomain: refused with 1008.
+    let mut c = Client::connect_raw(&h.url("/ws")).await.unwrap();
+    assert_eq!(c.closed().await.unwrap().code, Some(1008));
 }
