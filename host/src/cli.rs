@@ -178,6 +178,7 @@ pub async fn serve_config(
             call_deadline: config.limits.call_deadline(),
             memory_limit: config.limits.memory_limit_bytes(),
             max_instances: config.limits.max_instances,
+            max_reuse: config.limits.instance_reuse,
             ..RuntimeConfig::default()
         },
         backends,

@@ -27,6 +27,7 @@
 //! send_queue = 1024                        # outbound frames queued per connection
 //! max_inflight_calls_per_connection = 32   # more concurrent RPCs → OVERLOADED
 //! max_subscriptions_per_connection = 10000 # more topics → subscribe-denied RATE_LIMITED
+//! instance_reuse = 0                       # calls per plugin instance; 0 = fresh per call
 //!
 //! # One table per tenant. `plugin` is a path to a `.wasm` component,
 //! # relative to this file's directory, or `bundled:chat` for the demo plugin.
@@ -127,6 +128,11 @@ pub struct Limits {
     pub max_inflight_calls_per_connection: usize,
     /// Topics one connection may hold; more are denied `RATE_LIMITED`. Default 10,000.
     pub max_subscriptions_per_connection: usize,
+    /// Calls one plugin instance may serve before it is retired. Default 0:
+    /// a fresh instance per call. Above 1, successful instances are kept
+    /// warm (up to 4 per plugin) and reused, so guest state persists between
+    /// calls of one tenant; a trap, deadline or limit still retires them.
+    pub instance_reuse: u32,
 }
 
 impl Default for Limits {
@@ -139,6 +145,7 @@ impl Default for Limits {
             send_queue: 1024,
             max_inflight_calls_per_connection: 32,
             max_subscriptions_per_connection: 10_000,
+            instance_reuse: 0,
         }
     }
 }

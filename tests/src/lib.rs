@@ -63,17 +63,14 @@ fn test_cache_dir() -> PathBuf {
 }
 
 impl HostProcess {
-    /// Start `binary` with the given tenants plus extra raw TOML appended to
-    /// the generated config (top-level keys must come in `extra_toml`).
+    /// Start `binary` with the given tenants plus extra raw TOML (top-level
+    /// keys first, then tables such as `[limits]`); the `[[tenant]]` tables
+    /// come last.
     pub fn start_with(binary: &Path, tenants: &[TenantSpec], extra_toml: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut toml = String::new();
+        let mut toml = format!("cache_dir = {:?}\n", test_cache_dir().display().to_string());
         toml.push_str(extra_toml);
         toml.push('\n');
-        toml.push_str(&format!(
-            "cache_dir = {:?}\n",
-            test_cache_dir().display().to_string()
-        ));
         for t in tenants {
             toml.push_str(&format!(
                 "\n[[tenant]]\nid = {:?}\nplugin = {:?}\nsuspended = {}\n",

@@ -157,8 +157,22 @@ async fn ref_less_subscribe_gets_no_ack_but_receives_events() {
 
 #[tokio::test]
 async fn rpc_errors_are_mapped_and_the_next_call_works() {
-    let h = two_fixture_tenants();
-    let mut c = client(&h, "/t/alpha/ws").await;
+    rpc_errors_are_mapped(&two_fixture_tenants()).await;
+}
+
+#[tokio::test]
+async fn rpc_errors_are_mapped_with_instance_reuse_too() {
+    let h = HostProcess::start_with(
+        bin(),
+        &[TenantSpec::new("alpha", "fixture")],
+        "[limits]\ninstance_reuse = 100",
+    )
+    .unwrap();
+    rpc_errors_are_mapped(&h).await;
+}
+
+async fn rpc_errors_are_mapped(h: &HostProcess) {
+    let mut c = client(h, "/t/alpha/ws").await;
 
     let r = c.rpc_raw("fixture/nope", json!([])).await.unwrap();
     assert_eq!(code(&r), "NOT_FOUND");

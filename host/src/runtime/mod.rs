@@ -43,6 +43,15 @@ pub struct RuntimeConfig {
     pub memory_limit: usize,
     /// Plugin instances alive at once in this process (the pool size).
     pub max_instances: u32,
+    /// Calls one instance may serve before it is retired. `0` or `1`: a fresh
+    /// instance for every call (the default, the strongest isolation). Above
+    /// that, an instance whose call succeeded (a live error counts as success)
+    /// is kept warm and serves later calls of the same plugin, so guest state
+    /// persists between calls of one tenant; any trap, deadline or limit
+    /// still retires it. Warm instances hold pool slots.
+    pub max_reuse: u32,
+    /// Warm instances kept per plugin when `max_reuse` > 1.
+    pub max_idle_per_plugin: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -53,6 +62,8 @@ impl Default for RuntimeConfig {
             call_wall_timeout: Duration::from_secs(5),
             memory_limit: 16 << 20,
             max_instances: 1000,
+            max_reuse: 0,
+            max_idle_per_plugin: 4,
         }
     }
 }
@@ -132,6 +143,7 @@ impl Runtime {
             tenant,
             version,
             pre,
+            idle: parking_lot::Mutex::new(Vec::new()),
             runtime: Arc::clone(self),
         }))
     }
@@ -157,7 +169,16 @@ pub struct Plugin {
     pub version: String,
     scope: Arc<Scope>,
     pre: bindings::PluginPre<HostState>,
+    /// Warm instances ready for another call (only with `max_reuse` > 1).
+    idle: parking_lot::Mutex<Vec<Warm>>,
     runtime: Arc<Runtime>,
+}
+
+/// An instance kept for reuse, with the calls it has served.
+struct Warm {
+    store: Store<HostState>,
+    instance: bindings::Plugin,
+    uses: u32,
 }
 
 impl Plugin {
@@ -226,11 +247,60 @@ impl Plugin {
         r.map_err(|e| CallError::Live(live_error_from_wit(e)))
     }
 
-    /// Instantiate a fresh sandbox, run `f` in it, and classify any failure.
+    /// Run `f` in a sandbox (a fresh one, or a warm one when reuse is on) and
+    /// classify any failure. A failed call always drops its instance.
     async fn run<R>(
         &self,
         f: impl AsyncFnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        let rt = &self.runtime;
+        let reuse = rt.config.max_reuse > 1;
+        let warm = if reuse { self.idle.lock().pop() } else { None };
+        let work = async move {
+            let (mut store, instance, uses) = match warm {
+                Some(w) => (w.store, w.instance, w.uses),
+                None => {
+                    let mut store = self.new_store();
+                    match self.pre.instantiate_async(&mut store).await {
+                        Ok(i) => (store, i, 0),
+                        Err(e) => return Err(classify(e, &store, true)),
+                    }
+                }
+            };
+            store.data_mut().begin_call(rt.config.call_deadline);
+            store.set_epoch_deadline(1);
+            match f(&instance, &mut store).await {
+                Ok(r) => Ok((
+                    r,
+                    Warm {
+                        store,
+                        instance,
+                        uses: uses + 1,
+                    },
+                )),
+                Err(e) => Err(classify(e, &store, false)),
+            }
+        };
+        // Boxed: the store and wasmtime's instantiate/call futures are
+        // several KiB, and would otherwise be inlined into every caller's
+        // future (e.g. each connection's reader task) for its whole life.
+        match tokio::time::timeout(rt.config.call_wall_timeout, Box::pin(work)).await {
+            Ok(Ok((r, warm))) => {
+                if reuse && warm.uses < rt.config.max_reuse {
+                    let mut idle = self.idle.lock();
+                    if idle.len() < rt.config.max_idle_per_plugin {
+                        idle.push(warm);
+                    }
+                }
+                Ok(r)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+
+    /// A new store with this plugin's scope, limits and CPU accounting.
+    fn new_store(&self) -> Store<HostState> {
         let rt = &self.runtime;
         let mut store = Store::new(
             &rt.engine,
@@ -241,7 +311,6 @@ impl Plugin {
             ),
         );
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let cpu = &mut ctx.data_mut().cpu;
             if cpu.charge() {
@@ -250,23 +319,7 @@ impl Plugin {
                 Ok(UpdateDeadline::YieldCustom(1, Box::pin(cpu.yield_future())))
             }
         });
-        let work = async {
-            let inst = match self.pre.instantiate_async(&mut store).await {
-                Ok(i) => i,
-                Err(e) => return Err(classify(e, &store, true)),
-            };
-            match f(&inst, &mut store).await {
-                Ok(r) => Ok(r),
-                Err(e) => Err(classify(e, &store, false)),
-            }
-        };
-        // Boxed: the store and wasmtime's instantiate/call futures are
-        // several KiB, and would otherwise be inlined into every caller's
-        // future (e.g. each connection's reader task) for its whole life.
-        match tokio::time::timeout(rt.config.call_wall_timeout, Box::pin(work)).await {
-            Ok(r) => r,
-            Err(_) => Err(CallError::Timeout),
-        }
+        store
     }
 }
 
@@ -346,6 +399,43 @@ mod tests {
             ..RuntimeConfig::default()
         };
         Runtime::new(config, memory::backends(Hub::new())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn instances_are_reused_up_to_max_reuse_and_retired_on_failure() {
+        let config = RuntimeConfig {
+            max_instances: 8,
+            max_reuse: 3,
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::new(config, memory::backends(Hub::new())).unwrap();
+        let p = rt
+            .load_plugin(TenantId::parse("acme").unwrap(), &fixture())
+            .await
+            .unwrap();
+        let uses = |p: &Plugin| p.idle.lock().iter().map(|w| w.uses).collect::<Vec<_>>();
+        assert_eq!(p.call(ctx(), "fixture/echo", "[1]").await.unwrap(), "1");
+        assert_eq!(uses(&p), vec![1]);
+        // A live error is a normal answer: the instance stays warm.
+        assert!(matches!(
+            p.call(ctx(), "fixture/nope", "[]").await,
+            Err(CallError::Live(_))
+        ));
+        assert_eq!(uses(&p), vec![2]);
+        // The third call is its last.
+        p.call(ctx(), "fixture/echo", "[3]").await.unwrap();
+        assert!(uses(&p).is_empty());
+        // Traps, deadlines and limits retire the instance; the next call works.
+        p.call(ctx(), "fixture/echo", "[4]").await.unwrap();
+        for bad in ["fixture/panic", "fixture/spin", "fixture/alloc"] {
+            assert!(p.call(ctx(), bad, "[]").await.is_err());
+            assert!(uses(&p).is_empty(), "{bad} retired the warm instance");
+            assert_eq!(p.call(ctx(), "fixture/echo", "[5]").await.unwrap(), "5");
+        }
+        // The CPU budget is per call, not per instance.
+        for _ in 0..2 {
+            p.call(ctx(), "fixture/echo", "[6]").await.unwrap();
+        }
     }
 
     fn ctx() -> CallContext {

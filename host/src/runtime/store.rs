@@ -54,6 +54,16 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// Reset the per-call accounting before a call (needed when an instance
+    /// is reused): a full CPU budget and a clear limit flag. Memory already
+    /// grown stays counted.
+    pub fn begin_call(&mut self, cpu_budget: Duration) {
+        self.cpu = CpuBudget::new(cpu_budget);
+        self.limiter.exhausted = false;
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
