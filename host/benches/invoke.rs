@@ -1,6 +1,7 @@
 //! Host-side cost of invoking a plugin: `fixture/echo` in a fresh sandbox
 //! (Store + instantiate from InstancePre + call + drop) per call, and a call
-//! that crosses one host import (`fixture/kv_incr`).
+//! that crosses one host import (`fixture/kv_incr`); and `echo` on a warm,
+//! reused instance (`instance_reuse`).
 //!
 //! Run: `taskset -c 0 cargo bench -p tenantry --bench invoke`
 
@@ -27,20 +28,37 @@ fn invoke(c: &mut Criterion) {
         .expect("tokio runtime");
     let wasm =
         std::fs::read(tenantry::bundled::plugin_path("fixture")).expect("fixture.wasm is built");
-    let plugin = rt.block_on(async {
-        let runtime =
-            Runtime::new(RuntimeConfig::default(), memory::backends(Hub::new())).expect("runtime");
-        runtime
-            .load_plugin(TenantId::parse("bench").expect("id"), &wasm)
-            .await
-            .expect("plugin loads")
+    let load = |config: RuntimeConfig| {
+        rt.block_on(async {
+            let runtime = Runtime::new(config, memory::backends(Hub::new())).expect("runtime");
+            runtime
+                .load_plugin(TenantId::parse("bench").expect("id"), &wasm)
+                .await
+                .expect("plugin loads")
+        })
+    };
+    let plugin = load(RuntimeConfig::default());
+    let reused = load(RuntimeConfig {
+        max_reuse: u32::MAX,
+        ..RuntimeConfig::default()
     });
-    let plugin = Arc::new(plugin);
     let args = format!("[\"{}\"]", "x".repeat(100));
 
     c.bench_function("echo_fresh_instance", |b| {
         b.to_async(&rt).iter(|| {
             let plugin = Arc::clone(&plugin);
+            let args = args.clone();
+            async move {
+                plugin
+                    .call(ctx(), "fixture/echo", &args)
+                    .await
+                    .expect("echo")
+            }
+        })
+    });
+    c.bench_function("echo_reused_instance", |b| {
+        b.to_async(&rt).iter(|| {
+            let plugin = Arc::clone(&reused);
             let args = args.clone();
             async move {
                 plugin

@@ -6,6 +6,7 @@
 //! ```text
 //! cargo build --release -p tenantry-tests --bins
 //! target/release/tenantry-bench echo    --conns 50 --seconds 10
+//! target/release/tenantry-bench --reuse 1000 echo --conns 50 --seconds 10
 //! target/release/tenantry-bench fanout  --subs 1000 --rate 200 --seconds 10
 //! target/release/tenantry-bench idle    --conns 10000
 //! ```
@@ -31,6 +32,9 @@ struct Cli {
     /// Do not pin the host to core 0 and the load to core 1.
     #[arg(long)]
     no_pin: bool,
+    /// The host's `[limits] instance_reuse` (0: a fresh instance per call).
+    #[arg(long, default_value_t = 0)]
+    reuse: u32,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -76,7 +80,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let host = start_host(&host_bin, pin)?;
+    let host = start_host(&host_bin, pin, cli.reuse)?;
     eprintln!("host pid {} on {}", host.pid(), host.addr);
     rt.block_on(async {
         match cli.mode {
@@ -109,10 +113,10 @@ fn pin_self_to_core(core: u32) -> Result<()> {
     Ok(())
 }
 
-fn start_host(bin: &std::path::Path, pin: bool) -> Result<HostProcess> {
-    let extra = "";
+fn start_host(bin: &std::path::Path, pin: bool, reuse: u32) -> Result<HostProcess> {
+    let extra = format!("[limits]\ninstance_reuse = {reuse}\n");
     let tenants = [TenantSpec::new("bench", "fixture")];
-    let h = HostProcess::start_with(bin, &tenants, extra)?;
+    let h = HostProcess::start_with(bin, &tenants, &extra)?;
     if pin {
         let status = std::process::Command::new("taskset")
             .args(["-a", "-p", "-c", "0", &h.pid().to_string()])
