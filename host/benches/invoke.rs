@@ -44,30 +44,23 @@ fn invoke(c: &mut Criterion) {
     });
     let args = format!("[\"{}\"]", "x".repeat(100));
 
-    c.bench_function("echo_fresh_instance", |b| {
-        b.to_async(&rt).iter(|| {
-            let plugin = Arc::clone(&plugin);
-            let args = args.clone();
-            async move {
-                plugin
-                    .call(ctx(), "fixture/echo", &args)
-                    .await
-                    .expect("echo")
-            }
-        })
-    });
-    c.bench_function("echo_reused_instance", |b| {
-        b.to_async(&rt).iter(|| {
-            let plugin = Arc::clone(&reused);
-            let args = args.clone();
-            async move {
-                plugin
-                    .call(ctx(), "fixture/echo", &args)
-                    .await
-                    .expect("echo")
-            }
-        })
-    });
+    for (name, plugin) in [
+        ("echo_fresh_instance", &plugin),
+        ("echo_reused_instance", &reused),
+    ] {
+        c.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let plugin = Arc::clone(plugin);
+                let args = args.clone();
+                async move {
+                    plugin
+                        .call(ctx(), "fixture/echo", &args)
+                        .await
+                        .expect("echo")
+                }
+            })
+        });
+    }
     c.bench_function("kv_incr_fresh_instance", |b| {
         b.to_async(&rt).iter(|| {
             let plugin = Arc::clone(&plugin);

@@ -258,7 +258,11 @@ impl Plugin {
         let warm = if reuse { self.idle.lock().pop() } else { None };
         let work = async move {
             let (mut store, instance, uses) = match warm {
-                Some(w) => (w.store, w.instance, w.uses),
+                Some(mut w) => {
+                    w.store.data_mut().begin_call(rt.config.call_deadline);
+                    w.store.set_epoch_deadline(1);
+                    (w.store, w.instance, w.uses)
+                }
                 None => {
                     let mut store = self.new_store();
                     match self.pre.instantiate_async(&mut store).await {
@@ -267,8 +271,6 @@ impl Plugin {
                     }
                 }
             };
-            store.data_mut().begin_call(rt.config.call_deadline);
-            store.set_epoch_deadline(1);
             match f(&instance, &mut store).await {
                 Ok(r) => Ok((
                     r,
@@ -311,6 +313,8 @@ impl Plugin {
             ),
         );
         store.limiter(|s| &mut s.limiter);
+        // Set before instantiation: start functions run guest code too.
+        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let cpu = &mut ctx.data_mut().cpu;
             if cpu.charge() {
