@@ -389,12 +389,11 @@ async fn kv_is_disjoint_between_tenants() {
     );
 }
 
-/// Connect to `/ws` with an `X-Tenant-ID` header.
-async fn client_with_tenant_header(h: &HostProcess, tenant: &str) -> Client {
+/// Connect to `/ws` with one extra request header (e.g. `x-tenant-id`, `host`).
+async fn client_with_header(h: &HostProcess, name: &'static str, value: &str) -> Client {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = h.url("/ws").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("x-tenant-id", tenant.parse().unwrap());
+    req.headers_mut().insert(name, value.parse().unwrap());
     let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     Client::from_stream(ws).await.unwrap()
 }
@@ -407,7 +406,7 @@ async fn tenant_header_is_ignored_unless_trusted() {
     ];
     // Not trusted: the header cannot pick a tenant; the default tenant serves.
     let h = HostProcess::start_with(bin(), &tenants, "default_tenant = \"alpha\"").unwrap();
-    let mut c = client_with_tenant_header(&h, "beta").await;
+    let mut c = client_with_header(&h, "x-tenant-id", "beta").await;
     assert_eq!(
         c.rpc("fixture/echo", json!([1])).await.unwrap(),
         1,
@@ -421,7 +420,7 @@ async fn tenant_header_is_ignored_unless_trusted() {
         "default_tenant = \"alpha\"\ntrust_tenant_header = true",
     )
     .unwrap();
-    let mut c = client_with_tenant_header(&h, "beta").await;
+    let mut c = client_with_header(&h, "x-tenant-id", "beta").await;
     assert_eq!(
         c.rpc("chat/count", json!([])).await.unwrap(),
         1,
@@ -577,7 +576,6 @@ async fn random_frames_never_break_the_host() {
 
 #[tokio::test]
 async fn subdomain_picks_the_tenant_under_the_base_domain() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let h = HostProcess::start_with(
         bin(),
         &[
@@ -587,11 +585,7 @@ async fn subdomain_picks_the_tenant_under_the_base_domain() {
         "base_domain = \"example.test\"",
     )
     .unwrap();
-    let mut req = h.url("/ws").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("host", "beta.example.test".parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut c = Client::from_stream(ws).await.unwrap();
+    let mut c = client_with_header(&h, "host", "beta.example.test").await;
     assert_eq!(c.rpc("chat/count", json!([])).await.unwrap(), 1);
     // No default tenant and no subdomain: refused with 1008.
     let mut c = Client::connect_raw(&h.url("/ws")).await.unwrap();
