@@ -165,7 +165,7 @@ impl LiveError {
 
 /// What an SDK operation ([`crate::Kv`], [`crate::publish`]) can fail with.
 ///
-/// The first seven variants are the host's `host-error`: every host import
+/// The first eight variants are the host's `host-error`: every host import
 /// fails the same way, whatever the backend. The last two are the SDK's own
 /// (turning a value into JSON or back). Use `?` in a handler: it converts into
 /// a [`LiveError`] with a standard code (see the `From` impl).
@@ -189,6 +189,13 @@ pub enum Error {
     /// An argument is malformed (bad topic, bad JSON, value not an integer...).
     #[error("invalid argument")]
     Invalid,
+    /// A rate of the tenant's plan is exceeded (e.g. publishes per second);
+    /// the same operation succeeds after `retry_after_ms`.
+    #[error("rate limited; retry after {retry_after_ms} ms")]
+    RateLimited {
+        /// When to retry, in milliseconds.
+        retry_after_ms: u64,
+    },
     /// Anything else the host reported, with a message for logs.
     #[error("host error: {0}")]
     Other(String),
@@ -201,7 +208,8 @@ pub enum Error {
 }
 
 impl From<Error> for LiveError {
-    /// The standard mapping: quota-exceeded → `RESOURCE_EXHAUSTED`,
+    /// The standard mapping: rate-limited → `RATE_LIMITED` with
+    /// `retryAfter`, quota-exceeded → `RESOURCE_EXHAUSTED`,
     /// too-large → `PAYLOAD_TOO_LARGE`, timeout → `TIMEOUT`, unavailable →
     /// `SERVICE_UNAVAILABLE`, access-denied → `FORBIDDEN`, invalid →
     /// `INVALID_REQUEST`, anything else → `INTERNAL_ERROR` (whose message
@@ -214,6 +222,7 @@ impl From<Error> for LiveError {
             Error::Unavailable => LiveError::unavailable("Service unavailable"),
             Error::TooLarge => LiveError::payload_too_large("Payload too large"),
             Error::Invalid => LiveError::invalid_request("Invalid request"),
+            Error::RateLimited { retry_after_ms } => LiveError::rate_limited(retry_after_ms),
             Error::Other(_) | Error::Encode(_) | Error::Decode(_) => {
                 LiveError::internal("Internal server error")
             }
@@ -234,6 +243,7 @@ mod tests {
             (Error::Unavailable, "SERVICE_UNAVAILABLE"),
             (Error::AccessDenied, "FORBIDDEN"),
             (Error::Invalid, "INVALID_REQUEST"),
+            (Error::RateLimited { retry_after_ms: 5 }, "RATE_LIMITED"),
             (
                 Error::Other("redis: connection reset".into()),
                 "INTERNAL_ERROR",

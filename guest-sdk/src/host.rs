@@ -21,6 +21,7 @@ mod imp {
             HostError::Unavailable => Error::Unavailable,
             HostError::TooLarge => Error::TooLarge,
             HostError::Invalid => Error::Invalid,
+            HostError::RateLimited(retry_after_ms) => Error::RateLimited { retry_after_ms },
             HostError::Other(message) => Error::Other(message),
         }
     }

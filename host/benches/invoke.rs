@@ -10,6 +10,8 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tenantry::backend::memory;
 use tenantry::hub::Hub;
+use tenantry::plan::Plan;
+use tenantry::quota::TenantQuota;
 use tenantry::runtime::{CallContext, Runtime, RuntimeConfig};
 use tenantry::tenant::TenantId;
 
@@ -28,19 +30,27 @@ fn invoke(c: &mut Criterion) {
         .expect("tokio runtime");
     let wasm =
         std::fs::read(tenantry::bundled::plugin_path("fixture")).expect("fixture.wasm is built");
-    let load = |config: RuntimeConfig| {
+    let runtime = rt.block_on(async {
+        Runtime::new(RuntimeConfig::default(), memory::backends(Hub::new())).expect("runtime")
+    });
+    let load = |plan: Plan| {
         rt.block_on(async {
-            let runtime = Runtime::new(config, memory::backends(Hub::new())).expect("runtime");
             runtime
-                .load_plugin(TenantId::parse("bench").expect("id"), &wasm)
+                .load_plugin(
+                    TenantId::parse("bench").expect("id"),
+                    TenantQuota::new(plan, 1),
+                    &wasm,
+                )
                 .await
                 .expect("plugin loads")
         })
     };
-    let plugin = load(RuntimeConfig::default());
-    let reused = load(RuntimeConfig {
-        max_reuse: u32::MAX,
-        ..RuntimeConfig::default()
+    let starter = Plan::built_in("starter").expect("built-in plan");
+    let plugin = load(starter.clone());
+    let reused = load(Plan {
+        instance_reuse: u64::MAX,
+        max_concurrent_calls: u64::MAX,
+        ..starter.clone()
     });
     let args = format!("[\"{}\"]", "x".repeat(100));
 

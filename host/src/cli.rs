@@ -26,6 +26,7 @@ use crate::backend::memory;
 use crate::bundled;
 use crate::config::{Config, ConfigError, PluginSource};
 use crate::hub::Hub;
+use crate::quota::TenantQuota;
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
 use crate::server::{self, AppState, ServerSettings};
 use crate::tenant::{Registry, Tenant, TenantId};
@@ -172,18 +173,30 @@ pub async fn serve_config(
 ) -> Result<(), CliError> {
     let hub = Hub::new();
     let backends = memory::backends(Arc::clone(&hub));
+    // Every plan a tenant could be given, including their own overrides.
+    let plans = || {
+        config
+            .plans
+            .values()
+            .chain(config.tenants.iter().map(|t| &t.plan))
+    };
     let runtime = Runtime::new(
         RuntimeConfig {
             cache_dir: Some(config.cache_dir.clone()),
-            call_deadline: config.limits.call_deadline(),
-            memory_limit: config.limits.memory_limit_bytes(),
+            call_wall_timeout: config.limits.call_wall_timeout(),
+            max_memory: plans()
+                .map(|p| p.memory_limit_bytes())
+                .max()
+                .unwrap_or(16 << 20),
             max_instances: config.limits.max_instances,
-            max_reuse: config.limits.instance_reuse,
-            ..RuntimeConfig::default()
+            max_wasm_stack: config.limits.max_wasm_stack_bytes(),
+            fuel: plans().any(|p| p.fuel_per_call > 0),
         },
         backends,
     )
     .map_err(CliError::Runtime)?;
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let cpu_slots = config.limits.cpu_workers_per_tenant(workers);
 
     let registry = Arc::new(Registry::new());
     for t in &config.tenants {
@@ -203,14 +216,15 @@ pub async fn serve_config(
                 })?
                 .into(),
         };
+        let quota = TenantQuota::new(t.plan.clone(), cpu_slots);
         let plugin = runtime
-            .load_plugin(t.id.clone(), &wasm)
+            .load_plugin(t.id.clone(), Arc::clone(&quota), &wasm)
             .await
             .map_err(|source| CliError::LoadPlugin {
                 tenant: t.id.clone(),
                 source,
             })?;
-        let tenant = Tenant::new(t.id.clone(), plugin);
+        let tenant = Tenant::new(t.id.clone(), t.plan_name.clone(), quota, plugin);
         tenant.set_suspended(t.suspended);
         registry.insert(tenant);
     }

@@ -19,33 +19,46 @@
 //! # relative to this file's directory.
 //! cache_dir = "/var/cache/tenantry"
 //!
+//! # Plan of tenants that name none (built in: free, starter, professional,
+//! # enterprise; see docs/limits.md for every limit and its default).
+//! default_plan = "starter"
+//!
+//! # Process-wide limits.
 //! [limits]
-//! call_deadline_ms = 50                    # CPU deadline of one plugin call
-//! memory_limit_mb = 16                     # linear memory per plugin instance
-//! max_instances = 1000                     # concurrent plugin instances (pool size)
-//! max_frame_bytes = 1048576                # larger inbound frames close with 1009
-//! send_queue = 1024                        # outbound frames queued per connection
-//! max_inflight_calls_per_connection = 32   # more concurrent RPCs → OVERLOADED
-//! max_subscriptions_per_connection = 10000 # more topics → subscribe-denied RATE_LIMITED
-//! instance_reuse = 0                       # calls per plugin instance; 0 = fresh per call
+//! max_instances = 1000          # concurrent plugin instances (pool size)
+//! send_queue = 1024             # outbound frames queued per connection
+//! call_wall_timeout_ms = 5000   # wall-clock bound of one call, host waits included
+//! max_wasm_stack_kb = 512       # guest stack per call (deeper: RESOURCE_EXHAUSTED)
+//! cpu_workers_per_tenant = 0    # workers one tenant's long calls may hold; 0 = all but one
+//!
+//! # Change a built-in plan, or define a new one on top of `base`.
+//! [plans.free]
+//! max_connections = 50
+//! [plans.internal]
+//! base = "enterprise"
+//! call_deadline_ms = 1000
 //!
 //! # One table per tenant. `plugin` is a path to a `.wasm` component,
 //! # relative to this file's directory, or `bundled:chat` for the demo plugin.
 //! [[tenant]]
 //! id = "acme"
 //! plugin = "plugins/acme.wasm"
+//! plan = "professional"                    # default: default_plan
 //! suspended = false                        # refuse new connections (1008)
+//! [tenant.limits]                          # this tenant's own values, over its plan's
+//! max_connections = 20000
 //! ```
 //!
 //! With no `[[tenant]]` at all, the embedded default applies: tenant `demo`
 //! running the bundled `chat` plugin, and `default_tenant = "demo"`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::plan::{DEFAULT_PLAN, Plan, PlanOverrides, resolve_plans};
 use crate::tenant::{InvalidTenantId, TenantId};
 
 /// The listen address used when nothing else is configured.
@@ -108,74 +121,69 @@ pub struct TenantConfig {
     pub plugin: PluginSource,
     /// Whether new connections are refused (close 1008).
     pub suspended: bool,
+    /// The name of its plan.
+    pub plan_name: String,
+    /// Its effective limits: the plan with the tenant's own overrides applied.
+    pub plan: Plan,
 }
 
-/// Resource limits (the `[limits]` table).
+/// Process-wide limits (the `[limits]` table). Per-tenant limits are in plans.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// CPU deadline of one plugin call, in milliseconds. Default 50.
-    pub call_deadline_ms: u64,
-    /// Linear memory cap per plugin instance, in MiB. Default 16.
-    pub memory_limit_mb: u64,
     /// Maximum concurrent plugin instances in the pool. Default 1000.
     pub max_instances: u32,
-    /// Largest inbound WebSocket message in bytes; larger closes with 1009. Default 1 MiB.
-    pub max_frame_bytes: usize,
     /// Outbound frames queued per connection; fan-out beyond it is dropped. Default 1024.
     pub send_queue: usize,
-    /// Concurrent RPCs per connection; more are answered `OVERLOADED`. Default 32.
-    pub max_inflight_calls_per_connection: usize,
-    /// Topics one connection may hold; more are denied `RATE_LIMITED`. Default 10,000.
-    pub max_subscriptions_per_connection: usize,
-    /// Calls one plugin instance may serve before it is retired. Default 0:
-    /// a fresh instance per call. Above 1, successful instances are kept
-    /// warm (up to 4 per plugin) and reused, so guest state persists between
-    /// calls of one tenant; a trap, deadline or limit still retires them.
-    pub instance_reuse: u32,
+    /// Wall-clock bound of one plugin call including waits on host imports,
+    /// in milliseconds (`TIMEOUT`). Default 5000.
+    pub call_wall_timeout_ms: u64,
+    /// Guest (wasm) stack one call may use, in KiB; deeper recursion is
+    /// `RESOURCE_EXHAUSTED`. Default 512.
+    pub max_wasm_stack_kb: u64,
+    /// Worker threads one tenant's long-running calls (past their first
+    /// epoch tick) may occupy at once, so no tenant takes every worker.
+    /// 0 (default): all workers but one, at least one.
+    pub cpu_workers_per_tenant: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            call_deadline_ms: 50,
-            memory_limit_mb: 16,
             max_instances: 1000,
-            max_frame_bytes: 1 << 20,
             send_queue: 1024,
-            max_inflight_calls_per_connection: 32,
-            max_subscriptions_per_connection: 10_000,
-            instance_reuse: 0,
+            call_wall_timeout_ms: 5000,
+            max_wasm_stack_kb: 512,
+            cpu_workers_per_tenant: 0,
         }
     }
 }
 
 impl Limits {
-    /// The call deadline as a duration.
-    pub fn call_deadline(&self) -> Duration {
-        Duration::from_millis(self.call_deadline_ms)
+    /// The wall-clock bound of one call.
+    pub fn call_wall_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_wall_timeout_ms)
     }
 
-    /// The memory cap per instance in bytes.
-    pub fn memory_limit_bytes(&self) -> usize {
-        usize::try_from(self.memory_limit_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    /// The guest stack bound in bytes.
+    pub fn max_wasm_stack_bytes(&self) -> usize {
+        usize::try_from(self.max_wasm_stack_kb.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    /// Worker threads one tenant's long calls may hold, for a runtime of `workers` threads.
+    pub fn cpu_workers_per_tenant(&self, workers: usize) -> usize {
+        match self.cpu_workers_per_tenant {
+            0 => workers.saturating_sub(1).max(1),
+            n => n,
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
-            ("call_deadline_ms", self.call_deadline_ms as usize),
-            ("memory_limit_mb", self.memory_limit_mb as usize),
-            ("max_instances", self.max_instances as usize),
-            ("max_frame_bytes", self.max_frame_bytes),
-            ("send_queue", self.send_queue),
-            (
-                "max_inflight_calls_per_connection",
-                self.max_inflight_calls_per_connection,
-            ),
-            (
-                "max_subscriptions_per_connection",
-                self.max_subscriptions_per_connection,
-            ),
+            ("max_instances", u64::from(self.max_instances)),
+            ("send_queue", self.send_queue as u64),
+            ("call_wall_timeout_ms", self.call_wall_timeout_ms),
+            ("max_wasm_stack_kb", self.max_wasm_stack_kb),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -184,10 +192,9 @@ impl Limits {
                 )));
             }
         }
-        // tokio's semaphore caps permits at usize::MAX >> 3.
-        if self.max_inflight_calls_per_connection > 1 << 20 {
+        if self.max_wasm_stack_kb > 64 * 1024 {
             return Err(ConfigError::Invalid(
-                "limits.max_inflight_calls_per_connection must be at most 1048576".into(),
+                "limits.max_wasm_stack_kb must be at most 65536".into(),
             ));
         }
         Ok(())
@@ -207,8 +214,12 @@ pub struct Config {
     pub default_tenant: Option<TenantId>,
     /// Compiled-component cache directory.
     pub cache_dir: PathBuf,
-    /// Resource limits.
+    /// Process-wide limits.
     pub limits: Limits,
+    /// Every plan by name (built-ins, changed and added ones).
+    pub plans: BTreeMap<String, Plan>,
+    /// The plan of tenants that name none.
+    pub default_plan: String,
     /// Tenants to serve (never empty: the demo tenant when the file lists none).
     pub tenants: Vec<TenantConfig>,
 }
@@ -225,6 +236,8 @@ impl Default for Config {
                 default_tenant: None,
                 cache_dir: default_cache_dir(),
                 limits: Limits::default(),
+                plans: BTreeMap::new(),
+                default_plan: DEFAULT_PLAN.to_owned(),
                 tenants: Vec::new(),
             },
         }
@@ -243,6 +256,9 @@ struct FileConfig {
     cache_dir: Option<PathBuf>,
     #[serde(default)]
     limits: Limits,
+    default_plan: Option<String>,
+    #[serde(default)]
+    plans: BTreeMap<String, PlanOverrides>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<FileTenant>,
 }
@@ -254,6 +270,9 @@ struct FileTenant {
     plugin: String,
     #[serde(default)]
     suspended: bool,
+    plan: Option<String>,
+    #[serde(default)]
+    limits: PlanOverrides,
 }
 
 /// The default cache directory: `$XDG_CACHE_HOME/tenantry`, else
@@ -311,6 +330,32 @@ impl Config {
 
     fn from_file_contents(file: FileConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         file.limits.validate()?;
+        let plans = resolve_plans(&file.plans).map_err(ConfigError::Invalid)?;
+        let default_plan = file.default_plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned());
+        if !plans.contains_key(&default_plan) {
+            return Err(ConfigError::Invalid(format!(
+                "default_plan {default_plan:?} is not a plan (known: {})",
+                plans.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let plan_of = |tenant: &str,
+                       name: Option<&str>,
+                       own: &PlanOverrides|
+         -> Result<(String, Plan), ConfigError> {
+            let name = name.unwrap_or(&default_plan);
+            let plan = plans.get(name).ok_or_else(|| {
+                ConfigError::Invalid(format!("tenant {tenant}: plan {name:?} is not a plan"))
+            })?;
+            if own.base.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {tenant}: `base` belongs in [plans.NAME], not in a tenant's limits"
+                )));
+            }
+            let plan = plan.with(own);
+            plan.validate()
+                .map_err(|e| ConfigError::Invalid(format!("tenant {tenant}: limits.{e}")))?;
+            Ok((name.to_owned(), plan))
+        };
         let listen = file.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         if listen.trim().is_empty() {
             return Err(ConfigError::Invalid("listen must not be empty".into()));
@@ -344,10 +389,13 @@ impl Config {
                 }
                 None => PluginSource::File(base_dir.join(&t.plugin)),
             };
+            let (plan_name, plan) = plan_of(id.as_str(), t.plan.as_deref(), &t.limits)?;
             tenants.push(TenantConfig {
                 id,
                 plugin,
                 suspended: t.suspended,
+                plan_name,
+                plan,
             });
         }
 
@@ -358,10 +406,13 @@ impl Config {
             .transpose()?;
         if tenants.is_empty() {
             let demo = TenantId::parse(DEMO_TENANT)?;
+            let (plan_name, plan) = plan_of(DEMO_TENANT, None, &PlanOverrides::default())?;
             tenants.push(TenantConfig {
                 id: demo.clone(),
                 plugin: PluginSource::Bundled("chat".to_owned()),
                 suspended: false,
+                plan_name,
+                plan,
             });
             default_tenant.get_or_insert(demo);
         }
@@ -381,6 +432,8 @@ impl Config {
                 None => default_cache_dir(),
             },
             limits: file.limits,
+            plans,
+            default_plan,
             tenants,
         })
     }
@@ -405,16 +458,22 @@ mod tests {
             Some("demo")
         );
         assert_eq!(c.limits, Limits::default());
-        assert_eq!(c.limits.call_deadline(), Duration::from_millis(50));
-        assert_eq!(c.limits.memory_limit_bytes(), 16 << 20);
-        assert_eq!(c.limits.max_frame_bytes, 1 << 20);
+        assert_eq!(c.limits.call_wall_timeout(), Duration::from_secs(5));
         assert_eq!(c.limits.send_queue, 1024);
+        assert_eq!(c.default_plan, "starter");
+        assert_eq!(c.plans.len(), 4);
+        let starter = c.plans["starter"].clone();
+        assert_eq!(starter.call_deadline(), Duration::from_millis(50));
+        assert_eq!(starter.memory_limit_bytes(), 16 << 20);
+        assert_eq!(starter.max_frame_bytes, 1 << 20);
         assert_eq!(
             c.tenants,
             vec![TenantConfig {
                 id: TenantId::parse("demo").unwrap(),
                 plugin: PluginSource::Bundled("chat".into()),
                 suspended: false,
+                plan_name: "starter".into(),
+                plan: starter,
             }]
         );
         assert_eq!(Config::default(), c);
@@ -431,13 +490,25 @@ mod tests {
             default_tenant = "beta"
             cache_dir = "cache"
 
+            default_plan = "free"
+
             [limits]
-            call_deadline_ms = 100
+            call_wall_timeout_ms = 100
             send_queue = 8
+
+            [plans.free]
+            max_connections = 7
+
+            [plans.gold]
+            base = "enterprise"
+            call_deadline_ms = 1000
 
             [[tenant]]
             id = "acme"
             plugin = "plugins/acme.wasm"
+            plan = "gold"
+            [tenant.limits]
+            max_connections = 3
 
             [[tenant]]
             id = "beta"
@@ -455,9 +526,18 @@ mod tests {
         assert!(c.trust_tenant_header);
         assert_eq!(c.default_tenant.unwrap().as_str(), "beta");
         assert_eq!(c.cache_dir, PathBuf::from("/etc/tenantry/cache"));
-        assert_eq!(c.limits.call_deadline_ms, 100);
+        assert_eq!(c.limits.call_wall_timeout_ms, 100);
         assert_eq!(c.limits.send_queue, 8);
-        assert_eq!(c.limits.memory_limit_mb, 16, "unset limits keep defaults");
+        assert_eq!(c.limits.max_instances, 1000, "unset limits keep defaults");
+        assert_eq!(c.tenants[0].plan_name, "gold");
+        assert_eq!(c.tenants[0].plan.call_deadline_ms, 1000, "from the plan");
+        assert_eq!(
+            c.tenants[0].plan.max_connections, 3,
+            "the tenant's own value"
+        );
+        assert_eq!(c.tenants[0].plan.memory_limit_mb, 64, "from enterprise");
+        assert_eq!(c.tenants[1].plan_name, "free", "default_plan");
+        assert_eq!(c.tenants[1].plan.max_connections, 7);
         assert_eq!(c.tenants.len(), 3);
         assert_eq!(
             c.tenants[0].plugin,
@@ -508,6 +588,28 @@ mod tests {
         assert!(e.contains("listen"), "{e}");
         let e = parse("[[tenant]]\nid = \"acme\"").unwrap_err().to_string();
         assert!(e.contains("plugin"), "{e}");
+        let e = parse("default_plan = \"gold\"").unwrap_err().to_string();
+        assert!(
+            e.contains("\"gold\" is not a plan") && e.contains("starter"),
+            "{e}"
+        );
+        let e = parse("[[tenant]]\nid = \"acme\"\nplugin = \"a.wasm\"\nplan = \"gold\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tenant acme: plan \"gold\""), "{e}");
+        let e = parse(
+            "[[tenant]]\nid = \"acme\"\nplugin = \"a.wasm\"\n[tenant.limits]\nmax_connections = 0",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("tenant acme: limits.max_connections must be greater than 0"),
+            "{e}"
+        );
+        let e = parse("[plans.free]\nmax_conections = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_conections"), "{e}");
     }
 
     #[test]

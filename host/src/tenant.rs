@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::quota::TenantQuota;
 use crate::runtime::Plugin;
 
 /// A validated tenant id: `[a-z0-9][a-z0-9-]{0,62}`. Cheap to clone.
@@ -55,20 +56,32 @@ impl fmt::Debug for TenantId {
     }
 }
 
-/// A tenant this process serves: its id, its deployed plugin and its state.
+/// A tenant this process serves: its id, plan, deployed plugin and state.
 pub struct Tenant {
     /// The tenant's id.
     pub id: TenantId,
+    /// The name of its plan (its effective limits are in `quota`).
+    pub plan_name: String,
+    /// Its plan and live quota state, shared with its plugin's store.
+    pub quota: Arc<TenantQuota>,
     /// The plugin version currently serving this tenant.
     pub plugin: Arc<Plugin>,
     suspended: AtomicBool,
 }
 
 impl Tenant {
-    /// A new, active tenant running `plugin`.
-    pub fn new(id: TenantId, plugin: Arc<Plugin>) -> Self {
+    /// A new, active tenant on plan `plan_name` (limits in `quota`) running
+    /// `plugin` (loaded with the same `quota`).
+    pub fn new(
+        id: TenantId,
+        plan_name: String,
+        quota: Arc<TenantQuota>,
+        plugin: Arc<Plugin>,
+    ) -> Self {
         Self {
             id,
+            plan_name,
+            quota,
             plugin,
             suspended: AtomicBool::new(false),
         }

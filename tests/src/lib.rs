@@ -34,16 +34,35 @@ pub struct TenantSpec {
     pub plugin: PathBuf,
     /// Start suspended.
     pub suspended: bool,
+    /// Its plan (`None`: the config's default plan).
+    pub plan: Option<String>,
+    /// Raw TOML lines of its `[tenant.limits]` table (its own overrides).
+    pub limits: String,
 }
 
 impl TenantSpec {
-    /// A tenant running the named bundled plugin.
+    /// A tenant running the named bundled plugin, on the default plan.
     pub fn new(id: &str, plugin_name: &str) -> Self {
         Self {
             id: id.to_owned(),
             plugin: plugin(plugin_name),
             suspended: false,
+            plan: None,
+            limits: String::new(),
         }
+    }
+
+    /// The same tenant on plan `plan`.
+    pub fn plan(mut self, plan: &str) -> Self {
+        self.plan = Some(plan.to_owned());
+        self
+    }
+
+    /// The same tenant with its own limits: raw TOML lines such as
+    /// `"max_connections = 2"`.
+    pub fn limits(mut self, toml: &str) -> Self {
+        self.limits = toml.to_owned();
+        self
     }
 }
 
@@ -78,6 +97,12 @@ impl HostProcess {
                 t.plugin.display().to_string(),
                 t.suspended
             ));
+            if let Some(plan) = &t.plan {
+                toml.push_str(&format!("plan = {plan:?}\n"));
+            }
+            if !t.limits.is_empty() {
+                toml.push_str(&format!("[tenant.limits]\n{}\n", t.limits));
+            }
         }
         let config = dir.path().join("tenantry.toml");
         std::fs::write(&config, toml)?;

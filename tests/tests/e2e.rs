@@ -165,7 +165,7 @@ async fn rpc_errors_are_mapped_with_instance_reuse_too() {
     let h = HostProcess::start_with(
         bin(),
         &[TenantSpec::new("alpha", "fixture")],
-        "[limits]\ninstance_reuse = 100",
+        "[plans.starter]\ninstance_reuse = 100",
     )
     .unwrap();
     rpc_errors_are_mapped(&h).await;
@@ -508,10 +508,20 @@ async fn resume_is_acknowledged_without_replay() {
 
 /// Fuzz the whole dispatch path of a real host: random and mutated frames
 /// (control frames, RPCs with random paths and arguments, batches, binary)
-/// must never take the host down or break the connection.
+/// must never take the host down or break the connection. (The tenant's
+/// message rate is raised so the fuzzer is not closed with 4429.)
 #[tokio::test]
 async fn random_frames_never_break_the_host() {
-    let mut h = two_fixture_tenants();
+    let rates = "connection_messages_per_sec = 100000\nconnection_message_burst = 100000\ntenant_messages_per_sec = 100000\ntenant_message_burst = 100000";
+    let mut h = HostProcess::start_with(
+        bin(),
+        &[
+            TenantSpec::new("alpha", "fixture").limits(rates),
+            TenantSpec::new("beta", "fixture"),
+        ],
+        "",
+    )
+    .unwrap();
     let mut c = client(&h, "/t/alpha/ws").await;
     let seeds = [
         r#"{"type":"subscribe","topic":"a","ref":1}"#,

@@ -36,6 +36,12 @@ pub enum BackendError {
     /// An argument is malformed.
     #[error("invalid: {0}")]
     Invalid(String),
+    /// A rate of the tenant's plan is exceeded; retry after this many ms.
+    #[error("rate limited; retry after {retry_after_ms} ms")]
+    RateLimited {
+        /// When to retry, in milliseconds.
+        retry_after_ms: u64,
+    },
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -56,25 +62,52 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<(), BackendError>;
 }
 
+/// What one tenant may hold in KV (from its plan): checked atomically with
+/// every write that could grow the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvQuota {
+    /// Keys the tenant may hold.
+    pub max_keys: u64,
+    /// Bytes of keys plus values the tenant may hold.
+    pub max_bytes: u64,
+}
+
+impl KvQuota {
+    /// No practical limit (for tests and tools).
+    pub const UNLIMITED: KvQuota = KvQuota {
+        max_keys: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+}
+
 /// A per-tenant key-value store with TTLs.
 #[async_trait]
 pub trait Kv: Send + Sync + 'static {
     /// The value at `key`, or `None` if absent or expired.
     async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Vec<u8>>, BackendError>;
     /// Store `value` at `key`; with `ttl` the key expires after it.
+    /// `QuotaExceeded` (and nothing stored) if the tenant would then hold
+    /// more than `quota` allows; replacing a value counts only the difference.
     async fn set(
         &self,
         tenant: &TenantId,
         key: &str,
         value: Vec<u8>,
         ttl: Option<Duration>,
+        quota: KvQuota,
     ) -> Result<(), BackendError>;
     /// Remove `key`; `true` if it existed.
     async fn delete(&self, tenant: &TenantId, key: &str) -> Result<bool, BackendError>;
     /// Add `delta` to the decimal integer at `key` (absent = 0), keeping any
     /// TTL; returns the new value. `Invalid` if the value is not an integer
-    /// or the result overflows.
-    async fn incr(&self, tenant: &TenantId, key: &str, delta: i64) -> Result<i64, BackendError>;
+    /// or the result overflows; `QuotaExceeded` as for [`Kv::set`].
+    async fn incr(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        delta: i64,
+        quota: KvQuota,
+    ) -> Result<i64, BackendError>;
 }
 
 /// The set of backends a host process uses.

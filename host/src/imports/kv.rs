@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use super::{MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES};
-use crate::runtime::HostState;
+use crate::backend::KvQuota;
 use crate::runtime::wit::kv::Host;
 use crate::runtime::wit::types::HostError;
+use crate::runtime::{HostState, Scope};
 
 fn check_key(key: &str) -> Result<(), HostError> {
     if key.is_empty() {
@@ -14,6 +15,14 @@ fn check_key(key: &str) -> Result<(), HostError> {
         Err(HostError::TooLarge)
     } else {
         Ok(())
+    }
+}
+
+fn quota(scope: &Scope) -> KvQuota {
+    let plan = scope.quota.plan();
+    KvQuota {
+        max_keys: plan.kv_max_keys,
+        max_bytes: plan.kv_max_bytes,
     }
 }
 
@@ -44,7 +53,13 @@ impl Host for HostState {
         let s = &self.scope;
         s.backends
             .kv
-            .set(&s.tenant, &key, value, ttl_ms.map(Duration::from_millis))
+            .set(
+                &s.tenant,
+                &key,
+                value,
+                ttl_ms.map(Duration::from_millis),
+                quota(s),
+            )
             .await
             .map_err(HostError::from)
     }
@@ -64,7 +79,7 @@ impl Host for HostState {
         let s = &self.scope;
         s.backends
             .kv
-            .incr(&s.tenant, &key, delta)
+            .incr(&s.tenant, &key, delta, quota(s))
             .await
             .map_err(HostError::from)
     }

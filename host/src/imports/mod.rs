@@ -7,12 +7,12 @@ mod kv;
 mod log;
 mod pubsub;
 
+pub use log::{LogLevel, emit_plugin_log};
+
 use crate::backend::BackendError;
 use crate::runtime::HostState;
 use crate::runtime::wit::types::HostError;
 
-/// Largest JSON payload a plugin may publish (the client frame limit).
-pub const MAX_PUBLISH_BYTES: usize = 1 << 20;
 /// Longest KV key, in bytes.
 pub const MAX_KV_KEY_BYTES: usize = 1024;
 /// Largest KV value, in bytes.
@@ -31,6 +31,7 @@ impl From<BackendError> for HostError {
             BackendError::Unavailable(_) => HostError::Unavailable,
             BackendError::TooLarge(_) => HostError::TooLarge,
             BackendError::Invalid(_) => HostError::Invalid,
+            BackendError::RateLimited { retry_after_ms } => HostError::RateLimited(retry_after_ms),
             BackendError::Other(m) => HostError::Other(m),
         }
     }

@@ -2,7 +2,6 @@
 
 use serde::de::IgnoredAny;
 
-use super::MAX_PUBLISH_BYTES;
 use crate::protocol;
 use crate::runtime::HostState;
 use crate::runtime::wit::pubsub::Host;
@@ -26,14 +25,20 @@ impl Host for HostState {
         if protocol::validate_event(&event).is_err() {
             return Err(HostError::Invalid);
         }
-        if data.len() > MAX_PUBLISH_BYTES {
+        let scope = &self.scope;
+        let max = scope.quota.plan().max_publish_bytes;
+        if u64::try_from(data.len()).unwrap_or(u64::MAX) > max {
             return Err(HostError::TooLarge);
         }
         // The data is spliced verbatim into envelopes: it must be one JSON value.
         if serde_json::from_str::<IgnoredAny>(&data).is_err() {
             return Err(HostError::Invalid);
         }
-        let scope = &self.scope;
+        if let Err(refusal) = scope.quota.check_publish() {
+            return Err(HostError::RateLimited(
+                refusal.retry_after_ms().unwrap_or(1),
+            ));
+        }
         scope
             .backends
             .bus

@@ -110,6 +110,13 @@ impl From<&CallError> for RpcErrorBody {
                 codes::RESOURCE_EXHAUSTED,
                 "Call exceeded its resource limit",
             ),
+            CallError::Overloaded => Self::new(
+                codes::OVERLOADED,
+                "Too many calls in flight for this tenant",
+            ),
+            CallError::PayloadTooLarge(_) => {
+                Self::new(codes::PAYLOAD_TOO_LARGE, "Result exceeds the size limit")
+            }
             CallError::Trap(_) | CallError::Host(_) => Self::internal(),
         }
     }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::RuntimeConfig;
+
 /// Interval between epoch ticks: the granularity of CPU deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -13,10 +15,15 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// wasm32-wasip2 component has 3: main, shim, fixup).
 const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
 
-/// Build the engine for `max_instances` concurrently live plugin instances,
-/// each with at most `memory_limit` bytes of linear memory.
-pub fn build_engine(max_instances: u32, memory_limit: usize) -> wasmtime::Result<Engine> {
-    let n = max_instances.max(1);
+/// Host stack on top of the guest stack bound, for host frames (imports,
+/// libcalls) running on a call's async stack.
+const HOST_STACK_HEADROOM: usize = 1 << 20;
+
+/// Build the engine: a pool of `max_instances` concurrently live plugin
+/// instances of at most `max_memory` bytes of linear memory each, guest
+/// stacks bounded by `max_wasm_stack`, fuel metering if `fuel`.
+pub fn build_engine(rc: &RuntimeConfig) -> wasmtime::Result<Engine> {
+    let n = rc.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n)
         .total_core_instances(n.saturating_mul(4))
@@ -27,7 +34,7 @@ pub fn build_engine(max_instances: u32, memory_limit: usize) -> wasmtime::Result
         .max_tables_per_component(4)
         .total_stacks(n)
         .total_gc_heaps(0)
-        .max_memory_size(memory_limit)
+        .max_memory_size(rc.max_memory)
         // Reset only dirty pages and keep them resident: 2.5x faster fresh
         // instances and positive scaling across threads (spike §4b, §7).
         .linear_memory_keep_resident(1 << 20)
@@ -38,6 +45,9 @@ pub fn build_engine(max_instances: u32, memory_limit: usize) -> wasmtime::Result
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
+        .consume_fuel(rc.fuel)
+        .max_wasm_stack(rc.max_wasm_stack)
+        .async_stack_size(rc.max_wasm_stack.saturating_add(HOST_STACK_HEADROOM))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
 }

@@ -11,12 +11,13 @@ mod bindings;
 mod cache;
 mod engine;
 mod limiter;
+mod stdio;
 mod store;
 pub mod types;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
@@ -28,45 +29,46 @@ pub use store::{HostState, Scope};
 pub use types::{CallContext, CallError, ConnectRequest, LiveError, User, ValidationIssue};
 
 use crate::backend::Backends;
+use crate::plan::Plan;
+use crate::quota::TenantQuota;
 use crate::tenant::TenantId;
 
-/// Settings of the runtime (per process; per-tenant plans come later).
+/// Process-wide settings of the runtime. Per-call limits (CPU deadline,
+/// memory, fuel, result size, instance reuse) come from the calling
+/// tenant's plan ([`crate::plan::Plan`]) at each call.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Where compiled components are cached; `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
-    /// Guest CPU time one call may use before it is interrupted (`TIMEOUT`).
-    pub call_deadline: Duration,
     /// Wall-clock bound on one call including host-import waits (`TIMEOUT`).
     pub call_wall_timeout: Duration,
-    /// Linear memory per instance, in bytes, summed over all its memories.
-    pub memory_limit: usize,
+    /// The largest memory any plan may give one instance, in bytes: the size
+    /// of a pool slot. A plan asking for more gets this much.
+    pub max_memory: usize,
     /// Plugin instances alive at once in this process (the pool size).
     pub max_instances: u32,
-    /// Calls one instance may serve before it is retired. `0` or `1`: a fresh
-    /// instance for every call (the default, the strongest isolation). Above
-    /// that, an instance whose call succeeded (a live error counts as success)
-    /// is kept warm and serves later calls of the same plugin, so guest state
-    /// persists between calls of one tenant; any trap, deadline or limit
-    /// still retires it. Warm instances hold pool slots.
-    pub max_reuse: u32,
-    /// Warm instances kept per plugin when `max_reuse` > 1.
-    pub max_idle_per_plugin: usize,
+    /// Guest stack one call may use, in bytes (deeper: `RESOURCE_EXHAUSTED`).
+    pub max_wasm_stack: usize,
+    /// Whether fuel is metered (needed by plans with `fuel_per_call` > 0;
+    /// costs some speed for every call).
+    pub fuel: bool,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cache_dir: None,
-            call_deadline: Duration::from_millis(50),
             call_wall_timeout: Duration::from_secs(5),
-            memory_limit: 16 << 20,
+            max_memory: 64 << 20,
             max_instances: 1000,
-            max_reuse: 0,
-            max_idle_per_plugin: 4,
+            max_wasm_stack: 512 << 10,
+            fuel: false,
         }
     }
 }
+
+/// How often a plugin drops warm instances idle past their plan's `instance_idle_ms`.
+const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the runtime could not start or load a plugin.
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +93,8 @@ pub struct Runtime {
 impl Runtime {
     /// Build the engine and linker and start the epoch ticker.
     pub fn new(config: RuntimeConfig, backends: Backends) -> Result<Arc<Runtime>, RuntimeError> {
-        let engine = engine::build_engine(config.max_instances, config.memory_limit)
-            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let engine =
+            engine::build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         engine::start_epoch_ticker(&engine)
             .map_err(|e| RuntimeError::Engine(format!("epoch ticker thread: {e}")))?;
         let mut linker = Linker::<HostState>::new(&engine);
@@ -114,10 +116,12 @@ impl Runtime {
     }
 
     /// Compile (or load from the disk cache) `wasm` and prepare it to serve
-    /// `tenant`. Compilation runs on a blocking thread.
+    /// `tenant`, whose plan and quota state is `quota`. Compilation runs on a
+    /// blocking thread.
     pub async fn load_plugin(
         self: &Arc<Self>,
         tenant: TenantId,
+        quota: Arc<TenantQuota>,
         wasm: &[u8],
     ) -> Result<Arc<Plugin>, RuntimeError> {
         let hash = hex::encode(Sha256::digest(wasm));
@@ -134,18 +138,21 @@ impl Runtime {
         let pre = bindings::PluginPre::new(pre)
             .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
         tracing::info!(%tenant, plugin_version = %version, "plugin loaded");
-        Ok(Arc::new(Plugin {
+        let plugin = Arc::new(Plugin {
             scope: Arc::new(Scope {
                 tenant: tenant.clone(),
                 plugin_version: version.clone(),
                 backends: self.backends.clone(),
+                quota,
             }),
             tenant,
             version,
             pre,
             idle: parking_lot::Mutex::new(Vec::new()),
             runtime: Arc::clone(self),
-        }))
+        });
+        tokio::spawn(sweep_idle(Arc::downgrade(&plugin)));
+        Ok(plugin)
     }
 
     fn compile(&self, hash: &str, wasm: &[u8]) -> Result<Component, RuntimeError> {
@@ -178,7 +185,28 @@ pub struct Plugin {
 struct Warm {
     store: Store<HostState>,
     instance: bindings::Plugin,
-    uses: u32,
+    uses: u64,
+    idle_since: Instant,
+}
+
+/// Drop warm instances idle past their plan's `instance_idle_ms`, until the
+/// plugin is dropped.
+async fn sweep_idle(plugin: Weak<Plugin>) {
+    loop {
+        tokio::time::sleep(IDLE_SWEEP_EVERY).await;
+        let Some(plugin) = plugin.upgrade() else {
+            return;
+        };
+        let idle = plugin.scope.quota.plan().instance_idle();
+        // Dropped outside the lock.
+        let stale: Vec<Warm> = {
+            let mut warm = plugin.idle.lock();
+            let (stale, keep) = warm.drain(..).partition(|w| w.idle_since.elapsed() >= idle);
+            *warm = keep;
+            stale
+        };
+        drop(stale);
+    }
 }
 
 impl Plugin {
@@ -223,6 +251,15 @@ impl Plugin {
             .await?;
         match r {
             Ok(json) => {
+                let max = self.scope.quota.plan().max_result_bytes;
+                if u64::try_from(json.len()).unwrap_or(u64::MAX) > max {
+                    let e = CallError::PayloadTooLarge(format!(
+                        "result is {} bytes, the plan allows {max}",
+                        json.len()
+                    ));
+                    tracing::warn!(tenant = %self.tenant, plugin_version = %self.version, path, error = %e, "plugin call failed");
+                    return Err(e);
+                }
                 check_json(&json, "call result")?;
                 Ok(json)
             }
@@ -247,38 +284,50 @@ impl Plugin {
         r.map_err(|e| CallError::Live(live_error_from_wit(e)))
     }
 
-    /// Run `f` in a sandbox (a fresh one, or a warm one when reuse is on) and
-    /// classify any failure. A failed call always drops its instance.
+    /// Run `f` in a sandbox (a fresh one, or a warm one when the plan
+    /// reuses instances) under the tenant's plan, and classify any failure.
+    /// A failed call always drops its instance. Refused with `Overloaded`
+    /// when the tenant already runs `max_concurrent_calls` calls.
     async fn run<R>(
         &self,
         f: impl AsyncFnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         let rt = &self.runtime;
-        let reuse = rt.config.max_reuse > 1;
-        let warm = if reuse { self.idle.lock().pop() } else { None };
+        let quota = &self.scope.quota;
+        let _slot = quota.try_begin_call().map_err(|_| CallError::Overloaded)?;
+        let plan = quota.plan();
+        let reuse = plan.instance_reuse > 1;
+        let warm = if reuse { self.take_warm(&plan) } else { None };
         let work = async move {
             let (mut store, instance, uses) = match warm {
                 Some(mut w) => {
-                    w.store.data_mut().begin_call(rt.config.call_deadline);
+                    w.store.data_mut().begin_call(plan.call_deadline());
                     w.store.set_epoch_deadline(1);
+                    if rt.config.fuel {
+                        set_fuel(&mut w.store, plan.fuel_per_call);
+                    }
                     (w.store, w.instance, w.uses)
                 }
                 None => {
-                    let mut store = self.new_store();
+                    let mut store = self.new_store(&plan);
                     match self.pre.instantiate_async(&mut store).await {
                         Ok(i) => (store, i, 0),
                         Err(e) => return Err(classify(e, &store, true)),
                     }
                 }
             };
-            match f(&instance, &mut store).await {
+            let result = f(&instance, &mut store).await;
+            store.data_mut().cpu.release_slot();
+            match result {
                 Ok(r) => Ok((
                     r,
                     Warm {
                         store,
                         instance,
                         uses: uses + 1,
+                        idle_since: Instant::now(),
                     },
+                    plan,
                 )),
                 Err(e) => Err(classify(e, &store, false)),
             }
@@ -287,32 +336,47 @@ impl Plugin {
         // several KiB, and would otherwise be inlined into every caller's
         // future (e.g. each connection's reader task) for its whole life.
         match tokio::time::timeout(rt.config.call_wall_timeout, Box::pin(work)).await {
-            Ok(Ok((r, warm))) => {
-                if reuse && warm.uses < rt.config.max_reuse {
+            Ok(Ok((r, warm, plan))) => {
+                if reuse && warm.uses < plan.instance_reuse {
                     let mut idle = self.idle.lock();
-                    if idle.len() < rt.config.max_idle_per_plugin {
+                    if (idle.len() as u64) < plan.max_warm_instances {
                         idle.push(warm);
                     }
                 }
                 Ok(r)
             }
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(CallError::Timeout),
+            Err(_) => {
+                tracing::warn!(tenant = %self.tenant, plugin_version = %self.version, "plugin call exceeded its wall-clock bound");
+                Err(CallError::Timeout)
+            }
         }
     }
 
-    /// A new store with this plugin's scope, limits and CPU accounting.
-    fn new_store(&self) -> Store<HostState> {
+    /// A warm instance that has not sat idle past the plan's limit, if any.
+    fn take_warm(&self, plan: &Plan) -> Option<Warm> {
+        let idle = plan.instance_idle();
+        let mut warm = self.idle.lock();
+        while let Some(w) = warm.pop() {
+            if w.idle_since.elapsed() < idle {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// A new store with this plugin's scope, the plan's limits and CPU accounting.
+    fn new_store(&self, plan: &Plan) -> Store<HostState> {
         let rt = &self.runtime;
+        let memory = plan.memory_limit_bytes().min(rt.config.max_memory);
         let mut store = Store::new(
             &rt.engine,
-            HostState::new(
-                Arc::clone(&self.scope),
-                rt.config.memory_limit,
-                rt.config.call_deadline,
-            ),
+            HostState::new(Arc::clone(&self.scope), memory, plan.call_deadline()),
         );
         store.limiter(|s| &mut s.limiter);
+        if rt.config.fuel {
+            set_fuel(&mut store, plan.fuel_per_call);
+        }
         // Set before instantiation: start functions run guest code too.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
@@ -327,15 +391,25 @@ impl Plugin {
     }
 }
 
+/// Give the store `fuel` (0: unmetered, i.e. as much as can be counted).
+fn set_fuel(store: &mut Store<HostState>, fuel: u64) {
+    let fuel = if fuel == 0 { u64::MAX } else { fuel };
+    // Fails only when the engine does not meter fuel, which the caller checked.
+    let _ = store.set_fuel(fuel);
+}
+
 /// Turn a wasmtime error into what the caller sees; logs the details.
 fn classify(err: wasmtime::Error, store: &Store<HostState>, instantiating: bool) -> CallError {
     let scope = &store.data().scope;
     let detail = format!("{err:#}");
+    let trap = err.downcast_ref::<Trap>();
     let result = if store.data().limiter.exhausted {
         CallError::ResourceExhausted(detail)
-    } else if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+    } else if matches!(trap, Some(Trap::StackOverflow)) {
+        CallError::ResourceExhausted(format!("guest stack exhausted: {detail}"))
+    } else if matches!(trap, Some(Trap::Interrupt | Trap::OutOfFuel)) {
         CallError::Timeout
-    } else if instantiating && err.downcast_ref::<Trap>().is_none() {
+    } else if instantiating && trap.is_none() {
         CallError::Host(detail)
     } else {
         CallError::Trap(detail)
@@ -405,18 +479,32 @@ mod tests {
         Runtime::new(config, memory::backends(Hub::new())).unwrap()
     }
 
+    fn starter() -> Plan {
+        Plan::built_in("starter").unwrap()
+    }
+
+    fn quota() -> Arc<TenantQuota> {
+        TenantQuota::new(starter(), 1)
+    }
+
+    async fn load(rt: &Arc<Runtime>, plan: Plan, wasm: &[u8]) -> Arc<Plugin> {
+        rt.load_plugin(
+            TenantId::parse("acme").unwrap(),
+            TenantQuota::new(plan, 1),
+            wasm,
+        )
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn instances_are_reused_up_to_max_reuse_and_retired_on_failure() {
-        let config = RuntimeConfig {
-            max_instances: 8,
-            max_reuse: 3,
-            ..RuntimeConfig::default()
+        let rt = runtime(None);
+        let plan = Plan {
+            instance_reuse: 3,
+            ..starter()
         };
-        let rt = Runtime::new(config, memory::backends(Hub::new())).unwrap();
-        let p = rt
-            .load_plugin(TenantId::parse("acme").unwrap(), &fixture())
-            .await
-            .unwrap();
+        let p = load(&rt, plan, &fixture()).await;
         let uses = |p: &Plugin| p.idle.lock().iter().map(|w| w.uses).collect::<Vec<_>>();
         assert_eq!(p.call(ctx(), "fixture/echo", "[1]").await.unwrap(), "1");
         assert_eq!(uses(&p), vec![1]);
@@ -465,7 +553,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime(Some(dir.path().to_owned()));
         let tenant = TenantId::parse("acme").unwrap();
-        let p = rt.load_plugin(tenant.clone(), &fixture()).await.unwrap();
+        let p = rt
+            .load_plugin(tenant.clone(), quota(), &fixture())
+            .await
+            .unwrap();
         let files = cached_files(dir.path());
         assert_eq!(files.len(), 1, "{files:?}");
         assert!(files[0].to_string_lossy().ends_with(".cwasm"));
@@ -473,7 +564,10 @@ mod tests {
 
         // A second runtime (a restart) loads from the cache and serves calls.
         let rt2 = runtime(Some(dir.path().to_owned()));
-        let p2 = rt2.load_plugin(tenant.clone(), &fixture()).await.unwrap();
+        let p2 = rt2
+            .load_plugin(tenant.clone(), quota(), &fixture())
+            .await
+            .unwrap();
         assert_eq!(p2.version, p.version);
         assert_eq!(p2.call(ctx(), "fixture/echo", "[5]").await.unwrap(), "5");
 
@@ -485,7 +579,7 @@ mod tests {
         std::fs::remove_file(&files[0]).unwrap();
         std::fs::write(&files[0], b"garbage").unwrap();
         let rt3 = runtime(Some(dir.path().to_owned()));
-        let p3 = rt3.load_plugin(tenant, &fixture()).await.unwrap();
+        let p3 = rt3.load_plugin(tenant, quota(), &fixture()).await.unwrap();
         assert_eq!(p3.call(ctx(), "fixture/echo", "[6]").await.unwrap(), "6");
         assert!(std::fs::read(&files[0]).unwrap().len() > 1000);
     }
@@ -495,7 +589,7 @@ mod tests {
         let rt = runtime(None);
         let tenant = TenantId::parse("acme").unwrap();
         for bad in [&b""[..], b"not wasm at all", b"\0asm\x01\0\0\0"] {
-            match rt.load_plugin(tenant.clone(), bad).await {
+            match rt.load_plugin(tenant.clone(), quota(), bad).await {
                 Err(RuntimeError::InvalidPlugin(msg)) => assert!(!msg.is_empty()),
                 Err(e) => panic!("unexpected error {e}"),
                 Ok(_) => panic!("accepted invalid plugin {bad:?}"),
@@ -506,10 +600,7 @@ mod tests {
     #[tokio::test]
     async fn a_trap_only_ends_its_own_call() {
         let rt = runtime(None);
-        let p = rt
-            .load_plugin(TenantId::parse("acme").unwrap(), &fixture())
-            .await
-            .unwrap();
+        let p = load(&rt, starter(), &fixture()).await;
         assert!(matches!(
             p.call(ctx(), "fixture/panic", "[]").await,
             Err(CallError::Trap(_))
@@ -523,5 +614,153 @@ mod tests {
             Err(CallError::ResourceExhausted(_))
         ));
         assert_eq!(p.call(ctx(), "fixture/echo", "[1]").await.unwrap(), "1");
+    }
+
+    fn hostile() -> Vec<u8> {
+        std::fs::read(crate::bundled::plugin_path("hostile")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn deep_recursion_is_resource_exhausted_and_costs_only_its_call() {
+        let rt = runtime(None);
+        let p = load(&rt, starter(), &hostile()).await;
+        let r = p.call(ctx(), "hostile/recurse", "[]").await;
+        assert!(
+            matches!(r, Err(CallError::ResourceExhausted(ref m)) if m.contains("stack")),
+            "{r:?}"
+        );
+        assert_eq!(p.call(ctx(), "hostile/echo", "[1]").await.unwrap(), "1");
+    }
+
+    #[tokio::test]
+    async fn results_over_the_plan_limit_are_refused() {
+        let rt = runtime(None);
+        let plan = Plan {
+            max_result_bytes: 1000,
+            ..starter()
+        };
+        let p = load(&rt, plan, &hostile()).await;
+        // 998 characters + 2 quotes fit; one more does not.
+        assert_eq!(
+            p.call(ctx(), "hostile/huge", "[998]").await.unwrap().len(),
+            1000
+        );
+        assert!(matches!(
+            p.call(ctx(), "hostile/huge", "[999]").await,
+            Err(CallError::PayloadTooLarge(_))
+        ));
+        // The default 100 MiB result cannot even be built in 16 MiB.
+        assert!(matches!(
+            p.call(ctx(), "hostile/huge", "[]").await,
+            Err(CallError::ResourceExhausted(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn fuel_bounds_cpu_deterministically() {
+        let config = RuntimeConfig {
+            max_instances: 8,
+            fuel: true,
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::new(config, memory::backends(Hub::new())).unwrap();
+        let plan = Plan {
+            fuel_per_call: 1_000_000,
+            call_deadline_ms: 10_000,
+            ..starter()
+        };
+        let p = load(&rt, plan, &hostile()).await;
+        let started = Instant::now();
+        assert!(matches!(
+            p.call(ctx(), "hostile/spin", "[]").await,
+            Err(CallError::Timeout)
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "fuel, not the deadline, stopped it"
+        );
+        assert_eq!(p.call(ctx(), "hostile/echo", "[2]").await.unwrap(), "2");
+        // Unmetered plans on a fuel engine are not limited by fuel.
+        let p = load(&rt, starter(), &hostile()).await;
+        assert_eq!(p.call(ctx(), "hostile/echo", "[3]").await.unwrap(), "3");
+    }
+
+    #[tokio::test]
+    async fn the_tenant_concurrency_limit_answers_overloaded() {
+        let rt = runtime(None);
+        let plan = Plan {
+            max_concurrent_calls: 1,
+            call_deadline_ms: 200,
+            ..starter()
+        };
+        let p = load(&rt, plan, &hostile()).await;
+        let spinning = {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move { p.call(ctx(), "hostile/spin", "[]").await })
+        };
+        // Wait until the spin call holds the only slot.
+        while p.scope.quota.calls() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            p.call(ctx(), "hostile/echo", "[1]").await,
+            Err(CallError::Overloaded)
+        ));
+        assert!(matches!(spinning.await.unwrap(), Err(CallError::Timeout)));
+        assert_eq!(p.call(ctx(), "hostile/echo", "[1]").await.unwrap(), "1");
+    }
+
+    #[tokio::test]
+    async fn warm_instances_idle_past_the_plan_limit_are_not_reused() {
+        let rt = runtime(None);
+        let plan = Plan {
+            instance_reuse: 100,
+            instance_idle_ms: 50,
+            ..starter()
+        };
+        let p = load(&rt, plan, &fixture()).await;
+        p.call(ctx(), "fixture/echo", "[1]").await.unwrap();
+        assert_eq!(p.idle.lock().len(), 1);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(
+            p.take_warm(&p.scope.quota.plan()).is_none(),
+            "stale instance dropped"
+        );
+        p.call(ctx(), "fixture/echo", "[1]").await.unwrap();
+        // The sweeper drops it without any call.
+        tokio::time::sleep(IDLE_SWEEP_EVERY + Duration::from_millis(200)).await;
+        assert!(p.idle.lock().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_calls_of_one_tenant_take_turns_on_its_cpu_slots() {
+        let rt = runtime(None);
+        let plan = Plan {
+            call_deadline_ms: 30,
+            ..starter()
+        };
+        // One CPU slot: four spinning calls run one at a time, so together
+        // they take about four deadlines of wall time, not one.
+        let p = load(&rt, plan, &hostile()).await;
+        let started = Instant::now();
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let p = Arc::clone(&p);
+                tokio::spawn(async move { p.call(ctx(), "hostile/spin", "[]").await })
+            })
+            .collect();
+        for c in calls {
+            assert!(matches!(c.await.unwrap(), Err(CallError::Timeout)));
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(110),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            p.scope.quota.cpu_slots().available_permits(),
+            1,
+            "slots returned"
+        );
     }
 }

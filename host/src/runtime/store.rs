@@ -5,11 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limiter::Limiter;
+use super::stdio::LogSink;
 use crate::backend::Backends;
+use crate::quota::TenantQuota;
 use crate::tenant::TenantId;
 
 /// Resource handles a plugin may hold at once (WASI streams etc.).
@@ -24,6 +28,8 @@ pub struct Scope {
     pub plugin_version: String,
     /// The backends the imports reach.
     pub backends: Backends,
+    /// The tenant's plan and quota state (publish rate, KV quota, log rate, CPU slots).
+    pub quota: Arc<TenantQuota>,
 }
 
 /// Store data for one call.
@@ -43,13 +49,19 @@ impl HostState {
     pub fn new(scope: Arc<Scope>, memory_limit: usize, cpu_budget: Duration) -> Self {
         let mut table = ResourceTable::new();
         table.set_max_capacity(RESOURCE_TABLE_CAPACITY);
+        // No preopens, no env, no args, no network, no stdin; stdout and
+        // stderr go to the tenant's log, rate-limited.
+        let wasi = WasiCtx::builder()
+            .stdout(LogSink::stdout(Arc::clone(&scope)))
+            .stderr(LogSink::stderr(Arc::clone(&scope)))
+            .build();
+        let slots = Arc::clone(scope.quota.cpu_slots());
         Self {
             scope,
-            // No preopens, no env, no args, no network, stdio discarded.
-            wasi: WasiCtx::builder().build(),
+            wasi,
             table,
             limiter: Limiter::new(memory_limit),
-            cpu: CpuBudget::new(cpu_budget),
+            cpu: CpuBudget::new(cpu_budget, slots),
         }
     }
 }
@@ -59,7 +71,8 @@ impl HostState {
     /// is reused): a full CPU budget and a clear limit flag. Memory already
     /// grown stays counted.
     pub fn begin_call(&mut self, cpu_budget: Duration) {
-        self.cpu = CpuBudget::new(cpu_budget);
+        let slots = Arc::clone(self.scope.quota.cpu_slots());
+        self.cpu = CpuBudget::new(cpu_budget, slots);
         self.limiter.exhausted = false;
     }
 }
@@ -75,6 +88,11 @@ impl WasiView for HostState {
 
 /// Guest running time of one call, measured between epoch ticks and
 /// excluding the time the guest spent parked after yielding to tokio.
+///
+/// It also keeps one tenant from occupying every worker thread: a call that
+/// is still running at its first epoch tick (a long call) must hold one of
+/// the tenant's CPU slots to go on, and gives it back at every later tick so
+/// the tenant's other long calls take turns. Short calls never touch a slot.
 pub struct CpuBudget {
     budget: Duration,
     used: Duration,
@@ -82,16 +100,22 @@ pub struct CpuBudget {
     /// Nanoseconds since `origin` at which the guest last (re)started running.
     /// Shared with the yield future, which updates it when the guest resumes.
     running_since: Arc<AtomicU64>,
+    slots: Arc<Semaphore>,
+    /// The CPU slot this call holds, if it is a long call between ticks.
+    slot: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
 }
 
 impl CpuBudget {
-    /// A budget of `budget` running time, starting now.
-    pub fn new(budget: Duration) -> Self {
+    /// A budget of `budget` running time, starting now, taking turns on
+    /// the tenant's `slots` once the call runs past its first tick.
+    pub fn new(budget: Duration, slots: Arc<Semaphore>) -> Self {
         Self {
             budget,
             used: Duration::ZERO,
             origin: Instant::now(),
             running_since: Arc::new(AtomicU64::new(0)),
+            slots,
+            slot: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -105,13 +129,26 @@ impl CpuBudget {
         self.used >= self.budget
     }
 
-    /// A future that yields to the tokio scheduler once and then marks the
-    /// guest as running again, so parked time is not charged.
+    /// Give back the CPU slot, if held (at the end of a call).
+    pub fn release_slot(&mut self) {
+        drop(self.slot.lock().take());
+    }
+
+    /// A future that gives back the call's CPU slot, yields to the tokio
+    /// scheduler, waits for a slot again and then marks the guest as running,
+    /// so parked and waiting time is not charged.
     pub fn yield_future(&self) -> impl Future<Output = ()> + Send + 'static {
         let running_since = Arc::clone(&self.running_since);
         let origin = self.origin;
+        let slots = Arc::clone(&self.slots);
+        let slot = Arc::clone(&self.slot);
+        drop(slot.lock().take());
         async move {
             tokio::task::yield_now().await;
+            // The semaphore is never closed; if it were, run without a slot.
+            if let Ok(permit) = slots.acquire_owned().await {
+                *slot.lock() = Some(permit);
+            }
             running_since.store(duration_nanos(origin.elapsed()), Ordering::Relaxed);
         }
     }

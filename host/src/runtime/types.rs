@@ -85,6 +85,14 @@ pub enum CallError {
     /// The call exceeded a memory or table limit (client code `RESOURCE_EXHAUSTED`).
     #[error("plugin exceeded a resource limit: {0}")]
     ResourceExhausted(String),
+    /// The tenant already runs as many calls as its plan allows
+    /// (`max_concurrent_calls`): client code `OVERLOADED`.
+    #[error("the tenant's concurrent call limit is reached")]
+    Overloaded,
+    /// The result is larger than the plan's `max_result_bytes`: client
+    /// code `PAYLOAD_TOO_LARGE`.
+    #[error("plugin result too large: {0}")]
+    PayloadTooLarge(String),
     /// The plugin trapped (panic, unreachable, bad result): client sees
     /// `INTERNAL_ERROR` with the message hidden.
     #[error("plugin trapped: {0}")]

@@ -140,6 +140,7 @@ impl Session {
         match gate {
             Ok(()) => {}
             Err(CallError::Live(e)) => return Err(Denied::new(e.code)),
+            Err(CallError::Overloaded) => return Err(Denied::new("OVERLOADED")),
             Err(e) => {
                 tracing::warn!(topic, error = %e, "subscribe gate failed; denying");
                 return Err(Denied::new("FORBIDDEN"));
@@ -181,7 +182,16 @@ impl Session {
         if let Err(e) = &result {
             match e {
                 CallError::Live(_) => {}
-                CallError::Timeout | CallError::ResourceExhausted(_) => {
+                CallError::Overloaded => {
+                    tracing::debug!(
+                        path,
+                        request_id,
+                        "call refused: tenant at max_concurrent_calls"
+                    );
+                }
+                CallError::Timeout
+                | CallError::ResourceExhausted(_)
+                | CallError::PayloadTooLarge(_) => {
                     tracing::info!(path, request_id, error = %e, "plugin call stopped");
                 }
                 CallError::Trap(_) | CallError::Host(_) => {

@@ -37,6 +37,7 @@ use super::session::Session;
 use super::tenancy::{self, TENANT_HEADER, TenancyError};
 use crate::hub::Outbound;
 use crate::protocol::{self, ClientFrame, ProtocolError, Ref, RpcCall, RpcErrorBody};
+use crate::quota::{ConnectionQuota, MessageVerdict, Refusal};
 use crate::runtime::{CallError, ConnectRequest};
 use crate::tenant::Tenant;
 
@@ -52,6 +53,13 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_UNAUTHENTICATED: u16 = 4401;
 /// Close code: `authenticate` said `FORBIDDEN`. Terminal for clients.
 pub const CLOSE_FORBIDDEN: u16 = 4403;
+/// Close code: throttled. The connection kept sending while over its
+/// message rate, or the tenant is at `max_connections`, or its plugin is at
+/// `max_concurrent_calls` when authenticating. Clients back off harder.
+pub const CLOSE_RATE_LIMITED: u16 = 4429;
+/// Largest inbound message accepted from a connection whose tenant is
+/// unknown (it is closed with 1008 before anything is read anyway).
+const UNKNOWN_TENANT_MAX_FRAME: usize = 8 * 1024;
 
 /// Initial read buffer per connection. tungstenite's default (128 KiB) would
 /// be touched on the first read and dominate the memory of idle connections.
@@ -113,7 +121,13 @@ fn accept(
         &state.settings().tenancy,
     );
     let request = connect_request(&headers, &uri, remote);
-    let max = state.settings().limits.max_frame_bytes;
+    let max = resolved
+        .as_ref()
+        .ok()
+        .and_then(|id| state.registry().get(id))
+        .map_or(UNKNOWN_TENANT_MAX_FRAME, |t| {
+            usize::try_from(t.quota.plan().max_frame_bytes).unwrap_or(usize::MAX)
+        });
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
@@ -144,6 +158,7 @@ pub fn authenticate_close(err: &CallError) -> (u16, String) {
         }
         CallError::Live(e) if e.code == "FORBIDDEN" => (CLOSE_FORBIDDEN, e.message.clone()),
         CallError::Live(e) => (CLOSE_POLICY, e.code.clone()),
+        CallError::Overloaded => (CLOSE_RATE_LIMITED, "tenant overloaded".to_owned()),
         _ => (CLOSE_POLICY, "authentication failed".to_owned()),
     }
 }
@@ -175,6 +190,15 @@ async fn run_connection(
             return close_now(socket, CLOSE_POLICY, &e.to_string()).await;
         }
     };
+    let Ok(slot) = tenant.quota.try_connect() else {
+        tracing::debug!(tenant = %tenant.id, "connection refused: tenant at max_connections");
+        return close_now(
+            socket,
+            CLOSE_TRY_AGAIN_LATER,
+            "tenant connection limit reached",
+        )
+        .await;
+    };
     let session_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!(
         "conn",
@@ -185,6 +209,7 @@ async fn run_connection(
     connection(socket, state, tenant, session_id, request)
         .instrument(span)
         .await;
+    drop(slot);
 }
 
 async fn connection(
@@ -205,19 +230,21 @@ async fn connection(
             return close_now(socket, code, &reason).await;
         }
     };
-    let limits = &state.settings().limits;
-    let (tx, rx) = mpsc::channel(limits.send_queue);
+    let plan = tenant.quota.plan();
+    let as_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let max_inflight = as_usize(plan.max_inflight_calls_per_connection);
+    let (tx, rx) = mpsc::channel(state.settings().limits.send_queue);
     let hub = state.hub().connect(
         tenant.id.clone(),
         tx.clone(),
-        limits.max_subscriptions_per_connection,
+        as_usize(plan.max_subscriptions_per_connection),
     );
     let session = Arc::new(Session::with_id(
         session_id,
         tenant,
         user,
         hub,
-        limits.max_inflight_calls_per_connection,
+        max_inflight,
     ));
     if socket
         .send(Message::Text(protocol::welcome(session.id()).into()))
@@ -236,7 +263,8 @@ async fn connection(
     let conn = Connection {
         session: Arc::clone(&session),
         tx,
-        max_inflight: limits.max_inflight_calls_per_connection,
+        max_inflight,
+        quota: ConnectionQuota::new(),
     };
     let (stream, close) = read_loop(stream, &conn, &state, &ping).await;
     session.close();
@@ -390,6 +418,17 @@ async fn read_loop(
             // stream ends after the close handshake.
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => continue,
         };
+        let frame = match conn.admit(frame) {
+            Admission::Handle(frame) => frame,
+            Admission::Refused(frame, refusal) => {
+                conn.refuse(frame, refusal).await;
+                continue;
+            }
+            Admission::Close => {
+                tracing::debug!("connection over its message rate; closing");
+                break Some((CLOSE_RATE_LIMITED, "rate limit exceeded"));
+            }
+        };
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => break SHUTDOWN,
@@ -399,14 +438,101 @@ async fn read_loop(
     (stream, close)
 }
 
+/// What to do with a decoded frame after the rate checks.
+enum Admission {
+    /// Within the rates: handle it.
+    Handle(Result<ClientFrame, ProtocolError>),
+    /// Over a rate: answer `RATE_LIMITED` where the frame expects an answer.
+    Refused(Result<ClientFrame, ProtocolError>, Refusal),
+    /// The connection ignores refusals: close it with 4429.
+    Close,
+}
+
+/// Messages a frame counts for against the message rates: one per call or
+/// topic; 0 for frames that only lower load or are acknowledgements
+/// (`hello`, `unsubscribe`, `resume`, `reply`).
+fn message_cost(frame: &Result<ClientFrame, ProtocolError>) -> u64 {
+    let n = match frame {
+        Ok(ClientFrame::Hello { .. } | ClientFrame::Unsubscribe { .. }) => 0,
+        Ok(ClientFrame::Resume { .. } | ClientFrame::Reply { .. }) => 0,
+        Ok(ClientFrame::Batch { calls, .. }) => calls.len().max(1),
+        Ok(ClientFrame::SubscribeBatch { topics, .. }) => topics.len().max(1),
+        Ok(ClientFrame::Rpc(_) | ClientFrame::Subscribe { .. } | ClientFrame::Ignored) => 1,
+        Err(_) => 1,
+    };
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
 /// What the reader needs to act on frames of one connection.
 struct Connection {
     session: Arc<Session>,
     tx: mpsc::Sender<Outbound>,
     max_inflight: usize,
+    quota: ConnectionQuota,
 }
 
 impl Connection {
+    /// Check a frame against the connection's and the tenant's message rates.
+    fn admit(&self, frame: Result<ClientFrame, ProtocolError>) -> Admission {
+        let cost = message_cost(&frame);
+        if cost == 0 {
+            return Admission::Handle(frame);
+        }
+        let tenant = &self.session.tenant().quota;
+        match self.quota.check(tenant, &tenant.plan(), cost) {
+            MessageVerdict::Allow => Admission::Handle(frame),
+            MessageVerdict::Refuse(refusal) => Admission::Refused(frame, refusal),
+            MessageVerdict::Close => Admission::Close,
+        }
+    }
+
+    /// Answer a frame refused by a rate limit: RPCs get `RATE_LIMITED` with
+    /// `retryAfter`, subscriptions with a `ref` get `subscribe-denied`
+    /// `RATE_LIMITED`; other frames are dropped.
+    async fn refuse(&self, frame: Result<ClientFrame, ProtocolError>, refusal: Refusal) {
+        let body = || {
+            let mut body = RpcErrorBody::new("RATE_LIMITED", "Too many requests");
+            body.retry_after_ms = refusal.retry_after_ms();
+            body
+        };
+        match frame {
+            Ok(ClientFrame::Rpc(call)) => {
+                if let Some(id) = &call.id {
+                    self.send(protocol::rpc_error(id, &body())).await;
+                }
+            }
+            Ok(ClientFrame::Batch { calls, .. }) => {
+                let results: Vec<_> = calls.iter().map(|c| (batch_id(c), Err(body()))).collect();
+                self.send(protocol::rpc_batch(&results)).await;
+            }
+            Ok(ClientFrame::Subscribe {
+                topic,
+                reference: Some(reference),
+            }) => {
+                self.send(protocol::subscribe_denied(
+                    &topic,
+                    &reference,
+                    "RATE_LIMITED",
+                ))
+                .await;
+            }
+            Ok(ClientFrame::SubscribeBatch {
+                topics,
+                reference: Some(reference),
+            }) => {
+                for topic in &topics {
+                    self.send(protocol::subscribe_denied(
+                        topic,
+                        &reference,
+                        "RATE_LIMITED",
+                    ))
+                    .await;
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Queue a frame that must not be dropped (acks, RPC answers): waits
     /// while the queue is full. Fails only when the connection is gone.
     async fn send(&self, frame: String) {
@@ -488,13 +614,7 @@ impl Connection {
         } else {
             calls.len().clamp(1, self.max_inflight)
         };
-        let id_of = |c: &Result<RpcCall, ProtocolError>| {
-            match c {
-                Ok(call) => call.id.clone(),
-                Err(e) => e.rpc_id.clone(),
-            }
-            .unwrap_or_else(|| Ref::Str(String::new()))
-        };
+        let id_of = batch_id;
         let Some(permit) = u32::try_from(width)
             .ok()
             .and_then(|w| self.session.try_reserve_calls(w))
@@ -534,6 +654,15 @@ impl Connection {
             .in_current_span(),
         );
     }
+}
+
+/// The id a batch answer uses for one entry (empty when it has none).
+fn batch_id(c: &Result<RpcCall, ProtocolError>) -> Ref {
+    match c {
+        Ok(call) => call.id.clone(),
+        Err(e) => e.rpc_id.clone(),
+    }
+    .unwrap_or_else(|| Ref::Str(String::new()))
 }
 
 fn overloaded() -> RpcErrorBody {

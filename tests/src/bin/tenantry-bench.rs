@@ -23,6 +23,21 @@ use serde_json::{Value, json};
 use tenantry_tests::{HostProcess, TenantSpec};
 use tokio_tungstenite::tungstenite::Message;
 
+/// The plan load tests run on: enterprise with rates and counts high enough
+/// that the load generator, not a quota, is the bottleneck.
+const BENCH_PLAN: &str = "[plans.bench]
+base = \"enterprise\"
+max_connections = 1000000
+max_concurrent_calls = 100000
+max_inflight_calls_per_connection = 100000
+connection_messages_per_sec = 100000000
+connection_message_burst = 100000000
+tenant_messages_per_sec = 100000000
+tenant_message_burst = 100000000
+publishes_per_sec = 100000000
+publish_burst = 100000000
+";
+
 #[derive(Parser)]
 #[command(about = "Load tool for tenantry: echo RPC, fan-out, idle connections")]
 struct Cli {
@@ -32,7 +47,7 @@ struct Cli {
     /// Do not pin the host to core 0 and the load to core 1.
     #[arg(long)]
     no_pin: bool,
-    /// The host's `[limits] instance_reuse` (0: a fresh instance per call).
+    /// The bench plan's `instance_reuse` (0: a fresh instance per call).
     #[arg(long, default_value_t = 0)]
     reuse: u32,
     #[command(subcommand)]
@@ -114,8 +129,8 @@ fn pin_self_to_core(core: u32) -> Result<()> {
 }
 
 fn start_host(bin: &std::path::Path, pin: bool, reuse: u32) -> Result<HostProcess> {
-    let extra = format!("[limits]\ninstance_reuse = {reuse}\n");
-    let tenants = [TenantSpec::new("bench", "fixture")];
+    let extra = format!("{BENCH_PLAN}instance_reuse = {reuse}\n");
+    let tenants = [TenantSpec::new("bench", "fixture").plan("bench")];
     let h = HostProcess::start_with(bin, &tenants, &extra)?;
     if pin {
         let status = std::process::Command::new("taskset")

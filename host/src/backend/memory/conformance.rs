@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-use crate::backend::{BackendError, Kv};
+use crate::backend::{BackendError, Kv, KvQuota};
+
+/// The quota the general part of the suite writes under (never reached).
+const Q: KvQuota = KvQuota::UNLIMITED;
 use crate::tenant::TenantId;
 
 fn tenant(name: &str) -> TenantId {
@@ -21,20 +24,21 @@ fn tenant(name: &str) -> TenantId {
 /// The [`Kv`] contract: get/set/delete, TTLs, `incr` with Redis `INCRBY`
 /// semantics, and tenant isolation. Takes about 0.3 s (TTL waits).
 pub async fn kv_conformance(kv: &dyn Kv) {
+    kv_quota_conformance(kv).await;
     let a = tenant("conformance-a");
     let b = tenant("conformance-b");
 
     // get / set / delete.
     assert_eq!(kv.get(&a, "conf:missing").await, Ok(None), "absent key");
-    kv.set(&a, "conf:k", b"v1".to_vec(), None).await.unwrap();
+    kv.set(&a, "conf:k", b"v1".to_vec(), None, Q).await.unwrap();
     assert_eq!(kv.get(&a, "conf:k").await, Ok(Some(b"v1".to_vec())));
-    kv.set(&a, "conf:k", b"v2".to_vec(), None).await.unwrap();
+    kv.set(&a, "conf:k", b"v2".to_vec(), None, Q).await.unwrap();
     assert_eq!(
         kv.get(&a, "conf:k").await,
         Ok(Some(b"v2".to_vec())),
         "set replaces"
     );
-    kv.set(&a, "conf:bin", vec![0, 255, 10], None)
+    kv.set(&a, "conf:bin", vec![0, 255, 10], None, Q)
         .await
         .unwrap();
     assert_eq!(
@@ -42,7 +46,7 @@ pub async fn kv_conformance(kv: &dyn Kv) {
         Ok(Some(vec![0, 255, 10])),
         "bytes round-trip"
     );
-    kv.set(&a, "conf:empty", Vec::new(), None).await.unwrap();
+    kv.set(&a, "conf:empty", Vec::new(), None, Q).await.unwrap();
     assert_eq!(
         kv.get(&a, "conf:empty").await,
         Ok(Some(Vec::new())),
@@ -53,7 +57,7 @@ pub async fn kv_conformance(kv: &dyn Kv) {
     assert_eq!(kv.get(&a, "conf:k").await, Ok(None), "deleted");
 
     // Tenant isolation: equal keys are different entries.
-    kv.set(&a, "conf:shared", b"a".to_vec(), None)
+    kv.set(&a, "conf:shared", b"a".to_vec(), None, Q)
         .await
         .unwrap();
     assert_eq!(
@@ -61,7 +65,7 @@ pub async fn kv_conformance(kv: &dyn Kv) {
         Ok(None),
         "b cannot see a's key"
     );
-    kv.set(&b, "conf:shared", b"b".to_vec(), None)
+    kv.set(&b, "conf:shared", b"b".to_vec(), None, Q)
         .await
         .unwrap();
     assert_eq!(kv.get(&a, "conf:shared").await, Ok(Some(b"a".to_vec())));
@@ -71,30 +75,34 @@ pub async fn kv_conformance(kv: &dyn Kv) {
         Ok(Some(b"a".to_vec())),
         "b's delete"
     );
-    assert_eq!(kv.incr(&b, "conf:ctr", 5).await, Ok(5));
+    assert_eq!(kv.incr(&b, "conf:ctr", 5, Q).await, Ok(5));
     assert_eq!(
-        kv.incr(&a, "conf:ctr", 1).await,
+        kv.incr(&a, "conf:ctr", 1, Q).await,
         Ok(1),
         "counters are per tenant"
     );
 
     // incr: Redis INCRBY.
-    assert_eq!(kv.incr(&a, "conf:n", 0).await, Ok(0), "absent counts as 0");
+    assert_eq!(
+        kv.incr(&a, "conf:n", 0, Q).await,
+        Ok(0),
+        "absent counts as 0"
+    );
     assert_eq!(
         kv.get(&a, "conf:n").await,
         Ok(Some(b"0".to_vec())),
         "incr creates"
     );
-    assert_eq!(kv.incr(&a, "conf:n", 10).await, Ok(10));
-    assert_eq!(kv.incr(&a, "conf:n", -15).await, Ok(-5));
+    assert_eq!(kv.incr(&a, "conf:n", 10, Q).await, Ok(10));
+    assert_eq!(kv.incr(&a, "conf:n", -15, Q).await, Ok(-5));
     assert_eq!(
         kv.get(&a, "conf:n").await,
         Ok(Some(b"-5".to_vec())),
         "stored as decimal"
     );
-    kv.set(&a, "conf:n", b"41".to_vec(), None).await.unwrap();
+    kv.set(&a, "conf:n", b"41".to_vec(), None, Q).await.unwrap();
     assert_eq!(
-        kv.incr(&a, "conf:n", 1).await,
+        kv.incr(&a, "conf:n", 1, Q).await,
         Ok(42),
         "incr on a set decimal"
     );
@@ -106,10 +114,10 @@ pub async fn kv_conformance(kv: &dyn Kv) {
         b"",
         b"99999999999999999999",
     ] {
-        kv.set(&a, "conf:bad", bad.to_vec(), None).await.unwrap();
+        kv.set(&a, "conf:bad", bad.to_vec(), None, Q).await.unwrap();
         assert!(
             matches!(
-                kv.incr(&a, "conf:bad", 1).await,
+                kv.incr(&a, "conf:bad", 1, Q).await,
                 Err(BackendError::Invalid(_))
             ),
             "incr on {:?} must be Invalid",
@@ -121,12 +129,12 @@ pub async fn kv_conformance(kv: &dyn Kv) {
             "left unchanged"
         );
     }
-    kv.set(&a, "conf:max", i64::MAX.to_string().into_bytes(), None)
+    kv.set(&a, "conf:max", i64::MAX.to_string().into_bytes(), None, Q)
         .await
         .unwrap();
     assert!(
         matches!(
-            kv.incr(&a, "conf:max", 1).await,
+            kv.incr(&a, "conf:max", 1, Q).await,
             Err(BackendError::Invalid(_))
         ),
         "overflow is Invalid"
@@ -136,10 +144,10 @@ pub async fn kv_conformance(kv: &dyn Kv) {
         Ok(Some(i64::MAX.to_string().into_bytes())),
         "overflow leaves the value"
     );
-    assert_eq!(kv.incr(&a, "conf:min", i64::MIN).await, Ok(i64::MIN));
+    assert_eq!(kv.incr(&a, "conf:min", i64::MIN, Q).await, Ok(i64::MIN));
     assert!(
         matches!(
-            kv.incr(&a, "conf:min", -1).await,
+            kv.incr(&a, "conf:min", -1, Q).await,
             Err(BackendError::Invalid(_))
         ),
         "underflow is Invalid"
@@ -147,7 +155,7 @@ pub async fn kv_conformance(kv: &dyn Kv) {
 
     // TTLs.
     let short = Duration::from_millis(100);
-    kv.set(&a, "conf:ttl", b"x".to_vec(), Some(short))
+    kv.set(&a, "conf:ttl", b"x".to_vec(), Some(short), Q)
         .await
         .unwrap();
     kv.set(
@@ -155,17 +163,18 @@ pub async fn kv_conformance(kv: &dyn Kv) {
         "conf:keep",
         b"x".to_vec(),
         Some(Duration::from_secs(60)),
+        Q,
     )
     .await
     .unwrap();
-    kv.set(&a, "conf:ttl-ctr", b"1".to_vec(), Some(short))
+    kv.set(&a, "conf:ttl-ctr", b"1".to_vec(), Some(short), Q)
         .await
         .unwrap();
-    assert_eq!(kv.incr(&a, "conf:ttl-ctr", 1).await, Ok(2));
-    kv.set(&a, "conf:ttl-cleared", b"x".to_vec(), Some(short))
+    assert_eq!(kv.incr(&a, "conf:ttl-ctr", 1, Q).await, Ok(2));
+    kv.set(&a, "conf:ttl-cleared", b"x".to_vec(), Some(short), Q)
         .await
         .unwrap();
-    kv.set(&a, "conf:ttl-cleared", b"y".to_vec(), None)
+    kv.set(&a, "conf:ttl-cleared", b"y".to_vec(), None, Q)
         .await
         .unwrap();
     assert_eq!(
@@ -191,7 +200,7 @@ pub async fn kv_conformance(kv: &dyn Kv) {
         "incr keeps the ttl"
     );
     assert_eq!(
-        kv.incr(&a, "conf:ttl-ctr", 1).await,
+        kv.incr(&a, "conf:ttl-ctr", 1, Q).await,
         Ok(1),
         "expired counter restarts"
     );
@@ -202,7 +211,7 @@ pub async fn kv_conformance(kv: &dyn Kv) {
     );
     assert!(
         matches!(
-            kv.set(&a, "conf:zero", b"x".to_vec(), Some(Duration::ZERO))
+            kv.set(&a, "conf:zero", b"x".to_vec(), Some(Duration::ZERO), Q)
                 .await,
             Err(BackendError::Invalid(_))
         ),
@@ -226,5 +235,55 @@ pub async fn kv_conformance(kv: &dyn Kv) {
         for t in [&a, &b] {
             let _ = kv.delete(t, key).await;
         }
+    }
+}
+
+/// The KV quota: key count and bytes (keys + values) per tenant, checked
+/// with the write; a refused write stores nothing; replacing a value counts
+/// only the difference; `incr` of a new key counts as a key; tenants do not
+/// share a quota.
+async fn kv_quota_conformance(kv: &dyn Kv) {
+    let a = tenant("conformance-quota-a");
+    let b = tenant("conformance-quota-b");
+    let q = KvQuota {
+        max_keys: 2,
+        max_bytes: 40,
+    };
+    // "conf:q1" (7) + 10 = 17 bytes; "conf:q2" (7) + 10 = 34 bytes.
+    kv.set(&a, "conf:q1", vec![1; 10], None, q).await.unwrap();
+    kv.set(&a, "conf:q2", vec![2; 10], None, q).await.unwrap();
+    assert!(
+        matches!(
+            kv.set(&a, "conf:q3", vec![3], None, q).await,
+            Err(BackendError::QuotaExceeded(_))
+        ),
+        "a third key is over max_keys"
+    );
+    assert_eq!(
+        kv.get(&a, "conf:q3").await,
+        Ok(None),
+        "refused writes store nothing"
+    );
+    assert!(
+        matches!(
+            kv.incr(&a, "conf:q3", 1, q).await,
+            Err(BackendError::QuotaExceeded(_))
+        ),
+        "incr of a new key counts as a key"
+    );
+    // Replacing counts the difference: 34 - 10 + 16 = 40 fits, 41 does not.
+    kv.set(&a, "conf:q1", vec![4; 16], None, q).await.unwrap();
+    assert!(matches!(
+        kv.set(&a, "conf:q1", vec![5; 17], None, q).await,
+        Err(BackendError::QuotaExceeded(_))
+    ));
+    assert_eq!(kv.get(&a, "conf:q1").await, Ok(Some(vec![4; 16])));
+    // Another tenant has its own quota.
+    kv.set(&b, "conf:q3", vec![3; 10], None, q).await.unwrap();
+    // Deleting frees room.
+    assert_eq!(kv.delete(&a, "conf:q2").await, Ok(true));
+    kv.set(&a, "conf:q3", vec![3; 10], None, q).await.unwrap();
+    for (t, k) in [(&a, "conf:q1"), (&a, "conf:q3"), (&b, "conf:q3")] {
+        kv.delete(t, k).await.unwrap();
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use crate::backend::{BackendError, Kv};
+use crate::backend::{BackendError, Kv, KvQuota};
 use crate::tenant::TenantId;
 
 /// Number of shards (a power of two); a tenant lives in one shard.
@@ -27,9 +27,6 @@ pub struct MemoryKvLimits {
     pub max_key_bytes: usize,
     /// Largest value in bytes (`TooLarge` beyond). Default 1 MiB.
     pub max_value_bytes: usize,
-    /// Total bytes of keys plus values one tenant may store
-    /// (`QuotaExceeded` beyond). Default 64 MiB.
-    pub max_bytes_per_tenant: usize,
 }
 
 impl Default for MemoryKvLimits {
@@ -37,7 +34,6 @@ impl Default for MemoryKvLimits {
         Self {
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
-            max_bytes_per_tenant: 64 << 20,
         }
     }
 }
@@ -103,21 +99,33 @@ impl Shard {
         key: &str,
         value: Vec<u8>,
         expires_at: Option<Instant>,
-        max_bytes: usize,
+        quota: KvQuota,
     ) -> Result<(), BackendError> {
         let map = self.tenants.entry(tenant.clone()).or_default();
-        let old = map
-            .entries
-            .get(key)
-            .map_or(0, |e| key.len() + e.value.len());
+        let (old, keys_after) = match map.entries.get(key) {
+            Some(e) => (key.len() + e.value.len(), map.entries.len()),
+            None => (0, map.entries.len() + 1),
+        };
         let new = key.len() + value.len();
-        if map.bytes - old + new > max_bytes {
+        let bytes_after = map.bytes - old + new;
+        let over = if bytes_after as u64 > quota.max_bytes {
+            Some(format!(
+                "tenant KV storage is limited to {} bytes",
+                quota.max_bytes
+            ))
+        } else if keys_after as u64 > quota.max_keys {
+            Some(format!(
+                "tenant KV storage is limited to {} keys",
+                quota.max_keys
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = over {
             if map.entries.is_empty() {
                 self.tenants.remove(tenant);
             }
-            return Err(BackendError::QuotaExceeded(format!(
-                "tenant KV storage is limited to {max_bytes} bytes"
-            )));
+            return Err(BackendError::QuotaExceeded(message));
         }
         self.remove(tenant, key);
         let map = self.tenants.entry(tenant.clone()).or_default();
@@ -278,6 +286,7 @@ impl Kv for MemoryKv {
         key: &str,
         value: Vec<u8>,
         ttl: Option<Duration>,
+        quota: KvQuota,
     ) -> Result<(), BackendError> {
         self.check_key(key)?;
         if value.len() > self.limits.max_value_bytes {
@@ -300,13 +309,7 @@ impl Kv for MemoryKv {
         };
         let mut shard = self.shard(tenant).lock();
         shard.sweep(now, SWEEP_PER_OP);
-        shard.put(
-            tenant,
-            key,
-            value,
-            expires_at,
-            self.limits.max_bytes_per_tenant,
-        )
+        shard.put(tenant, key, value, expires_at, quota)
     }
 
     async fn delete(&self, tenant: &TenantId, key: &str) -> Result<bool, BackendError> {
@@ -319,7 +322,13 @@ impl Kv for MemoryKv {
             .is_some_and(|entry| !entry.expired(now)))
     }
 
-    async fn incr(&self, tenant: &TenantId, key: &str, delta: i64) -> Result<i64, BackendError> {
+    async fn incr(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        delta: i64,
+        quota: KvQuota,
+    ) -> Result<i64, BackendError> {
         self.check_key(key)?;
         let now = Instant::now();
         let mut shard = self.shard(tenant).lock();
@@ -341,7 +350,7 @@ impl Kv for MemoryKv {
             key,
             next.to_string().into_bytes(),
             expires_at,
-            self.limits.max_bytes_per_tenant,
+            quota,
         )?;
         Ok(next)
     }
@@ -351,6 +360,8 @@ impl Kv for MemoryKv {
 mod tests {
     use super::*;
     use crate::backend::memory::conformance;
+
+    const Q: KvQuota = KvQuota::UNLIMITED;
 
     fn tid(s: &str) -> TenantId {
         TenantId::parse(s).unwrap()
@@ -399,6 +410,7 @@ mod tests {
                 &format!("k{i}"),
                 b"v".to_vec(),
                 Some(Duration::from_millis(20)),
+                Q,
             )
             .await
             .unwrap();
@@ -417,10 +429,10 @@ mod tests {
     async fn purge_expired_removes_everything_due() {
         let kv = MemoryKv::new();
         let t = tid("acme");
-        kv.set(&t, "a", b"1".to_vec(), Some(Duration::from_millis(10)))
+        kv.set(&t, "a", b"1".to_vec(), Some(Duration::from_millis(10)), Q)
             .await
             .unwrap();
-        kv.set(&t, "b", b"1".to_vec(), None).await.unwrap();
+        kv.set(&t, "b", b"1".to_vec(), None, Q).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(kv.purge_expired(), 1);
         assert_eq!(kv.stored_keys(&t), 1);
@@ -436,6 +448,7 @@ mod tests {
                 &format!("k{i}"),
                 b"v".to_vec(),
                 Some(Duration::from_millis(10)),
+                Q,
             )
             .await
             .unwrap();
@@ -455,11 +468,14 @@ mod tests {
         let kv = MemoryKv::with_limits(MemoryKvLimits {
             max_key_bytes: 8,
             max_value_bytes: 16,
-            max_bytes_per_tenant: 40,
         });
+        let q = KvQuota {
+            max_keys: 3,
+            max_bytes: 40,
+        };
         let t = tid("acme");
         assert!(matches!(
-            kv.set(&t, "123456789", vec![], None).await,
+            kv.set(&t, "123456789", vec![], None, q).await,
             Err(BackendError::TooLarge(_))
         ));
         assert!(matches!(
@@ -467,22 +483,24 @@ mod tests {
             Err(BackendError::TooLarge(_))
         ));
         assert!(matches!(
-            kv.set(&t, "k", vec![0; 17], None).await,
+            kv.set(&t, "k", vec![0; 17], None, q).await,
             Err(BackendError::TooLarge(_))
         ));
-        kv.set(&t, "a", vec![0; 16], None).await.unwrap(); // 17 bytes
-        kv.set(&t, "b", vec![0; 16], None).await.unwrap(); // 34 bytes
+        kv.set(&t, "a", vec![0; 16], None, q).await.unwrap(); // 17 bytes
+        kv.set(&t, "b", vec![0; 16], None, q).await.unwrap(); // 34 bytes
         assert!(matches!(
-            kv.set(&t, "c", vec![0; 16], None).await,
+            kv.set(&t, "c", vec![0; 16], None, q).await,
             Err(BackendError::QuotaExceeded(_))
         ));
         // Replacing a value counts the difference only.
-        kv.set(&t, "a", vec![1; 16], None).await.unwrap();
+        kv.set(&t, "a", vec![1; 16], None, q).await.unwrap();
         assert_eq!(kv.stored_bytes(&t), 34);
         // Another tenant has its own quota.
-        kv.set(&tid("beta"), "c", vec![0; 16], None).await.unwrap();
+        kv.set(&tid("beta"), "c", vec![0; 16], None, q)
+            .await
+            .unwrap();
         assert!(kv.delete(&t, "a").await.unwrap());
-        kv.set(&t, "c", vec![0; 16], None).await.unwrap();
+        kv.set(&t, "c", vec![0; 16], None, q).await.unwrap();
         assert_eq!(kv.stored_bytes(&t), 34);
     }
 }

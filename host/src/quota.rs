@@ -1,0 +1,455 @@
+//! Quota enforcement: lock-free token buckets and counters that check a
+//! tenant's (or a connection's) use against its current [`Plan`].
+//!
+//! Every check is one or a few atomic operations: no lock is held across an
+//! await, and a refusal costs as little as an admission. Limits are read
+//! from the plan on each check, so a plan change applies at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use tokio::sync::Semaphore;
+
+use crate::plan::Plan;
+
+/// A token bucket in its GCRA form: one atomic "theoretical arrival time".
+/// `rate` tokens per second refill a bucket of `burst` tokens.
+#[derive(Debug)]
+pub struct RateLimiter {
+    origin: Instant,
+    /// Nanoseconds after `origin` at which the bucket is full again.
+    tat: AtomicU64,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RateLimiter {
+    /// A full bucket.
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            tat: AtomicU64::new(0),
+        }
+    }
+
+    /// Take `cost` tokens now. `Err(retry_after)`: refused, and the same
+    /// request would succeed after that long. A cost above `burst` is charged
+    /// as `burst` (a batch larger than the bucket still gets through once
+    /// the bucket is full).
+    pub fn try_acquire(&self, cost: u64, rate_per_sec: u64, burst: u64) -> Result<(), Duration> {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.try_acquire_at(now, cost, rate_per_sec, burst)
+    }
+
+    /// [`RateLimiter::try_acquire`] at a given time (nanoseconds after the
+    /// limiter was created), for tests.
+    pub fn try_acquire_at(
+        &self,
+        now: u64,
+        cost: u64,
+        rate_per_sec: u64,
+        burst: u64,
+    ) -> Result<(), Duration> {
+        let rate = rate_per_sec.max(1);
+        let burst = burst.max(1);
+        let interval = (1_000_000_000 / rate).max(1);
+        let tolerance = interval.saturating_mul(burst);
+        let cost = cost.clamp(1, burst);
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let new_tat = tat.max(now).saturating_add(interval.saturating_mul(cost));
+            let limit = now.saturating_add(tolerance);
+            if new_tat > limit {
+                return Err(Duration::from_nanos(new_tat - limit));
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+}
+
+/// Why a quota check refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A rate is exceeded; the same request succeeds after `retry_after`.
+    #[error("rate limit exceeded; retry after {retry_after:?}")]
+    RateLimited {
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// A count limit (connections, concurrent calls) is reached.
+    #[error("limit reached")]
+    Full,
+}
+
+impl Refusal {
+    /// The retry hint in milliseconds (at least 1) for `RATE_LIMITED`, `None` for `Full`.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Refusal::RateLimited { retry_after } => Some(
+                u64::try_from(retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+            Refusal::Full => None,
+        }
+    }
+}
+
+/// The live quota state of one tenant, shared by its connections and its
+/// plugin's store: the current plan, counters and rate buckets.
+#[derive(Debug)]
+pub struct TenantQuota {
+    plan: RwLock<Arc<Plan>>,
+    connections: AtomicU64,
+    calls: AtomicU64,
+    messages: RateLimiter,
+    publishes: RateLimiter,
+    logs: RateLimiter,
+    logs_dropped: AtomicU64,
+    /// Worker threads this tenant's long-running guest code may occupy at once.
+    cpu_slots: Arc<Semaphore>,
+}
+
+/// Holds one of a tenant's connection slots until dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    quota: Arc<TenantQuota>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.quota.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Holds one of a tenant's concurrent-call slots until dropped.
+#[derive(Debug)]
+pub struct CallSlot {
+    quota: Arc<TenantQuota>,
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        self.quota.calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl TenantQuota {
+    /// Fresh state for a tenant on `plan`, whose long-running calls may use
+    /// at most `cpu_slots` worker threads at once.
+    pub fn new(plan: Plan, cpu_slots: usize) -> Arc<Self> {
+        Arc::new(Self {
+            plan: RwLock::new(Arc::new(plan)),
+            connections: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            messages: RateLimiter::new(),
+            publishes: RateLimiter::new(),
+            logs: RateLimiter::new(),
+            logs_dropped: AtomicU64::new(0),
+            cpu_slots: Arc::new(Semaphore::new(cpu_slots.max(1))),
+        })
+    }
+
+    /// The current plan (cheap: one read lock and an `Arc` clone).
+    pub fn plan(&self) -> Arc<Plan> {
+        Arc::clone(&self.plan.read())
+    }
+
+    /// Replace the plan; applies to every later check. Connections keep the
+    /// frame size and subscription limits they were opened with.
+    pub fn set_plan(&self, plan: Plan) {
+        *self.plan.write() = Arc::new(plan);
+    }
+
+    /// Open connections now.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Plugin calls running now.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Acquire)
+    }
+
+    /// Admit a connection if the tenant is under `max_connections`.
+    pub fn try_connect(self: &Arc<Self>) -> Result<ConnectionSlot, Refusal> {
+        let max = self.plan.read().max_connections;
+        try_increment(&self.connections, max)?;
+        Ok(ConnectionSlot {
+            quota: Arc::clone(self),
+        })
+    }
+
+    /// Admit a plugin call if the tenant is under `max_concurrent_calls`.
+    pub fn try_begin_call(self: &Arc<Self>) -> Result<CallSlot, Refusal> {
+        let max = self.plan.read().max_concurrent_calls;
+        try_increment(&self.calls, max)?;
+        Ok(CallSlot {
+            quota: Arc::clone(self),
+        })
+    }
+
+    /// Count `cost` inbound messages against the tenant's message rate.
+    pub fn check_messages(&self, cost: u64) -> Result<(), Refusal> {
+        let (rate, burst) = {
+            let p = self.plan.read();
+            (p.tenant_messages_per_sec, p.tenant_message_burst)
+        };
+        self.messages
+            .try_acquire(cost, rate, burst)
+            .map_err(|retry_after| Refusal::RateLimited { retry_after })
+    }
+
+    /// Count one publish against the tenant's publish rate.
+    pub fn check_publish(&self) -> Result<(), Refusal> {
+        let (rate, burst) = {
+            let p = self.plan.read();
+            (p.publishes_per_sec, p.publish_burst)
+        };
+        self.publishes
+            .try_acquire(1, rate, burst)
+            .map_err(|retry_after| Refusal::RateLimited { retry_after })
+    }
+
+    /// Whether one more plugin log line may be written now. A refused line
+    /// is counted; [`TenantQuota::take_logs_dropped`] reports the count.
+    pub fn allow_log_line(&self) -> bool {
+        let (rate, burst) = {
+            let p = self.plan.read();
+            (p.log_lines_per_sec, p.log_line_burst)
+        };
+        let ok = self.logs.try_acquire(1, rate, burst).is_ok();
+        if !ok {
+            self.logs_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Log lines dropped since the last call (resets the count).
+    pub fn take_logs_dropped(&self) -> u64 {
+        self.logs_dropped.swap(0, Ordering::Relaxed)
+    }
+
+    /// The semaphore bounding how many worker threads this tenant's
+    /// long-running calls occupy at once.
+    pub fn cpu_slots(&self) -> &Arc<Semaphore> {
+        &self.cpu_slots
+    }
+}
+
+/// Per-connection quota state: the connection's own message bucket and how
+/// many messages in a row it had refused.
+#[derive(Debug, Default)]
+pub struct ConnectionQuota {
+    messages: RateLimiter,
+    refused_in_a_row: AtomicU64,
+}
+
+/// The outcome of [`ConnectionQuota::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageVerdict {
+    /// Handle the message.
+    Allow,
+    /// Refuse it with `RATE_LIMITED` and this retry hint.
+    Refuse(Refusal),
+    /// The connection kept sending while refused: close it with 4429.
+    Close,
+}
+
+impl ConnectionQuota {
+    /// A connection with a full bucket.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Check `cost` inbound messages against the connection's own rate,
+    /// then the tenant's. A connection refused more than its burst in a row
+    /// (it ignores `retryAfter`) is to be closed.
+    pub fn check(&self, tenant: &TenantQuota, plan: &Plan, cost: u64) -> MessageVerdict {
+        let own = self
+            .messages
+            .try_acquire(
+                cost,
+                plan.connection_messages_per_sec,
+                plan.connection_message_burst,
+            )
+            .map_err(|retry_after| Refusal::RateLimited { retry_after });
+        match own.and_then(|()| tenant.check_messages(cost)) {
+            Ok(()) => {
+                self.refused_in_a_row.store(0, Ordering::Relaxed);
+                MessageVerdict::Allow
+            }
+            Err(refusal) => {
+                let refused = self.refused_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused > plan.connection_message_burst {
+                    MessageVerdict::Close
+                } else {
+                    MessageVerdict::Refuse(refusal)
+                }
+            }
+        }
+    }
+}
+
+/// Add one to `counter` unless it is at `max`.
+fn try_increment(counter: &AtomicU64, max: u64) -> Result<(), Refusal> {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .map(|_| ())
+        .map_err(|_| Refusal::Full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn plan() -> Plan {
+        Plan::built_in("starter").unwrap()
+    }
+
+    #[test]
+    fn bucket_allows_the_burst_then_the_rate() {
+        let l = RateLimiter::new();
+        // rate 10/s, burst 5: five at once, then one every 100 ms.
+        for _ in 0..5 {
+            assert!(l.try_acquire_at(0, 1, 10, 5).is_ok());
+        }
+        let retry = l.try_acquire_at(0, 1, 10, 5).unwrap_err();
+        assert_eq!(retry, Duration::from_millis(100));
+        assert!(l.try_acquire_at(SEC / 10 - 1, 1, 10, 5).is_err());
+        assert!(l.try_acquire_at(SEC / 10, 1, 10, 5).is_ok());
+        // After a long pause the bucket is full again, not over-full.
+        let later = 100 * SEC;
+        for _ in 0..5 {
+            assert!(l.try_acquire_at(later, 1, 10, 5).is_ok());
+        }
+        assert!(l.try_acquire_at(later, 1, 10, 5).is_err());
+    }
+
+    #[test]
+    fn costs_above_the_burst_are_charged_as_the_burst() {
+        let l = RateLimiter::new();
+        assert!(l.try_acquire_at(0, 100, 10, 5).is_ok());
+        assert!(l.try_acquire_at(0, 1, 10, 5).is_err());
+    }
+
+    proptest! {
+        /// Over any window, no more than burst + rate × window tokens are granted,
+        /// and a refusal's retry hint is exact: retrying then succeeds.
+        #[test]
+        fn never_grants_more_than_burst_plus_rate(
+            rate in 1u64..1000,
+            burst in 1u64..100,
+            steps in proptest::collection::vec((0u64..SEC / 10, 1u64..5), 1..300),
+        ) {
+            let l = RateLimiter::new();
+            let mut now = 0;
+            let mut granted = 0;
+            for (dt, cost) in steps {
+                now += dt;
+                match l.try_acquire_at(now, cost, rate, burst) {
+                    Ok(()) => granted += cost.min(burst),
+                    Err(retry) => {
+                        let probe = RateLimiter { origin: l.origin, tat: AtomicU64::new(l.tat.load(Ordering::Relaxed)) };
+                        let at = now + u64::try_from(retry.as_nanos()).unwrap();
+                        prop_assert!(probe.try_acquire_at(at, cost, rate, burst).is_ok());
+                    }
+                }
+                let interval = (SEC / rate).max(1);
+                let allowed = burst + now / interval;
+                prop_assert!(granted <= allowed, "granted {granted} > {allowed}");
+            }
+        }
+    }
+
+    #[test]
+    fn connections_and_calls_are_counted_and_released() {
+        let mut p = plan();
+        p.max_connections = 2;
+        p.max_concurrent_calls = 1;
+        let q = TenantQuota::new(p, 1);
+        let a = q.try_connect().unwrap();
+        let _b = q.try_connect().unwrap();
+        assert_eq!(q.try_connect().unwrap_err(), Refusal::Full);
+        drop(a);
+        assert!(q.try_connect().is_ok());
+        let c = q.try_begin_call().unwrap();
+        assert!(q.try_begin_call().is_err());
+        assert_eq!(q.calls(), 1);
+        drop(c);
+        assert!(q.try_begin_call().is_ok());
+    }
+
+    #[test]
+    fn a_plan_change_applies_to_the_next_check() {
+        let mut p = plan();
+        p.max_connections = 1;
+        let q = TenantQuota::new(p.clone(), 1);
+        let _a = q.try_connect().unwrap();
+        assert!(q.try_connect().is_err());
+        p.max_connections = 2;
+        q.set_plan(p);
+        assert!(q.try_connect().is_ok());
+    }
+
+    #[test]
+    fn a_connection_ignoring_refusals_is_closed() {
+        let mut p = plan();
+        p.connection_messages_per_sec = 1;
+        p.connection_message_burst = 3;
+        let t = TenantQuota::new(p.clone(), 1);
+        let c = ConnectionQuota::new();
+        for _ in 0..3 {
+            assert_eq!(c.check(&t, &p, 1), MessageVerdict::Allow);
+        }
+        for _ in 0..3 {
+            match c.check(&t, &p, 1) {
+                MessageVerdict::Refuse(r) => assert!(r.retry_after_ms().unwrap() >= 1),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+        assert_eq!(c.check(&t, &p, 1), MessageVerdict::Close);
+    }
+
+    #[test]
+    fn the_tenant_rate_is_shared_by_its_connections() {
+        let mut p = plan();
+        p.tenant_messages_per_sec = 1;
+        p.tenant_message_burst = 2;
+        let t = TenantQuota::new(p.clone(), 1);
+        let (a, b) = (ConnectionQuota::new(), ConnectionQuota::new());
+        assert_eq!(a.check(&t, &p, 1), MessageVerdict::Allow);
+        assert_eq!(b.check(&t, &p, 1), MessageVerdict::Allow);
+        assert!(matches!(a.check(&t, &p, 1), MessageVerdict::Refuse(_)));
+        assert!(matches!(b.check(&t, &p, 1), MessageVerdict::Refuse(_)));
+    }
+
+    #[test]
+    fn log_lines_over_the_rate_are_dropped_and_counted() {
+        let mut p = plan();
+        p.log_lines_per_sec = 1;
+        p.log_line_burst = 2;
+        let t = TenantQuota::new(p, 1);
+        let kept = (0..10).filter(|_| t.allow_log_line()).count();
+        assert_eq!(kept, 2);
+        assert_eq!(t.take_logs_dropped(), 8);
+        assert_eq!(t.take_logs_dropped(), 0);
+    }
+}
