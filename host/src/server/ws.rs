@@ -194,7 +194,7 @@ async fn run_connection(
         tracing::debug!(tenant = %tenant.id, "connection refused: tenant at max_connections");
         return close_now(
             socket,
-            CLOSE_TRY_AGAIN_LATER,
+            CLOSE_RATE_LIMITED,
             "tenant connection limit reached",
         )
         .await;
