@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod imports;
+pub mod metrics;
 pub mod plan;
 pub mod protocol;
 pub mod quota;

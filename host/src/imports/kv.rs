@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use super::{MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES};
-use crate::backend::KvQuota;
+use crate::backend::{BackendError, KvQuota};
+use crate::metrics::{self, RefusalKind};
 use crate::runtime::wit::kv::Host;
 use crate::runtime::wit::types::HostError;
 use crate::runtime::{HostState, Scope};
@@ -16,6 +17,14 @@ fn check_key(key: &str) -> Result<(), HostError> {
     } else {
         Ok(())
     }
+}
+
+/// Map a backend failure for the guest, counting quota refusals.
+fn refused(scope: &Scope, e: BackendError) -> HostError {
+    if matches!(e, BackendError::QuotaExceeded(_)) {
+        metrics::refusal(&scope.tenant, RefusalKind::Kv);
+    }
+    HostError::from(e)
 }
 
 fn quota(scope: &Scope) -> KvQuota {
@@ -61,7 +70,7 @@ impl Host for HostState {
                 quota(s),
             )
             .await
-            .map_err(HostError::from)
+            .map_err(|e| refused(s, e))
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, HostError> {
@@ -81,6 +90,6 @@ impl Host for HostState {
             .kv
             .incr(&s.tenant, &key, delta, quota(s))
             .await
-            .map_err(HostError::from)
+            .map_err(|e| refused(s, e))
     }
 }

@@ -5,6 +5,7 @@
 //! how many were dropped. Guest stdout and stderr use the same path.
 
 use super::MAX_LOG_BYTES;
+use crate::metrics::{self, RefusalKind};
 use crate::runtime::HostState;
 use crate::runtime::Scope;
 use crate::runtime::wit::log::{Host, Level};
@@ -28,6 +29,7 @@ pub enum LogLevel {
 /// messages are cut to [`MAX_LOG_BYTES`].
 pub fn emit_plugin_log(scope: &Scope, level: LogLevel, message: &str) {
     if !scope.quota.allow_log_line() {
+        metrics::refusal(&scope.tenant, RefusalKind::LogRate);
         return;
     }
     let mut end = message.len().min(MAX_LOG_BYTES);

@@ -2,6 +2,7 @@
 
 use serde::de::IgnoredAny;
 
+use crate::metrics::{self, RefusalKind};
 use crate::protocol;
 use crate::runtime::HostState;
 use crate::runtime::wit::pubsub::Host;
@@ -28,6 +29,7 @@ impl Host for HostState {
         let scope = &self.scope;
         let max = scope.quota.plan().max_publish_bytes;
         if u64::try_from(data.len()).unwrap_or(u64::MAX) > max {
+            metrics::refusal(&scope.tenant, RefusalKind::PublishSize);
             return Err(HostError::TooLarge);
         }
         // The data is spliced verbatim into envelopes: it must be one JSON value.
@@ -35,6 +37,7 @@ impl Host for HostState {
             return Err(HostError::Invalid);
         }
         if let Err(refusal) = scope.quota.check_publish() {
+            metrics::refusal(&scope.tenant, RefusalKind::PublishRate);
             return Err(HostError::RateLimited(
                 refusal.retry_after_ms().unwrap_or(1),
             ));

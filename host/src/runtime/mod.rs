@@ -29,6 +29,7 @@ pub use store::{HostState, Scope};
 pub use types::{CallContext, CallError, ConnectRequest, LiveError, User, ValidationIssue};
 
 use crate::backend::Backends;
+use crate::metrics::{self, RefusalKind, TrapKind};
 use crate::plan::Plan;
 use crate::quota::TenantQuota;
 use crate::tenant::TenantId;
@@ -257,6 +258,7 @@ impl Plugin {
                         "result is {} bytes, the plan allows {max}",
                         json.len()
                     ));
+                    metrics::trap(&self.tenant, TrapKind::ResultTooLarge);
                     tracing::warn!(tenant = %self.tenant, plugin_version = %self.version, path, error = %e, "plugin call failed");
                     return Err(e);
                 }
@@ -294,7 +296,10 @@ impl Plugin {
     ) -> Result<R, CallError> {
         let rt = &self.runtime;
         let quota = &self.scope.quota;
-        let _slot = quota.try_begin_call().map_err(|_| CallError::Overloaded)?;
+        let Ok(_slot) = quota.try_begin_call() else {
+            metrics::refusal(&self.tenant, RefusalKind::ConcurrentCalls);
+            return Err(CallError::Overloaded);
+        };
         let plan = quota.plan();
         let reuse = plan.instance_reuse > 1;
         let warm = if reuse { self.take_warm(&plan) } else { None };
@@ -347,6 +352,7 @@ impl Plugin {
             }
             Ok(Err(e)) => Err(e),
             Err(_) => {
+                metrics::trap(&self.tenant, TrapKind::Timeout);
                 tracing::warn!(tenant = %self.tenant, plugin_version = %self.version, "plugin call exceeded its wall-clock bound");
                 Err(CallError::Timeout)
             }
@@ -403,17 +409,21 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, instantiating: bool)
     let scope = &store.data().scope;
     let detail = format!("{err:#}");
     let trap = err.downcast_ref::<Trap>();
-    let result = if store.data().limiter.exhausted {
-        CallError::ResourceExhausted(detail)
+    let (result, kind) = if store.data().limiter.exhausted {
+        (CallError::ResourceExhausted(detail), TrapKind::Memory)
     } else if matches!(trap, Some(Trap::StackOverflow)) {
-        CallError::ResourceExhausted(format!("guest stack exhausted: {detail}"))
+        (
+            CallError::ResourceExhausted(format!("guest stack exhausted: {detail}")),
+            TrapKind::Stack,
+        )
     } else if matches!(trap, Some(Trap::Interrupt | Trap::OutOfFuel)) {
-        CallError::Timeout
+        (CallError::Timeout, TrapKind::Timeout)
     } else if instantiating && trap.is_none() {
-        CallError::Host(detail)
+        (CallError::Host(detail), TrapKind::Host)
     } else {
-        CallError::Trap(detail)
+        (CallError::Trap(detail), TrapKind::Trap)
     };
+    metrics::trap(&scope.tenant, kind);
     tracing::warn!(tenant = %scope.tenant, plugin_version = %scope.plugin_version, error = %result, "plugin call failed");
     result
 }
@@ -624,7 +634,10 @@ mod tests {
     async fn deep_recursion_is_resource_exhausted_and_costs_only_its_call() {
         let rt = runtime(None);
         let p = load(&rt, starter(), &hostile()).await;
+        let m = metrics::get().unwrap();
+        let before = m.traps(&p.tenant, TrapKind::Stack);
         let r = p.call(ctx(), "hostile/recurse", "[]").await;
+        assert!(m.traps(&p.tenant, TrapKind::Stack) > before, "counted");
         assert!(
             matches!(r, Err(CallError::ResourceExhausted(ref m)) if m.contains("stack")),
             "{r:?}"

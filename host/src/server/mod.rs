@@ -5,6 +5,7 @@
 //!   subdomain, the trusted `X-Tenant-ID` header or the default tenant.
 //! - `GET /t/{tenant}/ws`: WebSocket for the tenant named in the path.
 //! - `GET /healthz`: `200 ok` while the process serves.
+//! - `GET /metrics`: Prometheus text format ([`crate::metrics`]).
 //!
 //! Modules: [`tenancy`] decides a connection's tenant, [`connect`] builds
 //! the `authenticate` request, [`session`] is the frame-format-independent
@@ -154,11 +155,24 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+async fn metrics_text() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::get()
+            .map(|m| m.render())
+            .unwrap_or_default(),
+    )
+}
+
 /// The axum router. It needs `ConnectInfo<SocketAddr>`: serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` (as [`serve`] does).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/ws", get(ws::ws_default))
         .route("/t/{tenant}/ws", get(ws::ws_tenant))
         .with_state(state)

@@ -36,6 +36,7 @@ use super::connect::{connect_request, truncate_utf8};
 use super::session::Session;
 use super::tenancy::{self, TENANT_HEADER, TenancyError};
 use crate::hub::Outbound;
+use crate::metrics::{self, RefusalKind};
 use crate::protocol::{self, ClientFrame, ProtocolError, Ref, RpcCall, RpcErrorBody};
 use crate::quota::{ConnectionQuota, MessageVerdict, Refusal};
 use crate::runtime::{CallError, ConnectRequest};
@@ -191,6 +192,7 @@ async fn run_connection(
         }
     };
     let Ok(slot) = tenant.quota.try_connect() else {
+        metrics::refusal(&tenant.id, RefusalKind::Connections);
         tracing::debug!(tenant = %tenant.id, "connection refused: tenant at max_connections");
         return close_now(
             socket,
@@ -481,8 +483,14 @@ impl Connection {
         let tenant = &self.session.tenant().quota;
         match self.quota.check(tenant, &tenant.plan(), cost) {
             MessageVerdict::Allow => Admission::Handle(frame),
-            MessageVerdict::Refuse(refusal) => Admission::Refused(frame, refusal),
-            MessageVerdict::Close => Admission::Close,
+            MessageVerdict::Refuse(refusal) => {
+                metrics::refusal(&self.session.tenant().id, RefusalKind::MessageRate);
+                Admission::Refused(frame, refusal)
+            }
+            MessageVerdict::Close => {
+                metrics::refusal(&self.session.tenant().id, RefusalKind::RateClose);
+                Admission::Close
+            }
         }
     }
 
