@@ -285,4 +285,35 @@ mod tests {
         assert!(e.contains("memory_limit_mb"), "{e}");
         assert!(parse("[x]\nfuel_per_call = 0\ninstance_reuse = 0").is_ok());
     }
+
+    /// `docs/limits.md` lists every limit with the built-in values; keep
+    /// the two in step.
+    #[test]
+    fn the_limits_doc_matches_the_built_in_plans() {
+        let doc = include_str!("../../docs/limits.md");
+        let parse = |key: &str, cell: &str| -> u64 {
+            let cell = cell.trim().replace(',', "");
+            let (n, unit) = cell.split_once(' ').unwrap_or((&cell, ""));
+            if n == "off" {
+                return 0;
+            }
+            let n: u64 = n.parse().unwrap_or_else(|_| panic!("{key}: {cell:?}"));
+            match unit {
+                "KiB" => n * KIB,
+                "MiB" if key != "memory_limit_mb" => n * MIB,
+                _ => n,
+            }
+        };
+        for (i, name) in BUILT_IN.iter().enumerate() {
+            let plan = Plan::built_in(name).unwrap();
+            for (key, value) in plan.entries() {
+                let row = doc
+                    .lines()
+                    .find(|l| l.starts_with(&format!("| `{key}` |")))
+                    .unwrap_or_else(|| panic!("docs/limits.md has no row for {key}"));
+                let cell = row.split('|').nth(2 + i).unwrap();
+                assert_eq!(parse(key, cell), value, "{key} on {name} in docs/limits.md");
+            }
+        }
+    }
 }

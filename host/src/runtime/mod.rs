@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 pub(crate) use bindings::tenantry::plugin as wit;
 pub use store::{HostState, Scope};
@@ -418,6 +418,10 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, instantiating: bool)
         )
     } else if matches!(trap, Some(Trap::Interrupt | Trap::OutOfFuel)) {
         (CallError::Timeout, TrapKind::Timeout)
+    } else if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        // The process-wide pool is full: a load problem, not a plugin fault.
+        tracing::warn!(error = %detail, "instance pool exhausted (limits.max_instances)");
+        return CallError::Overloaded;
     } else if instantiating && trap.is_none() {
         (CallError::Host(detail), TrapKind::Host)
     } else {

@@ -86,7 +86,8 @@ pub enum CallError {
     #[error("plugin exceeded a resource limit: {0}")]
     ResourceExhausted(String),
     /// The tenant already runs as many calls as its plan allows
-    /// (`max_concurrent_calls`): client code `OVERLOADED`.
+    /// (`max_concurrent_calls`), or the process's instance pool is full
+    /// (`max_instances`): client code `OVERLOADED`.
     #[error("the tenant's concurrent call limit is reached")]
     Overloaded,
     /// The result is larger than the plan's `max_result_bytes`: client
