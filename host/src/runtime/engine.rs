@@ -33,7 +33,6 @@ pub fn build_engine(rc: &RuntimeConfig) -> wasmtime::Result<Engine> {
         .total_tables(n.saturating_mul(4))
         .max_tables_per_component(4)
         .total_stacks(n)
-        .total_gc_heaps(0)
         .max_memory_size(rc.max_memory)
         // Reset only dirty pages and keep them resident: 2.5x faster fresh
         // instances and positive scaling across threads (spike §4b, §7).

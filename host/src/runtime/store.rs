@@ -71,8 +71,7 @@ impl HostState {
     /// is reused): a full CPU budget and a clear limit flag. Memory already
     /// grown stays counted.
     pub fn begin_call(&mut self, cpu_budget: Duration) {
-        let slots = Arc::clone(self.scope.quota.cpu_slots());
-        self.cpu = CpuBudget::new(cpu_budget, slots);
+        self.cpu.reset(cpu_budget);
         self.limiter.exhausted = false;
     }
 }
@@ -127,6 +126,16 @@ impl CpuBudget {
         self.running_since
             .store(duration_nanos(now), Ordering::Relaxed);
         self.used >= self.budget
+    }
+
+    /// A full budget of `budget`, starting now (for a reused instance;
+    /// allocates nothing).
+    pub fn reset(&mut self, budget: Duration) {
+        self.budget = budget;
+        self.used = Duration::ZERO;
+        self.origin = Instant::now();
+        self.running_since.store(0, Ordering::Relaxed);
+        self.release_slot();
     }
 
     /// Give back the CPU slot, if held (at the end of a call).
