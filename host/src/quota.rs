@@ -249,12 +249,13 @@ impl TenantQuota {
     }
 }
 
-/// Per-connection quota state: the connection's own message bucket and how
-/// many messages in a row it had refused.
+/// Per-connection quota state: the connection's own message bucket, and a
+/// second bucket of the same size that refusals draw from: a connection
+/// refused faster than its own rate (it ignores `retryAfter`) is to be closed.
 #[derive(Debug, Default)]
 pub struct ConnectionQuota {
     messages: RateLimiter,
-    refused_in_a_row: AtomicU64,
+    refusals: RateLimiter,
 }
 
 /// The outcome of [`ConnectionQuota::check`].
@@ -275,8 +276,11 @@ impl ConnectionQuota {
     }
 
     /// Check `cost` inbound messages against the connection's own rate,
-    /// then the tenant's. A connection refused more than its burst in a row
-    /// (it ignores `retryAfter`) is to be closed.
+    /// then the tenant's. Refusals are themselves limited to the
+    /// connection's rate and burst: a connection that keeps sending while
+    /// refused (more than `connection_message_burst` refusals, then more
+    /// than `connection_messages_per_sec` a second) is to be closed. This
+    /// also bounds the work spent answering refusals.
     pub fn check(&self, tenant: &TenantQuota, plan: &Plan, cost: u64) -> MessageVerdict {
         let own = self
             .messages
@@ -287,16 +291,16 @@ impl ConnectionQuota {
             )
             .map_err(|retry_after| Refusal::RateLimited { retry_after });
         match own.and_then(|()| tenant.check_messages(cost)) {
-            Ok(()) => {
-                self.refused_in_a_row.store(0, Ordering::Relaxed);
-                MessageVerdict::Allow
-            }
+            Ok(()) => MessageVerdict::Allow,
             Err(refusal) => {
-                let refused = self.refused_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-                if refused > plan.connection_message_burst {
-                    MessageVerdict::Close
-                } else {
-                    MessageVerdict::Refuse(refusal)
+                let tolerated = self.refusals.try_acquire(
+                    1,
+                    plan.connection_messages_per_sec,
+                    plan.connection_message_burst,
+                );
+                match tolerated {
+                    Ok(()) => MessageVerdict::Refuse(refusal),
+                    Err(_) => MessageVerdict::Close,
                 }
             }
         }

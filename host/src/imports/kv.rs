@@ -38,12 +38,11 @@ fn quota(scope: &Scope) -> KvQuota {
 impl Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
         check_key(&key)?;
+        self.cpu.pause();
         let s = &self.scope;
-        s.backends
-            .kv
-            .get(&s.tenant, &key)
-            .await
-            .map_err(HostError::from)
+        let r = s.backends.kv.get(&s.tenant, &key).await;
+        self.cpu.resume();
+        r.map_err(HostError::from)
     }
 
     async fn set(
@@ -59,8 +58,10 @@ impl Host for HostState {
         if ttl_ms == Some(0) {
             return Err(HostError::Invalid);
         }
+        self.cpu.pause();
         let s = &self.scope;
-        s.backends
+        let r = s
+            .backends
             .kv
             .set(
                 &s.tenant,
@@ -69,27 +70,26 @@ impl Host for HostState {
                 ttl_ms.map(Duration::from_millis),
                 quota(s),
             )
-            .await
-            .map_err(|e| refused(s, e))
+            .await;
+        self.cpu.resume();
+        r.map_err(|e| refused(s, e))
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, HostError> {
         check_key(&key)?;
+        self.cpu.pause();
         let s = &self.scope;
-        s.backends
-            .kv
-            .delete(&s.tenant, &key)
-            .await
-            .map_err(HostError::from)
+        let r = s.backends.kv.delete(&s.tenant, &key).await;
+        self.cpu.resume();
+        r.map_err(HostError::from)
     }
 
     async fn incr(&mut self, key: String, delta: i64) -> Result<i64, HostError> {
         check_key(&key)?;
+        self.cpu.pause();
         let s = &self.scope;
-        s.backends
-            .kv
-            .incr(&s.tenant, &key, delta, quota(s))
-            .await
-            .map_err(|e| refused(s, e))
+        let r = s.backends.kv.incr(&s.tenant, &key, delta, quota(s)).await;
+        self.cpu.resume();
+        r.map_err(|e| refused(s, e))
     }
 }

@@ -42,11 +42,14 @@ impl Host for HostState {
                 refusal.retry_after_ms().unwrap_or(1),
             ));
         }
-        scope
+        self.cpu.pause();
+        let scope = &self.scope;
+        let r = scope
             .backends
             .bus
             .publish(&scope.tenant, &topic, &event, &data)
-            .await
-            .map_err(HostError::from)
+            .await;
+        self.cpu.resume();
+        r.map_err(HostError::from)
     }
 }

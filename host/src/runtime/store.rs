@@ -138,6 +138,20 @@ impl CpuBudget {
         self.release_slot();
     }
 
+    /// The guest is about to wait for a host import: account its running
+    /// time so far. Call [`CpuBudget::resume`] when the wait is over; the
+    /// time in between is not charged.
+    pub fn pause(&mut self) {
+        // A spent budget is acted on at the next epoch tick.
+        let _ = self.charge();
+    }
+
+    /// The guest runs again after a host import returned.
+    pub fn resume(&self) {
+        self.running_since
+            .store(duration_nanos(self.origin.elapsed()), Ordering::Relaxed);
+    }
+
     /// Give back the CPU slot, if held (at the end of a call).
     pub fn release_slot(&mut self) {
         drop(self.slot.lock().take());
@@ -165,4 +179,23 @@ impl CpuBudget {
 
 fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_waiting_on_host_imports_is_not_charged() {
+        let mut cpu = CpuBudget::new(Duration::from_millis(20), Arc::new(Semaphore::new(1)));
+        cpu.pause();
+        std::thread::sleep(Duration::from_millis(30));
+        cpu.resume();
+        assert!(!cpu.charge(), "30 ms of waiting spent a 20 ms budget");
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            cpu.charge(),
+            "30 ms of running did not spend a 20 ms budget"
+        );
+    }
 }
