@@ -9,10 +9,19 @@
 //! target/release/tenantry-bench --reuse 1000 echo --conns 50 --seconds 10
 //! target/release/tenantry-bench fanout  --subs 1000 --rate 200 --seconds 10
 //! target/release/tenantry-bench idle    --conns 10000
+//! target/release/tenantry-bench noisy   --seconds 5
 //! ```
+//!
+//! `noisy` is the noisy-neighbour benchmark: one host, two tenants. Tenant
+//! `steady` (B, plugin `fixture`, plan `bench`) runs a steady, paced echo
+//! load; tenant `noisy` (A, plugin `hostile`, the default plan `starter`)
+//! runs one hostile behaviour at full speed per phase. It reports B's
+//! latency and errors per phase against a baseline with A idle.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -39,7 +48,7 @@ publish_burst = 100000000
 ";
 
 #[derive(Parser)]
-#[command(about = "Load tool for tenantry: echo RPC, fan-out, idle connections")]
+#[command(about = "Load tool for tenantry: echo RPC, fan-out, idle connections, noisy neighbour")]
 struct Cli {
     /// The host binary (default: `tenantry-host` next to this executable).
     #[arg(long)]
@@ -77,6 +86,32 @@ enum Mode {
         #[arg(long, default_value_t = 10_000)]
         conns: usize,
     },
+    /// Noisy neighbour: tenant B's steady echo load, first alone, then while
+    /// tenant A (hostile plugin, default plan) runs one hostile behaviour
+    /// per phase at full speed. Reports B's latency and errors per phase.
+    Noisy {
+        /// B's connections, each a closed loop of `fixture/echo` calls.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// B's total calls per second over all its connections (0: unpaced,
+        /// each connection sends its next call as soon as the answer arrives).
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// Length of B's measurement in each phase.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// A's connections, each calling the hostile handler in a closed loop.
+        #[arg(long, default_value_t = 8)]
+        noisy_connections: usize,
+        /// Run only these phases (comma-separated, from: spin, alloc,
+        /// recurse, panic, huge, publish_flood, kv_flood, log_flood,
+        /// rpc_flood, connect_flood). The baseline always runs first.
+        #[arg(long, value_delimiter = ',')]
+        phases: Vec<String>,
+        /// Print one JSON line with every phase on stdout (the table goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -95,7 +130,29 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let host = start_host(&host_bin, pin, cli.reuse)?;
+    // Check the noisy mode's arguments before starting anything.
+    let noisy_phases = match &cli.mode {
+        Mode::Noisy {
+            phases,
+            connections,
+            ..
+        } => {
+            if *connections == 0 {
+                bail!("--connections must be at least 1");
+            }
+            parse_phases(phases)?
+        }
+        _ => Vec::new(),
+    };
+    let tenants = match cli.mode {
+        Mode::Noisy { .. } => vec![
+            // A stays on the default plan: the plan is what protects B.
+            TenantSpec::new(NOISY_TENANT, "hostile"),
+            TenantSpec::new(STEADY_TENANT, "fixture").plan("bench"),
+        ],
+        _ => vec![TenantSpec::new("bench", "fixture").plan("bench")],
+    };
+    let host = start_host(&host_bin, pin, cli.reuse, &tenants)?;
     eprintln!("host pid {} on {}", host.pid(), host.addr);
     rt.block_on(async {
         match cli.mode {
@@ -106,6 +163,24 @@ fn main() -> Result<()> {
                 seconds,
             } => fanout(&host, subs, rate, seconds).await,
             Mode::Idle { conns } => idle(&host, conns).await,
+            Mode::Noisy {
+                connections,
+                rate,
+                seconds,
+                noisy_connections,
+                phases: _,
+                json,
+            } => {
+                let cfg = NoisyConfig {
+                    connections,
+                    rate,
+                    seconds,
+                    noisy_connections,
+                    phases: noisy_phases,
+                    json,
+                };
+                noisy(&host, cfg).await
+            }
         }
     })
 }
@@ -128,10 +203,14 @@ fn pin_self_to_core(core: u32) -> Result<()> {
     Ok(())
 }
 
-fn start_host(bin: &std::path::Path, pin: bool, reuse: u32) -> Result<HostProcess> {
+fn start_host(
+    bin: &std::path::Path,
+    pin: bool,
+    reuse: u32,
+    tenants: &[TenantSpec],
+) -> Result<HostProcess> {
     let extra = format!("{BENCH_PLAN}instance_reuse = {reuse}\n");
-    let tenants = [TenantSpec::new("bench", "fixture").plan("bench")];
-    let h = HostProcess::start_with(bin, &tenants, &extra)?;
+    let h = HostProcess::start_with(bin, tenants, &extra)?;
     if pin {
         let status = std::process::Command::new("taskset")
             .args(["-a", "-p", "-c", "0", &h.pid().to_string()])
@@ -357,5 +436,587 @@ async fn idle(host: &HostProcess, conns: usize) -> Result<()> {
     );
     drop(warm);
     drop(sockets);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// noisy: the noisy-neighbour benchmark
+// ---------------------------------------------------------------------------
+
+/// Tenant A: the `hostile` plugin on the default plan.
+const NOISY_TENANT: &str = "noisy";
+/// Tenant B: the `fixture` plugin on the bench plan.
+const STEADY_TENANT: &str = "steady";
+
+/// A's behaviours, one phase each, in order: the hostile handler and its
+/// arguments, or the two flood phases that are not a single handler.
+const BEHAVIOURS: [&str; 10] = [
+    "spin",
+    "alloc",
+    "recurse",
+    "panic",
+    "huge",
+    "publish_flood",
+    "kv_flood",
+    "log_flood",
+    "rpc_flood",
+    "connect_flood",
+];
+
+/// The target: B's p99 grows by at most this factor over the baseline,
+/// and B sees no errors at all.
+const MAX_P99_RATIO: f64 = 2.0;
+
+/// A starts this long before B's measurement, so B is measured under a
+/// running attack, not its first milliseconds.
+const RAMP: Duration = Duration::from_millis(300);
+/// Quiet time between phases, so one phase's tail does not leak into the next.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Unrecorded load before the baseline (instance cache, allocator, TCP).
+const WARMUP: Duration = Duration::from_secs(1);
+/// How long after the end of a phase B waits for an answer before it counts
+/// the call as an error (`timeout`).
+const B_GRACE: Duration = Duration::from_secs(2);
+/// How long A waits for one answer (over the host's 5 s wall-clock bound).
+const A_ANSWER_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long A's workers get to notice the end of a phase before they are aborted.
+const A_STOP_WAIT: Duration = Duration::from_secs(1);
+/// Size of `hostile/huge`'s result: twice `max_result_bytes` of `starter`
+/// (1 MiB), so the result limit refuses it. The handler's own default
+/// (100 MiB) would only hit the 16 MiB memory cap again, like `alloc`.
+const HUGE_BYTES: u64 = 2 << 20;
+
+struct NoisyConfig {
+    connections: usize,
+    rate: u64,
+    seconds: u64,
+    noisy_connections: usize,
+    /// The behaviours to run, in order (the baseline is not listed).
+    phases: Vec<&'static str>,
+    json: bool,
+}
+
+/// The `--phases` list as behaviours (empty: all of them, in order).
+fn parse_phases(names: &[String]) -> Result<Vec<&'static str>> {
+    if names.is_empty() {
+        return Ok(BEHAVIOURS.to_vec());
+    }
+    names
+        .iter()
+        .map(|p| {
+            BEHAVIOURS
+                .iter()
+                .copied()
+                .find(|b| *b == p.as_str())
+                .with_context(|| format!("unknown phase {p:?}; known: {}", BEHAVIOURS.join(", ")))
+        })
+        .collect()
+}
+
+/// The RPC frame A sends in a behaviour's phase (`None`: `connect_flood`).
+fn noisy_call(behaviour: &str) -> Option<(String, String)> {
+    let (path, args) = match behaviour {
+        "connect_flood" => return None,
+        "rpc_flood" => ("hostile/echo".to_owned(), r#"["x"]"#.to_owned()),
+        "huge" => ("hostile/huge".to_owned(), format!("[{HUGE_BYTES}]")),
+        other => (format!("hostile/{other}"), "[]".to_owned()),
+    };
+    Some((path, args))
+}
+
+/// Counts by outcome: `ok`, an error code, `close:CODE`, `dropped`,
+/// `timeout`, `connect_error`, `welcome`.
+type Outcomes = BTreeMap<String, u64>;
+
+fn bump(map: &Mutex<Outcomes>, key: &str) {
+    if let Ok(mut m) = map.lock() {
+        *m.entry(key.to_owned()).or_default() += 1;
+    }
+}
+
+fn outcomes_text(m: &Outcomes) -> String {
+    if m.is_empty() {
+        return "-".to_owned();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How an answer frame, a close or a failure counts: `ok` or the error code.
+fn answer_outcome(data: &Value) -> String {
+    if data["ok"] == true {
+        "ok".to_owned()
+    } else {
+        data["code"].as_str().unwrap_or("?").to_owned()
+    }
+}
+
+fn close_outcome(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> String {
+    match msg {
+        Some(Ok(Message::Close(Some(c)))) => format!("close:{}", u16::from(c.code)),
+        _ => "dropped".to_owned(),
+    }
+}
+
+/// Wait for the `__rpc` answer to `id` until `deadline`: `Ok(data)`, or
+/// `Err(outcome)` when the connection ended or time ran out (the
+/// connection is then unusable).
+async fn await_answer(
+    ws: &mut Ws,
+    id: &str,
+    deadline: tokio::time::Instant,
+) -> std::result::Result<Value, String> {
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err("timeout".to_owned()),
+            Ok(m) => m,
+        };
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                    continue;
+                };
+                if v["topic"] == "__rpc" && v["event"] == id {
+                    return Ok(v["data"].clone());
+                }
+            }
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Err(close_outcome(msg)),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Open a connection of A: the socket after `welcome`, or the outcome
+/// (`close:4429` when the tenant is at its connection limit, ...).
+async fn open_noisy(url: &str) -> std::result::Result<Ws, String> {
+    let Ok(Ok((mut ws, _))) =
+        tokio::time::timeout(A_ANSWER_TIMEOUT, tokio_tungstenite::connect_async(url)).await
+    else {
+        return Err("connect_error".to_owned());
+    };
+    loop {
+        let msg = match tokio::time::timeout(A_ANSWER_TIMEOUT, ws.next()).await {
+            Err(_) => return Err("timeout".to_owned()),
+            Ok(m) => m,
+        };
+        match msg {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("welcome") => return Ok(ws),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Err(close_outcome(msg)),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// One of A's connections, at full speed until `stop`: calls `call` in a
+/// closed loop (reconnecting whenever the host closes it), or for
+/// `connect_flood` (`call` = `None`) opens connections and drops them as
+/// soon as they are welcomed. Every attempt is counted in `calls`, every
+/// outcome in `outcomes`.
+async fn noisy_worker(
+    url: String,
+    call: Option<(String, String)>,
+    stop: Arc<AtomicBool>,
+    calls: Arc<AtomicU64>,
+    outcomes: Arc<Mutex<Outcomes>>,
+) {
+    let mut ws: Option<Ws> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(w) = ws.as_mut() else {
+            if call.is_none() {
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+            match open_noisy(&url).await {
+                Ok(w) if call.is_none() => {
+                    bump(&outcomes, "welcome");
+                    drop(w);
+                }
+                Ok(w) => ws = Some(w),
+                Err(outcome) => {
+                    bump(&outcomes, &outcome);
+                    // A refused connect can fail without ever waiting: let
+                    // the other tasks run.
+                    tokio::task::yield_now().await;
+                }
+            }
+            continue;
+        };
+        let Some((path, args)) = &call else {
+            continue;
+        };
+        n += 1;
+        let id = n.to_string();
+        calls.fetch_add(1, Ordering::Relaxed);
+        let frame = format!(r#"{{"rpc":"{path}","id":"{id}","args":{args}}}"#);
+        if w.send(Message::text(frame)).await.is_err() {
+            bump(&outcomes, "dropped");
+            ws = None;
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + A_ANSWER_TIMEOUT;
+        match await_answer(w, &id, deadline).await {
+            Ok(data) => bump(&outcomes, &answer_outcome(&data)),
+            Err(outcome) => {
+                bump(&outcomes, &outcome);
+                ws = None;
+            }
+        }
+    }
+}
+
+/// What one of B's connections did in one phase.
+struct SteadyResult {
+    /// The connection, if still usable.
+    ws: Option<Ws>,
+    /// Calls sent.
+    calls: u64,
+    /// Latency of every answered call (ok or not), µs.
+    lat: Vec<u64>,
+    /// Every error: a non-ok answer's code, `close:CODE`, `dropped`, `timeout`.
+    errors: Outcomes,
+}
+
+/// One of B's connections: `fixture/echo` in a closed loop from `start` to
+/// `end`, paced at one call per `interval` if given (a late call is sent at
+/// once, and the schedule restarts from it: no catch-up bursts).
+async fn steady_conn(
+    mut ws: Ws,
+    start: Instant,
+    end: Instant,
+    interval: Option<Duration>,
+) -> SteadyResult {
+    let mut r = SteadyResult {
+        ws: None,
+        calls: 0,
+        lat: Vec::new(),
+        errors: Outcomes::new(),
+    };
+    let deadline = tokio::time::Instant::from_std(end + B_GRACE);
+    let mut next = start;
+    let mut n = 0u64;
+    loop {
+        if Instant::now() < next {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+        }
+        let t = Instant::now();
+        if t >= end {
+            break;
+        }
+        if let Some(iv) = interval {
+            next = (next + iv).max(t);
+        }
+        n += 1;
+        r.calls += 1;
+        let id = format!("s{n}");
+        let frame =
+            format!(r#"{{"rpc":"fixture/echo","id":"{id}","args":["steady-payload-0123456789"]}}"#);
+        if ws.send(Message::text(frame)).await.is_err() {
+            *r.errors.entry("dropped".to_owned()).or_default() += 1;
+            return r;
+        }
+        match await_answer(&mut ws, &id, deadline).await {
+            Ok(data) => {
+                r.lat.push(t.elapsed().as_micros() as u64);
+                if data["ok"] != true {
+                    *r.errors.entry(answer_outcome(&data)).or_default() += 1;
+                }
+            }
+            Err(outcome) => {
+                *r.errors.entry(outcome).or_default() += 1;
+                return r;
+            }
+        }
+    }
+    r.ws = Some(ws);
+    r
+}
+
+/// One phase's results.
+struct PhaseReport {
+    name: String,
+    b_calls: u64,
+    b_errors: Outcomes,
+    /// B's sorted latencies, µs.
+    lat: Vec<u64>,
+    b_seconds: f64,
+    host_cpu_percent: f64,
+    a_calls: u64,
+    a_seconds: f64,
+    a_outcomes: Outcomes,
+}
+
+impl PhaseReport {
+    fn b_error_count(&self) -> u64 {
+        self.b_errors.values().sum()
+    }
+    fn p(&self, q: f64) -> u64 {
+        percentile(&self.lat, q)
+    }
+}
+
+/// Run B's load on its own runtime (and thread) over `conns`, reopening
+/// connections that did not survive the last phase.
+async fn steady_phase(
+    b_rt: &tokio::runtime::Handle,
+    url: &str,
+    conns: &mut [Option<Ws>],
+    rate: u64,
+    seconds: u64,
+) -> Result<(u64, Outcomes, Vec<u64>, f64)> {
+    for slot in conns.iter_mut() {
+        if slot.is_none() {
+            let url = url.to_owned();
+            *slot = Some(b_rt.spawn(async move { open(&url).await }).await??);
+        }
+    }
+    let interval = (rate > 0).then(|| Duration::from_secs_f64(conns.len() as f64 / rate as f64));
+    let start = Instant::now() + Duration::from_millis(20);
+    let end = start + Duration::from_secs(seconds);
+    let count = u32::try_from(conns.len()).context("too many connections")?;
+    let mut tasks = Vec::new();
+    for (i, slot) in (0u32..).zip(conns.iter_mut()) {
+        let ws = slot.take().context("B connection missing")?;
+        // Spread the connections' schedules over one interval.
+        let offset = interval.map_or(Duration::ZERO, |iv| iv * i / count);
+        tasks.push(b_rt.spawn(steady_conn(ws, start + offset, end, interval)));
+    }
+    let mut calls = 0;
+    let mut errors = Outcomes::new();
+    let mut lat = Vec::new();
+    for (slot, t) in conns.iter_mut().zip(tasks) {
+        let r = t.await?;
+        *slot = r.ws;
+        calls += r.calls;
+        lat.extend(r.lat);
+        for (k, v) in r.errors {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    Ok((calls, errors, lat, elapsed))
+}
+
+async fn run_phase(
+    host: &HostProcess,
+    b_rt: &tokio::runtime::Handle,
+    b_conns: &mut [Option<Ws>],
+    cfg: &NoisyConfig,
+    behaviour: Option<&str>,
+) -> Result<PhaseReport> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let a_calls = Arc::new(AtomicU64::new(0));
+    let a_outcomes = Arc::new(Mutex::new(Outcomes::new()));
+    let a_start = Instant::now();
+    let mut a_tasks = Vec::new();
+    if let Some(b) = behaviour {
+        let url = host.url(&format!("/t/{NOISY_TENANT}/ws"));
+        for _ in 0..cfg.noisy_connections {
+            a_tasks.push(tokio::spawn(noisy_worker(
+                url.clone(),
+                noisy_call(b),
+                Arc::clone(&stop),
+                Arc::clone(&a_calls),
+                Arc::clone(&a_outcomes),
+            )));
+        }
+        tokio::time::sleep(RAMP).await;
+    }
+    let steady_url = host.url(&format!("/t/{STEADY_TENANT}/ws"));
+    let cpu0 = cpu_micros(host.pid())?;
+    let (b_calls, b_errors, lat, b_seconds) =
+        steady_phase(b_rt, &steady_url, b_conns, cfg.rate, cfg.seconds).await?;
+    let cpu = cpu_micros(host.pid())?.saturating_sub(cpu0);
+    stop.store(true, Ordering::Relaxed);
+    let stop_deadline = tokio::time::Instant::now() + A_STOP_WAIT;
+    for t in a_tasks {
+        let abort = t.abort_handle();
+        if tokio::time::timeout_at(stop_deadline, t).await.is_err() {
+            abort.abort();
+        }
+    }
+    let a_seconds = a_start.elapsed().as_secs_f64();
+    let a_outcomes = a_outcomes.lock().map(|m| m.clone()).unwrap_or_default();
+    tokio::time::sleep(SETTLE).await;
+    Ok(PhaseReport {
+        name: behaviour.unwrap_or("baseline").to_owned(),
+        b_calls,
+        b_errors,
+        lat,
+        b_seconds,
+        host_cpu_percent: (cpu as f64 / b_seconds / 10_000.0).round(),
+        a_calls: a_calls.load(Ordering::Relaxed),
+        a_seconds,
+        a_outcomes,
+    })
+}
+
+fn phase_line(r: &PhaseReport, base_p99: u64) -> String {
+    let ratio = r.p(0.99) as f64 / base_p99.max(1) as f64;
+    let a = if r.name == "baseline" {
+        "-".to_owned()
+    } else {
+        format!(
+            "{} ({:.0}/s): {}",
+            r.a_calls,
+            r.a_calls as f64 / r.a_seconds,
+            outcomes_text(&r.a_outcomes)
+        )
+    };
+    let b_err = if r.b_errors.is_empty() {
+        "0".to_owned()
+    } else {
+        format!("{} ({})", r.b_error_count(), outcomes_text(&r.b_errors))
+    };
+    format!(
+        "{:<14} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6.2}x {:>5}%  {}",
+        r.name,
+        r.b_calls,
+        b_err,
+        r.p(0.50),
+        r.p(0.99),
+        r.p(0.999),
+        ratio,
+        r.host_cpu_percent,
+        a
+    )
+}
+
+async fn noisy(host: &HostProcess, cfg: NoisyConfig) -> Result<()> {
+    // Print the table on stdout, or on stderr when stdout carries the JSON.
+    let out = |line: String| {
+        if cfg.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+
+    // B runs on its own runtime and thread, so A's busy client tasks do not
+    // delay B's sends and reads in this process's event loop (both threads
+    // still share this process's core).
+    let b_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let b_handle = b_rt.handle().clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let b_thread = std::thread::Builder::new()
+        .name("steady-load".into())
+        .spawn(move || {
+            b_rt.block_on(async {
+                let _ = done_rx.await;
+            });
+        })?;
+
+    let result = async {
+        let mut b_conns: Vec<Option<Ws>> = (0..cfg.connections).map(|_| None).collect();
+        let steady_url = host.url(&format!("/t/{STEADY_TENANT}/ws"));
+        // Warm-up, not recorded.
+        steady_phase(
+            &b_handle,
+            &steady_url,
+            &mut b_conns,
+            cfg.rate,
+            WARMUP.as_secs().max(1),
+        )
+        .await?;
+        let rate = if cfg.rate == 0 {
+            "unpaced".to_owned()
+        } else {
+            format!("{}/s", cfg.rate)
+        };
+        out(format!(
+            "noisy neighbour: B = {STEADY_TENANT} (fixture/echo, {} conns, {rate}, {} s/phase), \
+             A = {NOISY_TENANT} (hostile, plan starter, {} conns at full speed)",
+            cfg.connections, cfg.seconds, cfg.noisy_connections
+        ));
+        out(format!(
+            "{:<14} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>6}  A calls (rate): answers",
+            "phase", "B calls", "B err", "p50 µs", "p99 µs", "p999 µs", "p99 x", "host"
+        ));
+        let baseline = run_phase(host, &b_handle, &mut b_conns, &cfg, None).await?;
+        let base_p99 = baseline.p(0.99);
+        out(phase_line(&baseline, base_p99));
+        let mut reports = vec![baseline];
+        for b in &cfg.phases {
+            let r = run_phase(host, &b_handle, &mut b_conns, &cfg, Some(b)).await?;
+            out(phase_line(&r, base_p99));
+            reports.push(r);
+        }
+        anyhow::Ok((reports, base_p99))
+    }
+    .await;
+    let _ = done_tx.send(());
+    let _ = b_thread.join();
+    let (reports, base_p99) = result?;
+
+    let ratio = |r: &PhaseReport| r.p(0.99) as f64 / base_p99.max(1) as f64;
+    let pass = |r: &PhaseReport| ratio(r) <= MAX_P99_RATIO && r.b_error_count() == 0;
+    let attacked = &reports[1..];
+    let verdicts: Vec<String> = attacked
+        .iter()
+        .map(|r| {
+            if pass(r) {
+                format!("{} PASS", r.name)
+            } else {
+                let mut why = Vec::new();
+                if ratio(r) > MAX_P99_RATIO {
+                    why.push(format!("p99 {:.1}x", ratio(r)));
+                }
+                if r.b_error_count() > 0 {
+                    why.push(format!("{} errors", r.b_error_count()));
+                }
+                format!("{} FAIL ({})", r.name, why.join(", "))
+            }
+        })
+        .collect();
+    let passed = attacked.iter().filter(|r| pass(r)).count();
+    let all_pass = passed == attacked.len() && reports[0].b_error_count() == 0;
+    let baseline_note = if reports[0].b_error_count() > 0 {
+        " (baseline itself had B errors)"
+    } else {
+        ""
+    };
+    out(format!(
+        "verdict (target: B's p99 at most {MAX_P99_RATIO}x baseline, B sees zero errors): {} \
+         -> {passed}/{} PASS{baseline_note}: {}",
+        verdicts.join(", "),
+        attacked.len(),
+        if all_pass { "PASS" } else { "FAIL" }
+    ));
+
+    if cfg.json {
+        let phases: Vec<Value> = reports
+            .iter()
+            .map(|r| {
+                json!({
+                    "phase": r.name,
+                    "b_calls": r.b_calls, "b_seconds": r.b_seconds,
+                    "b_calls_per_s": (r.b_calls as f64 / r.b_seconds).round(),
+                    "b_errors": r.b_error_count(), "b_error_codes": r.b_errors,
+                    "p50_us": r.p(0.50), "p99_us": r.p(0.99), "p999_us": r.p(0.999),
+                    "max_us": r.lat.last().copied().unwrap_or(0),
+                    "p99_ratio": (ratio(r) * 100.0).round() / 100.0,
+                    "host_cpu_percent": r.host_cpu_percent,
+                    "a_calls": r.a_calls,
+                    "a_calls_per_s": (r.a_calls as f64 / r.a_seconds).round(),
+                    "a_answers": r.a_outcomes,
+                    "pass": r.name == "baseline" || pass(r),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "mode": "noisy", "connections": cfg.connections, "rate_per_s": cfg.rate,
+                "seconds": cfg.seconds, "noisy_connections": cfg.noisy_connections,
+                "target": {"max_p99_ratio": MAX_P99_RATIO, "max_b_errors": 0},
+                "phases": phases, "passed": passed, "failed": attacked.len() - passed,
+                "pass": all_pass,
+            })
+        );
+    }
     Ok(())
 }
