@@ -73,7 +73,7 @@ plan_fields! {
     instance_idle_ms,
     /// Plugin calls of the tenant running at once (all connections). Over: `OVERLOADED`.
     max_concurrent_calls,
-    /// Open WebSocket connections of the tenant. Over: close 1013.
+    /// Open WebSocket connections of the tenant. Over: close 4429.
     max_connections,
     /// RPCs in flight on one connection. Over: `OVERLOADED`.
     max_inflight_calls_per_connection,

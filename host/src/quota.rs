@@ -97,8 +97,9 @@ impl Refusal {
     /// The retry hint in milliseconds (at least 1) for `RATE_LIMITED`, `None` for `Full`.
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
+            // Rounded up: waiting exactly this long must be enough.
             Refusal::RateLimited { retry_after } => Some(
-                u64::try_from(retry_after.as_millis())
+                u64::try_from(retry_after.as_nanos().div_ceil(1_000_000))
                     .unwrap_or(u64::MAX)
                     .max(1),
             ),
@@ -345,6 +346,17 @@ mod tests {
             assert!(l.try_acquire_at(later, 1, 10, 5).is_ok());
         }
         assert!(l.try_acquire_at(later, 1, 10, 5).is_err());
+    }
+
+    #[test]
+    fn retry_hints_round_up_to_whole_milliseconds() {
+        let r = |ns| Refusal::RateLimited {
+            retry_after: Duration::from_nanos(ns),
+        };
+        assert_eq!(r(1).retry_after_ms(), Some(1));
+        assert_eq!(r(1_000_000).retry_after_ms(), Some(1));
+        assert_eq!(r(154_000_001).retry_after_ms(), Some(155));
+        assert_eq!(Refusal::Full.retry_after_ms(), None);
     }
 
     #[test]
