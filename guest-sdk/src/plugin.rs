@@ -1,6 +1,9 @@
 //! The [`Plugin`] trait and the glue that exports it as the WIT `handler`.
 
+use std::any::TypeId;
+use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::rc::Rc;
 
 use crate::bindings::exports::tenantry::plugin::handler::Guest;
 use crate::bindings::tenantry::plugin::types as wit;
@@ -46,6 +49,28 @@ pub trait Plugin {
 /// [`export_plugin!`](crate::export_plugin); not part of the public API.
 #[doc(hidden)]
 pub struct Adapter<P>(PhantomData<P>);
+
+thread_local! {
+    /// The plugin's router, built on the first call of an instance and kept
+    /// for the instance's later calls (when the host reuses instances).
+    /// Keyed by the plugin type: a component exports one plugin.
+    static ROUTER: RefCell<Option<(TypeId, Rc<Router>)>> = const { RefCell::new(None) };
+}
+
+/// `P`'s router, built once per instance.
+fn router<P: Plugin + 'static>() -> Rc<Router> {
+    ROUTER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        match &*slot {
+            Some((id, router)) if *id == TypeId::of::<P>() => Rc::clone(router),
+            _ => {
+                let router = Rc::new(P::router());
+                *slot = Some((TypeId::of::<P>(), Rc::clone(&router)));
+                router
+            }
+        }
+    })
+}
 
 fn user_from_wit(user: wit::User) -> User {
     let attributes = serde_json::from_str(&user.attributes)
@@ -99,7 +124,7 @@ fn request_from_wit(r: wit::ConnectRequest) -> ConnectRequest {
     }
 }
 
-impl<P: Plugin> Guest for Adapter<P> {
+impl<P: Plugin + 'static> Guest for Adapter<P> {
     fn authenticate(request: wit::ConnectRequest) -> Result<Option<wit::User>, wit::LiveError> {
         P::authenticate(&request_from_wit(request))
             .map(|user| user.map(user_to_wit))
@@ -107,7 +132,7 @@ impl<P: Plugin> Guest for Adapter<P> {
     }
 
     fn call(ctx: wit::CallContext, path: String, args: String) -> Result<String, wit::LiveError> {
-        P::router()
+        router::<P>()
             .call(&ctx_from_wit(ctx), &path, &args)
             .map_err(error_to_wit)
     }

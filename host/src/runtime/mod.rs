@@ -16,6 +16,7 @@ mod store;
 pub mod types;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,24 @@ pub struct Runtime {
     cache: Option<cache::ComponentCache>,
     config: RuntimeConfig,
     backends: Backends,
+    /// Calls in flight (the epoch ticker runs faster while any is).
+    active_calls: Arc<AtomicUsize>,
+}
+
+/// Counts a call in [`Runtime::active_calls`] while alive.
+struct ActiveCall<'a>(&'a AtomicUsize);
+
+impl<'a> ActiveCall<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for ActiveCall<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Runtime {
@@ -96,7 +115,8 @@ impl Runtime {
     pub fn new(config: RuntimeConfig, backends: Backends) -> Result<Arc<Runtime>, RuntimeError> {
         let engine =
             engine::build_engine(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        engine::start_epoch_ticker(&engine)
+        let active_calls = Arc::new(AtomicUsize::new(0));
+        engine::start_epoch_ticker(&engine, Arc::clone(&active_calls))
             .map_err(|e| RuntimeError::Engine(format!("epoch ticker thread: {e}")))?;
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -113,6 +133,7 @@ impl Runtime {
             cache,
             config,
             backends,
+            active_calls,
         }))
     }
 
@@ -300,6 +321,7 @@ impl Plugin {
             metrics::refusal(&self.tenant, RefusalKind::ConcurrentCalls);
             return Err(CallError::Overloaded);
         };
+        let _active = ActiveCall::new(&rt.active_calls);
         let plan = quota.plan();
         let reuse = plan.instance_reuse > 1;
         let warm = if reuse { self.take_warm(&plan) } else { None };
