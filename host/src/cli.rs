@@ -157,10 +157,12 @@ fn init_tracing() {
 
 fn run_serve(args: ServeArgs) -> Result<(), CliError> {
     let config = Config::load(args.config.as_deref(), args.listen.as_deref())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::AsyncRuntime)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = config.limits.worker_threads() {
+        builder.worker_threads(n);
+    }
+    let rt = builder.build().map_err(CliError::AsyncRuntime)?;
     rt.block_on(serve_config(config, shutdown_signal()))
 }
 
@@ -243,6 +245,8 @@ pub async fn serve_config(
         %addr,
         tenants = ?registry.ids().iter().map(TenantId::as_str).collect::<Vec<_>>(),
         default_tenant = config.default_tenant.as_ref().map(TenantId::as_str),
+        workers,
+        cpu_workers_per_tenant = cpu_slots,
         "serving"
     );
     {

@@ -29,6 +29,7 @@
 //! send_queue = 1024             # outbound frames queued per connection
 //! call_wall_timeout_ms = 5000   # wall-clock bound of one call, host waits included
 //! max_wasm_stack_kb = 512       # guest stack per call (deeper: RESOURCE_EXHAUSTED)
+//! worker_threads = 0            # async runtime threads; 0 = one per usable CPU
 //! cpu_workers_per_tenant = 0    # workers one tenant's long calls may hold; 0 = all but one
 //!
 //! # Change a built-in plan, or define a new one on top of `base`.
@@ -141,6 +142,9 @@ pub struct Limits {
     /// Guest (wasm) stack one call may use, in KiB; deeper recursion is
     /// `RESOURCE_EXHAUSTED`. Default 512.
     pub max_wasm_stack_kb: u64,
+    /// Worker threads of the async runtime (sockets and plugin calls).
+    /// 0 (default): one per CPU the process may run on.
+    pub worker_threads: usize,
     /// Worker threads one tenant's long-running calls (past their first
     /// epoch tick) may occupy at once, so no tenant takes every worker.
     /// 0 (default): all workers but one, at least one.
@@ -154,6 +158,7 @@ impl Default for Limits {
             send_queue: 1024,
             call_wall_timeout_ms: 5000,
             max_wasm_stack_kb: 512,
+            worker_threads: 0,
             cpu_workers_per_tenant: 0,
         }
     }
@@ -168,6 +173,14 @@ impl Limits {
     /// The guest stack bound in bytes.
     pub fn max_wasm_stack_bytes(&self) -> usize {
         usize::try_from(self.max_wasm_stack_kb.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+
+    /// The configured worker thread count; `None`: one per usable CPU.
+    pub fn worker_threads(&self) -> Option<usize> {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().ok().map(|n| n.get()),
+            n => Some(n),
+        }
     }
 
     /// Worker threads one tenant's long calls may hold, for a runtime of `workers` threads.
@@ -191,6 +204,11 @@ impl Limits {
                     "limits.{name} must be greater than 0"
                 )));
             }
+        }
+        if self.worker_threads > 4096 {
+            return Err(ConfigError::Invalid(
+                "limits.worker_threads must be at most 4096".into(),
+            ));
         }
         if self.max_wasm_stack_kb > 64 * 1024 {
             return Err(ConfigError::Invalid(

@@ -1,6 +1,6 @@
 //! The process-wide wasmtime engine: pooling allocator tuned as measured in
 //! `shared/research/wasm-spike.md` (keep-resident + PAGEMAP_SCAN reset), epoch
-//! interruption, and the epoch ticker thread (250 µs while calls run, 1 ms when idle).
+//! interruption, and the epoch ticker thread (100 µs while calls run, 1 ms when idle).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +13,7 @@ use super::RuntimeConfig;
 /// Interval between epoch ticks while plugin calls run: the granularity of
 /// CPU deadlines and how long a running guest may keep its worker thread
 /// before it yields to other tasks (other tenants' calls among them).
-pub const EPOCH_TICK: Duration = Duration::from_micros(250);
+pub const EPOCH_TICK: Duration = Duration::from_micros(100);
 /// Interval between epoch ticks while no call runs (fewer wake-ups when idle).
 pub const IDLE_EPOCH_TICK: Duration = Duration::from_millis(1);
 

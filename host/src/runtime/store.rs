@@ -157,17 +157,24 @@ impl CpuBudget {
         drop(self.slot.lock().take());
     }
 
-    /// A future that gives back the call's CPU slot, yields to the tokio
-    /// scheduler, waits for a slot again and then marks the guest as running,
-    /// so parked and waiting time is not charged.
+    /// A future that yields to the tokio scheduler, gives back the call's
+    /// CPU slot, waits for a slot again (behind the tenant's other long
+    /// calls) and then marks the guest as running, so parked and waiting
+    /// time is not charged.
     pub fn yield_future(&self) -> impl Future<Output = ()> + Send + 'static {
         let running_since = Arc::clone(&self.running_since);
         let origin = self.origin;
         let slots = Arc::clone(&self.slots);
         let slot = Arc::clone(&self.slot);
-        drop(slot.lock().take());
         async move {
+            // Yield first, with the slot still held: tokio runs a yielded
+            // task again only after it has polled for I/O, so other
+            // connections' frames are read between two slices of this call.
+            // Handing the slot over first would wake the tenant's next long
+            // call at once, and long calls could pass the worker among
+            // themselves without ever letting it poll for I/O.
             tokio::task::yield_now().await;
+            drop(slot.lock().take());
             // The semaphore is never closed; if it were, run without a slot.
             if let Ok(permit) = slots.acquire_owned().await {
                 *slot.lock() = Some(permit);

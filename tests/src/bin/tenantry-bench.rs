@@ -210,7 +210,17 @@ fn start_host(
     tenants: &[TenantSpec],
 ) -> Result<HostProcess> {
     let extra = format!("{BENCH_PLAN}instance_reuse = {reuse}\n");
-    let h = HostProcess::start_with(bin, tenants, &extra)?;
+    // Started while this process is on core 0, the host inherits that
+    // affinity, so its runtime sizes itself for one core (one worker
+    // thread) instead of being squeezed onto one core after the fact.
+    if pin {
+        pin_self_to_core(0)?;
+    }
+    let h = HostProcess::start_with(bin, tenants, &extra);
+    if pin {
+        pin_self_to_core(1)?;
+    }
+    let h = h?;
     if pin {
         let status = std::process::Command::new("taskset")
             .args(["-a", "-p", "-c", "0", &h.pid().to_string()])
