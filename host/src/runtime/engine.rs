@@ -2,6 +2,7 @@
 //! `shared/research/wasm-spike.md` (keep-resident + PAGEMAP_SCAN reset), epoch
 //! interruption, and the epoch ticker thread (100 µs while calls run, 1 ms when idle).
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,6 +21,9 @@ pub const IDLE_EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Core instances per component instance we size the pool for (a Rust
 /// wasm32-wasip2 component has 3: main, shim, fixup).
 const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+
+/// Wasm frames kept in a trap's backtrace (logged, never sent to clients).
+const BACKTRACE_FRAMES: usize = 32;
 
 /// Host stack on top of the guest stack bound, for host frames (imports,
 /// libcalls) running on a call's async stack.
@@ -52,6 +56,9 @@ pub fn build_engine(rc: &RuntimeConfig) -> wasmtime::Result<Engine> {
         .epoch_interruption(true)
         .consume_fuel(rc.fuel)
         .max_wasm_stack(rc.max_wasm_stack)
+        // A trap's backtrace is for the log; walking every frame of a
+        // guest that recursed 16,000 deep would cost milliseconds.
+        .wasm_backtrace_max_frames(NonZeroUsize::new(BACKTRACE_FRAMES))
         .async_stack_size(rc.max_wasm_stack.saturating_add(HOST_STACK_HEADROOM))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
