@@ -411,8 +411,10 @@ impl Plugin {
             let cpu = &mut ctx.data_mut().cpu;
             if cpu.charge() {
                 Ok(UpdateDeadline::Interrupt)
-            } else {
+            } else if cpu.slice_used(engine::EPOCH_TICK) {
                 Ok(UpdateDeadline::YieldCustom(1, Box::pin(cpu.yield_future())))
+            } else {
+                Ok(UpdateDeadline::Continue(1))
             }
         });
         store

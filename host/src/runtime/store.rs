@@ -99,6 +99,9 @@ pub struct CpuBudget {
     /// Nanoseconds since `origin` at which the guest last (re)started running.
     /// Shared with the yield future, which updates it when the guest resumes.
     running_since: Arc<AtomicU64>,
+    /// Nanoseconds since `origin` at which the current slice began: the
+    /// guest started or came back from a yield.
+    slice_since: Arc<AtomicU64>,
     slots: Arc<Semaphore>,
     /// The CPU slot this call holds, if it is a long call between ticks.
     slot: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
@@ -113,6 +116,7 @@ impl CpuBudget {
             used: Duration::ZERO,
             origin: Instant::now(),
             running_since: Arc::new(AtomicU64::new(0)),
+            slice_since: Arc::new(AtomicU64::new(0)),
             slots,
             slot: Arc::new(Mutex::new(None)),
         }
@@ -135,6 +139,7 @@ impl CpuBudget {
         self.used = Duration::ZERO;
         self.origin = Instant::now();
         self.running_since.store(0, Ordering::Relaxed);
+        self.slice_since.store(0, Ordering::Relaxed);
         self.release_slot();
     }
 
@@ -146,10 +151,20 @@ impl CpuBudget {
         let _ = self.charge();
     }
 
-    /// The guest runs again after a host import returned.
+    /// The guest runs again after a host import returned. The slice goes
+    /// on: an import that completed at once did not give up the worker, and
+    /// a guest calling many of them must still yield.
     pub fn resume(&self) {
         self.running_since
             .store(duration_nanos(self.origin.elapsed()), Ordering::Relaxed);
+    }
+
+    /// Whether the guest has run at least `min` since its slice began, so
+    /// an epoch tick should make it yield. Younger slices go on: most calls
+    /// finish in microseconds and would only be delayed by a yield.
+    pub fn slice_used(&self, min: Duration) -> bool {
+        let since = self.slice_since.load(Ordering::Relaxed);
+        duration_nanos(self.origin.elapsed()).saturating_sub(since) >= duration_nanos(min)
     }
 
     /// Give back the CPU slot, if held (at the end of a call).
@@ -163,6 +178,7 @@ impl CpuBudget {
     /// time is not charged.
     pub fn yield_future(&self) -> impl Future<Output = ()> + Send + 'static {
         let running_since = Arc::clone(&self.running_since);
+        let slice_since = Arc::clone(&self.slice_since);
         let origin = self.origin;
         let slots = Arc::clone(&self.slots);
         let slot = Arc::clone(&self.slot);
@@ -179,7 +195,9 @@ impl CpuBudget {
             if let Ok(permit) = slots.acquire_owned().await {
                 *slot.lock() = Some(permit);
             }
-            running_since.store(duration_nanos(origin.elapsed()), Ordering::Relaxed);
+            let now = duration_nanos(origin.elapsed());
+            running_since.store(now, Ordering::Relaxed);
+            slice_since.store(now, Ordering::Relaxed);
         }
     }
 }
