@@ -146,7 +146,7 @@ pub struct Limits {
     /// 0 (default): one per CPU the process may run on.
     pub worker_threads: usize,
     /// Worker threads one tenant's long-running calls (past their first
-    /// epoch tick) may occupy at once, so no tenant takes every worker.
+    /// 100 µs slice) may occupy at once, so no tenant takes every worker.
     /// 0 (default): all workers but one, at least one.
     pub cpu_workers_per_tenant: usize,
 }

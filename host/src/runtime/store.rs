@@ -89,9 +89,10 @@ impl WasiView for HostState {
 /// excluding the time the guest spent parked after yielding to tokio.
 ///
 /// It also keeps one tenant from occupying every worker thread: a call that
-/// is still running at its first epoch tick (a long call) must hold one of
-/// the tenant's CPU slots to go on, and gives it back at every later tick so
-/// the tenant's other long calls take turns. Short calls never touch a slot.
+/// has run a whole slice (a long call) yields, and must hold one of the
+/// tenant's CPU slots to go on; it gives the slot back at every later yield
+/// so the tenant's other long calls take turns. Short calls never yield and
+/// never touch a slot.
 pub struct CpuBudget {
     budget: Duration,
     used: Duration,
@@ -109,7 +110,7 @@ pub struct CpuBudget {
 
 impl CpuBudget {
     /// A budget of `budget` running time, starting now, taking turns on
-    /// the tenant's `slots` once the call runs past its first tick.
+    /// the tenant's `slots` once the call runs past its first slice.
     pub fn new(budget: Duration, slots: Arc<Semaphore>) -> Self {
         Self {
             budget,
