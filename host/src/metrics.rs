@@ -47,6 +47,8 @@ impl TrapKind {
 pub enum RefusalKind {
     /// A connection over `max_connections`.
     Connections,
+    /// A connection over `connects_per_sec`.
+    ConnectRate,
     /// A call over `max_concurrent_calls`.
     ConcurrentCalls,
     /// A message over the connection's or tenant's message rate.
@@ -67,6 +69,7 @@ impl RefusalKind {
     fn label(self) -> &'static str {
         match self {
             RefusalKind::Connections => "connections",
+            RefusalKind::ConnectRate => "connect_rate",
             RefusalKind::ConcurrentCalls => "concurrent_calls",
             RefusalKind::MessageRate => "message_rate",
             RefusalKind::RateClose => "rate_close",

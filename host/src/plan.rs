@@ -75,6 +75,10 @@ plan_fields! {
     max_concurrent_calls,
     /// Open WebSocket connections of the tenant. Over: close 4429.
     max_connections,
+    /// Sustained new connections per second for the tenant. Over: close 4429.
+    connects_per_sec,
+    /// New connections the tenant may open in a burst above the rate.
+    connect_burst,
     /// RPCs in flight on one connection. Over: `OVERLOADED`.
     max_inflight_calls_per_connection,
     /// Topics one connection may hold. Over: `subscribe-denied` `RATE_LIMITED`.
@@ -124,6 +128,8 @@ impl Plan {
             instance_idle_ms: 30_000,
             max_concurrent_calls: pick([8, 32, 128, 512])?,
             max_connections: pick([100, 1_000, 10_000, 100_000])?,
+            connects_per_sec: pick([10, 100, 1_000, 10_000])?,
+            connect_burst: pick([20, 200, 2_000, 20_000])?,
             max_inflight_calls_per_connection: pick([8, 32, 64, 128])?,
             max_subscriptions_per_connection: pick([100, 1_000, 10_000, 10_000])?,
             max_frame_bytes: pick([64 * KIB, MIB, MIB, 4 * MIB])?,

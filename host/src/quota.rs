@@ -116,6 +116,7 @@ pub struct TenantQuota {
     connections: AtomicU64,
     calls: AtomicU64,
     messages: RateLimiter,
+    connects: RateLimiter,
     publishes: RateLimiter,
     logs: RateLimiter,
     logs_dropped: AtomicU64,
@@ -156,6 +157,7 @@ impl TenantQuota {
             connections: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             messages: RateLimiter::new(),
+            connects: RateLimiter::new(),
             publishes: RateLimiter::new(),
             logs: RateLimiter::new(),
             logs_dropped: AtomicU64::new(0),
@@ -182,6 +184,17 @@ impl TenantQuota {
     /// Plugin calls running now.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Acquire)
+    }
+
+    /// Count one new connection against the tenant's connection rate.
+    pub fn check_connect(&self) -> Result<(), Refusal> {
+        let (rate, burst) = {
+            let p = self.plan.read();
+            (p.connects_per_sec, p.connect_burst)
+        };
+        self.connects
+            .try_acquire(1, rate, burst)
+            .map_err(|retry_after| Refusal::RateLimited { retry_after })
     }
 
     /// Admit a connection if the tenant is under `max_connections`.

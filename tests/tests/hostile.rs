@@ -581,6 +581,34 @@ async fn tenant_message_rate_is_shared_by_its_connections() {
 }
 
 #[tokio::test]
+async fn connects_over_the_tenant_rate_are_closed_with_4429() {
+    let mut p = Pair::start(
+        hostile("connrate-a").limits("connects_per_sec = 1\nconnect_burst = 3"),
+        fixture("connrate-b").limits("connects_per_sec = 1\nconnect_burst = 3"),
+    );
+    // Three at once (the burst) are admitted; the fourth is refused before
+    // authenticate runs, without a welcome.
+    let mut admitted = Vec::new();
+    for _ in 0..3 {
+        admitted.push(p.a_client().await);
+    }
+    let closed = refused(&p.h, &ws(&p.a)).await;
+    assert_eq!(closed.code, Some(4429), "{closed:?}");
+    assert_eq!(closed.reason, "tenant connection rate exceeded");
+    // The admitted ones are served, and B has its own rate.
+    for c in &mut admitted {
+        assert_eq!(c.rpc("hostile/echo", json!([1])).await.unwrap(), 1);
+    }
+    let mut b = p.b_client().await;
+    p.b_echo_works(&mut b).await;
+    // One token a second: a connection is admitted again after a while.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut later = p.a_client().await;
+    assert_eq!(later.rpc("hostile/echo", json!([2])).await.unwrap(), 2);
+    assert!(p.h.is_running());
+}
+
+#[tokio::test]
 async fn max_connections_closes_the_extra_connection_with_4429() {
     let mut p = Pair::start(
         hostile("maxconn-a").limits("max_connections = 2"),

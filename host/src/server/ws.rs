@@ -55,8 +55,9 @@ pub const CLOSE_UNAUTHENTICATED: u16 = 4401;
 /// Close code: `authenticate` said `FORBIDDEN`. Terminal for clients.
 pub const CLOSE_FORBIDDEN: u16 = 4403;
 /// Close code: throttled. The connection kept sending while over its
-/// message rate, or the tenant is at `max_connections`, or its plugin is at
-/// `max_concurrent_calls` when authenticating. Clients back off harder.
+/// message rate, or the tenant is over `connects_per_sec` or at
+/// `max_connections`, or its plugin is at `max_concurrent_calls` when
+/// authenticating. Clients back off harder.
 pub const CLOSE_RATE_LIMITED: u16 = 4429;
 /// Largest inbound message accepted from a connection whose tenant is
 /// unknown (it is closed with 1008 before anything is read anyway).
@@ -191,6 +192,16 @@ async fn run_connection(
             return close_now(socket, CLOSE_POLICY, &e.to_string()).await;
         }
     };
+    if tenant.quota.check_connect().is_err() {
+        metrics::refusal(&tenant.id, RefusalKind::ConnectRate);
+        tracing::debug!(tenant = %tenant.id, "connection refused: tenant over connects_per_sec");
+        return close_now(
+            socket,
+            CLOSE_RATE_LIMITED,
+            "tenant connection rate exceeded",
+        )
+        .await;
+    }
     let Ok(slot) = tenant.quota.try_connect() else {
         metrics::refusal(&tenant.id, RefusalKind::Connections);
         tracing::debug!(tenant = %tenant.id, "connection refused: tenant at max_connections");
