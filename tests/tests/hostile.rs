@@ -90,6 +90,18 @@ async fn connect_when_admitted(h: &HostProcess, path: &str) -> Client {
 
 /// Connect without waiting for `welcome` and return how the server closed
 /// the connection, checking that it sent no frame at all before closing.
+/// The body of a plain HTTP GET to the host.
+async fn http_get(h: &HostProcess, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(&h.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
 async fn refused(h: &HostProcess, path: &str) -> Closed {
     let mut c = Client::connect_raw(&h.url(path)).await.unwrap();
     let closed = c.closed().await.unwrap();
@@ -302,7 +314,12 @@ async fn panic_is_an_internal_error_without_its_message() {
             p.h.output_text()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    } // And counts it: /metrics has the tenant's trap.
+    let metrics = http_get(&p.h, "/metrics").await;
+    assert!(
+        metrics.contains(r#"tenantry_traps_total{kind="trap",tenant="panic-a"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
