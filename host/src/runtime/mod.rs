@@ -401,7 +401,7 @@ impl Plugin {
             &rt.engine,
             HostState::new(Arc::clone(&self.scope), memory, plan.call_deadline()),
         );
-        store.limiter(|s| &mut s.limiter);
+        store.limiter_async(|s| s);
         if rt.config.fuel {
             set_fuel(&mut store, plan.fuel_per_call);
         }

@@ -76,6 +76,59 @@ impl HostState {
     }
 }
 
+/// Memory growth of at least this much gives other tasks a turn first: the
+/// guest will fault the new pages in (kernel work no epoch tick interrupts).
+const GROWTH_YIELD_BYTES: usize = 1 << 20;
+
+/// The async limiter wasmtime consults: the sum-over-memories caps of
+/// [`Limiter`], plus a yield to the scheduler (not charged as CPU) before a
+/// large growth of an existing memory is granted, so a guest allocating flat
+/// out lets other connections' work run between its growths. Creating a
+/// memory (at instantiation) never yields.
+#[async_trait::async_trait]
+impl wasmtime::ResourceLimiterAsync for HostState {
+    async fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        use wasmtime::ResourceLimiter;
+        let granted = self.limiter.memory_growing(current, desired, maximum)?;
+        if granted && current > 0 && desired.saturating_sub(current) >= GROWTH_YIELD_BYTES {
+            self.cpu.pause();
+            tokio::task::yield_now().await;
+            self.cpu.resume();
+        }
+        Ok(granted)
+    }
+
+    async fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        use wasmtime::ResourceLimiter;
+        self.limiter.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        use wasmtime::ResourceLimiter;
+        self.limiter.instances()
+    }
+
+    fn tables(&self) -> usize {
+        use wasmtime::ResourceLimiter;
+        self.limiter.tables()
+    }
+
+    fn memories(&self) -> usize {
+        use wasmtime::ResourceLimiter;
+        self.limiter.memories()
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
