@@ -186,21 +186,12 @@ impl TenantQuota {
         self.calls.load(Ordering::Acquire)
     }
 
-    /// Count one new connection against the tenant's connection rate.
-    pub fn check_connect(&self) -> Result<(), Refusal> {
-        let (rate, burst) = {
-            let p = self.plan.read();
-            (p.connects_per_sec, p.connect_burst)
-        };
-        self.connects
-            .try_acquire(1, rate, burst)
-            .map_err(|retry_after| Refusal::RateLimited { retry_after })
-    }
-
-    /// Admit a connection if the tenant is under `max_connections`.
+    /// Admit a new connection: `RateLimited` over `connects_per_sec`,
+    /// `Full` at `max_connections`.
     pub fn try_connect(self: &Arc<Self>) -> Result<ConnectionSlot, Refusal> {
-        let max = self.plan.read().max_connections;
-        try_increment(&self.connections, max)?;
+        let plan = self.plan();
+        take(&self.connects, 1, plan.connects_per_sec, plan.connect_burst)?;
+        try_increment(&self.connections, plan.max_connections)?;
         Ok(ConnectionSlot {
             quota: Arc::clone(self),
         })
@@ -215,26 +206,13 @@ impl TenantQuota {
         })
     }
 
-    /// Count `cost` inbound messages against the tenant's message rate.
-    pub fn check_messages(&self, cost: u64) -> Result<(), Refusal> {
-        let (rate, burst) = {
-            let p = self.plan.read();
-            (p.tenant_messages_per_sec, p.tenant_message_burst)
-        };
-        self.messages
-            .try_acquire(cost, rate, burst)
-            .map_err(|retry_after| Refusal::RateLimited { retry_after })
-    }
-
     /// Count one publish against the tenant's publish rate.
     pub fn check_publish(&self) -> Result<(), Refusal> {
         let (rate, burst) = {
             let p = self.plan.read();
             (p.publishes_per_sec, p.publish_burst)
         };
-        self.publishes
-            .try_acquire(1, rate, burst)
-            .map_err(|retry_after| Refusal::RateLimited { retry_after })
+        take(&self.publishes, 1, rate, burst)
     }
 
     /// Whether one more plugin log line may be written now. A refused line
@@ -244,7 +222,7 @@ impl TenantQuota {
             let p = self.plan.read();
             (p.log_lines_per_sec, p.log_line_burst)
         };
-        let ok = self.logs.try_acquire(1, rate, burst).is_ok();
+        let ok = take(&self.logs, 1, rate, burst).is_ok();
         if !ok {
             self.logs_dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -296,15 +274,21 @@ impl ConnectionQuota {
     /// than `connection_messages_per_sec` a second) is to be closed. This
     /// also bounds the work spent answering refusals.
     pub fn check(&self, tenant: &TenantQuota, plan: &Plan, cost: u64) -> MessageVerdict {
-        let own = self
-            .messages
-            .try_acquire(
+        let own = take(
+            &self.messages,
+            cost,
+            plan.connection_messages_per_sec,
+            plan.connection_message_burst,
+        );
+        let tenant_wide = || {
+            take(
+                &tenant.messages,
                 cost,
-                plan.connection_messages_per_sec,
-                plan.connection_message_burst,
+                plan.tenant_messages_per_sec,
+                plan.tenant_message_burst,
             )
-            .map_err(|retry_after| Refusal::RateLimited { retry_after });
-        match own.and_then(|()| tenant.check_messages(cost)) {
+        };
+        match own.and_then(|()| tenant_wide()) {
             Ok(()) => MessageVerdict::Allow,
             Err(refusal) => {
                 let tolerated = self.refusals.try_acquire(
@@ -319,6 +303,13 @@ impl ConnectionQuota {
             }
         }
     }
+}
+
+/// Take `cost` tokens from `bucket` at `rate`/`burst`, as a [`Refusal`].
+fn take(bucket: &RateLimiter, cost: u64, rate: u64, burst: u64) -> Result<(), Refusal> {
+    bucket
+        .try_acquire(cost, rate, burst)
+        .map_err(|retry_after| Refusal::RateLimited { retry_after })
 }
 
 /// Add one to `counter` unless it is at `max`.
@@ -413,6 +404,7 @@ mod tests {
         let mut p = plan();
         p.max_connections = 2;
         p.max_concurrent_calls = 1;
+        p.connect_burst = 100;
         let q = TenantQuota::new(p, 1);
         let a = q.try_connect().unwrap();
         let _b = q.try_connect().unwrap();

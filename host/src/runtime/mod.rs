@@ -752,6 +752,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_instance_pool_answers_overloaded() {
+        let config = RuntimeConfig {
+            max_instances: 1,
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::new(config, memory::backends(Hub::new())).unwrap();
+        let plan = Plan {
+            call_deadline_ms: 200,
+            ..starter()
+        };
+        let p = load(&rt, plan, &hostile()).await;
+        let spinning = {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move { p.call(ctx(), "hostile/spin", "[]").await })
+        };
+        while p.scope.quota.calls() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The tenant is far below max_concurrent_calls; the pool is not.
+        assert!(matches!(
+            p.call(ctx(), "hostile/echo", "[1]").await,
+            Err(CallError::Overloaded)
+        ));
+        assert!(matches!(spinning.await.unwrap(), Err(CallError::Timeout)));
+        assert_eq!(p.call(ctx(), "hostile/echo", "[1]").await.unwrap(), "1");
+    }
+
+    #[tokio::test]
     async fn warm_instances_idle_past_the_plan_limit_are_not_reused() {
         let rt = runtime(None);
         let plan = Plan {

@@ -192,25 +192,19 @@ async fn run_connection(
             return close_now(socket, CLOSE_POLICY, &e.to_string()).await;
         }
     };
-    if tenant.quota.check_connect().is_err() {
-        metrics::refusal(&tenant.id, RefusalKind::ConnectRate);
-        tracing::debug!(tenant = %tenant.id, "connection refused: tenant over connects_per_sec");
-        return close_now(
-            socket,
-            CLOSE_RATE_LIMITED,
-            "tenant connection rate exceeded",
-        )
-        .await;
-    }
-    let Ok(slot) = tenant.quota.try_connect() else {
-        metrics::refusal(&tenant.id, RefusalKind::Connections);
-        tracing::debug!(tenant = %tenant.id, "connection refused: tenant at max_connections");
-        return close_now(
-            socket,
-            CLOSE_RATE_LIMITED,
-            "tenant connection limit reached",
-        )
-        .await;
+    let slot = match tenant.quota.try_connect() {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let (kind, reason) = match refusal {
+                Refusal::RateLimited { .. } => {
+                    (RefusalKind::ConnectRate, "tenant connection rate exceeded")
+                }
+                Refusal::Full => (RefusalKind::Connections, "tenant connection limit reached"),
+            };
+            metrics::refusal(&tenant.id, kind);
+            tracing::debug!(tenant = %tenant.id, reason, "connection refused");
+            return close_now(socket, CLOSE_RATE_LIMITED, reason).await;
+        }
     };
     let session_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!(
