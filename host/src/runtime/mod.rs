@@ -14,6 +14,7 @@ mod limiter;
 mod stdio;
 mod store;
 pub mod types;
+mod validate;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,12 +23,14 @@ use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 pub(crate) use bindings::tenantry::plugin as wit;
 pub use store::{HostState, Scope};
 pub use types::{CallContext, CallError, ConnectRequest, LiveError, User, ValidationIssue};
+pub use validate::{PluginInfo, PluginRejection};
 
 use crate::backend::Backends;
 use crate::metrics::{self, RefusalKind, TrapKind};
@@ -92,6 +95,17 @@ pub struct Runtime {
     backends: Backends,
     /// Calls in flight (the epoch ticker runs faster while any is).
     active_calls: Arc<AtomicUsize>,
+    /// Compiles allowed at once (half the cores, at least one), so uploads
+    /// cannot take every core from the calls being served.
+    compile_slots: Arc<Semaphore>,
+}
+
+/// A component ready to link, and whether it came from the disk cache.
+struct Compiled {
+    component: Component,
+    /// SHA-256 of the `.wasm`, lower-case hex.
+    hash: String,
+    from_cache: bool,
 }
 
 /// Counts a call in [`Runtime::active_calls`] while alive.
@@ -134,31 +148,31 @@ impl Runtime {
             config,
             backends,
             active_calls,
+            compile_slots: Arc::new(Semaphore::new(compile_slots())),
         }))
     }
 
     /// Compile (or load from the disk cache) `wasm` and prepare it to serve
     /// `tenant`, whose plan and quota state is `quota`. Compilation runs on a
-    /// blocking thread.
+    /// blocking thread, within the runtime's compile slots.
     pub async fn load_plugin(
         self: &Arc<Self>,
         tenant: TenantId,
         quota: Arc<TenantQuota>,
         wasm: &[u8],
     ) -> Result<Arc<Plugin>, RuntimeError> {
-        let hash = hex::encode(Sha256::digest(wasm));
-        let version = hash[..12].to_owned();
-        let this = Arc::clone(self);
-        let bytes = wasm.to_vec();
-        let component = tokio::task::spawn_blocking(move || this.compile(&hash, &bytes))
+        let compiled = self
+            .compile(Arc::from(wasm), None)
             .await
-            .map_err(|e| RuntimeError::InvalidPlugin(format!("compiler task failed: {e}")))??;
+            .map_err(|e| RuntimeError::InvalidPlugin(e.to_string()))?;
+        let version = compiled.hash[..12].to_owned();
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(&compiled.component)
             .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
         let pre = bindings::PluginPre::new(pre)
             .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
+        self.store_compiled(&compiled).await;
         tracing::info!(%tenant, plugin_version = %version, "plugin loaded");
         let plugin = Arc::new(Plugin {
             scope: Arc::new(Scope {
@@ -177,17 +191,123 @@ impl Runtime {
         Ok(plugin)
     }
 
-    fn compile(&self, hash: &str, wasm: &[u8]) -> Result<Component, RuntimeError> {
-        if let Some(c) = self.cache.as_ref().and_then(|c| c.load(&self.engine, hash)) {
-            return Ok(c);
-        }
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
-        if let Some(cache) = &self.cache {
-            cache.store(hash, &component);
-        }
-        Ok(component)
+    /// Check that `wasm` is a plugin this host runs, before it is stored
+    /// or deployed: the steps of [`PluginRejection`] in order, compiling
+    /// for at most `compile_timeout` (time spent waiting for a compile slot
+    /// is not counted). On success the compiled component is in the disk
+    /// cache, so [`Runtime::load_plugin`] of the same bytes does not compile
+    /// again.
+    pub async fn check_plugin(
+        self: &Arc<Self>,
+        wasm: &[u8],
+        compile_timeout: Duration,
+    ) -> Result<PluginInfo, PluginRejection> {
+        validate::check_header(wasm)?;
+        let compiled = self.compile(Arc::from(wasm), Some(compile_timeout)).await?;
+        let ty = compiled.component.component_type();
+        validate::check_exports(&self.engine, &ty)?;
+        validate::check_imports(&self.engine, &ty)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&compiled.component)
+            .map_err(|e| PluginRejection::compile_failed(format!("{e:#}")))?;
+        validate::check_handler_types(&self.engine, &pre)?;
+        bindings::PluginPre::new(pre).map_err(|e| PluginRejection::WrongWorld {
+            details: vec![format!(
+                "export {} does not match the host's: {e:#}",
+                validate::HANDLER
+            )],
+        })?;
+        self.store_compiled(&compiled).await;
+        Ok(PluginInfo {
+            world: validate::WORLD.to_owned(),
+            sha256: compiled.hash,
+        })
     }
+
+    /// The compiled component for `wasm`: from the disk cache, else compiled
+    /// on a blocking thread holding one of the compile slots. With a
+    /// `timeout`, a compile running longer is abandoned: its thread runs to
+    /// the end (holding its slot, so abandoned compiles still count against
+    /// the limit) and its result is dropped. Not stored in the cache: see
+    /// [`Runtime::store_compiled`], once the component proved usable.
+    async fn compile(
+        self: &Arc<Self>,
+        wasm: Arc<[u8]>,
+        timeout: Option<Duration>,
+    ) -> Result<Compiled, PluginRejection> {
+        let this = Arc::clone(self);
+        let bytes = Arc::clone(&wasm);
+        // Hashing a large upload and reading the cache are blocking work too.
+        let (hash, cached) = tokio::task::spawn_blocking(move || {
+            let hash = hex::encode(Sha256::digest(&bytes));
+            let cached = this
+                .cache
+                .as_ref()
+                .and_then(|c| c.load(&this.engine, &hash));
+            (hash, cached)
+        })
+        .await
+        .map_err(|e| PluginRejection::compile_failed(format!("cache task failed: {e}")))?;
+        if let Some(component) = cached {
+            return Ok(Compiled {
+                component,
+                hash,
+                from_cache: true,
+            });
+        }
+        let slot = Arc::clone(&self.compile_slots)
+            .acquire_owned()
+            .await
+            .map_err(|e| PluginRejection::compile_failed(format!("compile slots: {e}")))?;
+        let engine = self.engine.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let component = Component::new(&engine, &wasm[..]);
+            drop(slot);
+            component
+        });
+        let joined = match timeout {
+            Some(limit) => tokio::time::timeout(limit, task).await.map_err(|_| {
+                PluginRejection::CompileTimeout {
+                    after_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+                }
+            })?,
+            None => task.await,
+        };
+        let component = joined
+            .map_err(|e| PluginRejection::compile_failed(format!("compiler task failed: {e}")))?
+            .map_err(|e| PluginRejection::compile_failed(format!("{e:#}")))?;
+        Ok(Compiled {
+            component,
+            hash,
+            from_cache: false,
+        })
+    }
+
+    /// Write a freshly compiled component to the disk cache (on a blocking
+    /// thread). Failures are logged by the cache, never fatal.
+    async fn store_compiled(self: &Arc<Self>, compiled: &Compiled) {
+        if compiled.from_cache || self.cache.is_none() {
+            return;
+        }
+        let this = Arc::clone(self);
+        let hash = compiled.hash.clone();
+        let component = compiled.component.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            if let Some(cache) = &this.cache {
+                cache.store(&hash, &component);
+            }
+        })
+        .await;
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, "component cache task failed");
+        }
+    }
+}
+
+/// How many compiles may run at once: half the cores, at least one.
+fn compile_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// A compiled, deployed plugin version serving one tenant.
@@ -609,10 +729,8 @@ mod tests {
         assert_eq!(p2.version, p.version);
         assert_eq!(p2.call(ctx(), "fixture/echo", "[5]").await.unwrap(), "5");
 
-        // A corrupt cache entry is replaced, not fatal. (Written as a new
-        // file: truncating a cached file in place would pull the pages from
-        // under the runtimes that mmap it — the cache itself only ever
-        // writes a temp file and renames it.)
+        // A corrupt cache entry is replaced, not fatal (entries carry a
+        // checksum and are verified before use; see cache.rs).
         drop((p2, rt2));
         std::fs::remove_file(&files[0]).unwrap();
         std::fs::write(&files[0], b"garbage").unwrap();
