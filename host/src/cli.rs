@@ -1,7 +1,8 @@
 //! The `tenantry` command line.
 //!
 //! ```text
-//! tenantry serve [--config FILE] [--listen ADDR]
+//! tenantry serve [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--data-dir DIR]
+//! tenantry tenant|deploy|versions|activate|rollback|keys ...   (admin client, see admin_client)
 //! ```
 //!
 //! `--config` (env `TENANTRY_CONFIG`) names a TOML file (see
@@ -22,14 +23,19 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::admin::{self, AdminState};
+use crate::admin_client::{self, AdminCommand};
 use crate::backend::memory;
 use crate::bundled;
+use crate::catalog::CatalogStore;
+use crate::catalog::disk::DiskCatalog;
+use crate::catalog::memory::MemoryCatalog;
 use crate::config::{Config, ConfigError, PluginSource};
+use crate::control::{Control, ControlError, ControlSettings};
 use crate::hub::Hub;
-use crate::quota::TenantQuota;
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
 use crate::server::{self, AppState, ServerSettings};
-use crate::tenant::{Registry, Tenant, TenantId};
+use crate::tenant::{Registry, TenantId};
 
 /// Multi-tenant realtime host: WebSocket server + sandboxed WASM tenant plugins.
 #[derive(Debug, Parser)]
@@ -43,6 +49,9 @@ struct Cli {
 enum Command {
     /// Serve WebSocket clients for the configured tenants.
     Serve(ServeArgs),
+    /// Admin client commands (talk to a running host's admin API).
+    #[command(flatten)]
+    Admin(AdminCommand),
 }
 
 #[derive(Debug, Args)]
@@ -53,7 +62,18 @@ struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080 (overrides the file's `listen`).
     #[arg(long, short, env = "TENANTRY_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
+    /// Address of the admin API, e.g. 127.0.0.1:9090 (needs env
+    /// TENANTRY_ADMIN_TOKEN; overrides the file's `admin_listen`).
+    #[arg(long, env = "TENANTRY_ADMIN_LISTEN", value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Directory keeping tenants, keys and plugin versions across restarts
+    /// (overrides the file's `data_dir`; without either they live in memory).
+    #[arg(long, env = "TENANTRY_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
+
+/// Environment variable holding the admin API's operator token.
+pub const ADMIN_TOKEN_ENV: &str = "TENANTRY_ADMIN_TOKEN";
 
 /// Why `tenantry serve` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -85,14 +105,20 @@ pub enum CliError {
         /// The requested name.
         name: String,
     },
-    /// A tenant's plugin is not a valid component.
+    /// A configured tenant could not be created or its plugin deployed.
     #[error("tenant {tenant}: {source}")]
-    LoadPlugin {
+    Seed {
         /// The tenant.
         tenant: TenantId,
-        /// Why loading failed.
-        source: RuntimeError,
+        /// Why.
+        source: ControlError,
     },
+    /// The registry could not be opened or read.
+    #[error("registry: {0}")]
+    Registry(ControlError),
+    /// The admin listener is configured without an operator token.
+    #[error("the admin API (admin_listen) needs an operator token: set {ADMIN_TOKEN_ENV}")]
+    NoAdminToken,
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -120,10 +146,12 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_tracing();
-    let result = match cli.command {
-        Command::Serve(args) => run_serve(args),
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Admin(cmd) => return run_admin(cmd),
     };
+    init_tracing();
+    let result = run_serve(args);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -146,6 +174,27 @@ fn disable_library_backtraces() {
     }
 }
 
+/// Run an admin client command on a small single-threaded runtime.
+fn run_admin(cmd: AdminCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(admin_client::run(cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tenantry: {e}");
+            ExitCode::from(admin_client::exit_code(&e))
+        }
+    }
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -156,7 +205,13 @@ fn init_tracing() {
 }
 
 fn run_serve(args: ServeArgs) -> Result<(), CliError> {
-    let config = Config::load(args.config.as_deref(), args.listen.as_deref())?;
+    let mut config = Config::load(args.config.as_deref(), args.listen.as_deref())?;
+    if let Some(addr) = args.admin_listen {
+        config.admin_listen = Some(addr);
+    }
+    if let Some(dir) = args.data_dir {
+        config.set_data_dir(dir);
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(n) = config.limits.worker_threads() {
@@ -167,14 +222,27 @@ fn run_serve(args: ServeArgs) -> Result<(), CliError> {
 }
 
 /// Start everything `config` describes and serve until `shutdown`
-/// completes: memory backends, the wasm runtime, every tenant's plugin, the
-/// listener. Prints `tenantry listening on http://ADDR` on stdout once bound.
+/// completes: memory backends, the wasm runtime, the registry (memory or
+/// `data_dir`) with the configured tenants seeded into it, the public
+/// listener and, with `admin_listen`, the admin API (operator token from
+/// [`ADMIN_TOKEN_ENV`]). Prints `tenantry listening on http://ADDR` (and
+/// `tenantry admin listening on http://ADDR`) on stdout once bound.
 pub async fn serve_config(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CliError> {
+    let admin_token = match &config.admin_listen {
+        Some(_) => Some(
+            std::env::var(ADMIN_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .ok_or(CliError::NoAdminToken)?,
+        ),
+        None => None,
+    };
     let hub = Hub::new();
     let backends = memory::backends(Arc::clone(&hub));
+    let kv = Arc::clone(&backends.kv);
     // Every plan a tenant could be given, including their own overrides.
     let plans = || {
         config
@@ -182,14 +250,15 @@ pub async fn serve_config(
             .values()
             .chain(config.tenants.iter().map(|t| &t.plan))
     };
+    let max_memory = plans()
+        .map(|p| p.memory_limit_bytes())
+        .max()
+        .unwrap_or(16 << 20);
     let runtime = Runtime::new(
         RuntimeConfig {
             cache_dir: Some(config.cache_dir.clone()),
             call_wall_timeout: config.limits.call_wall_timeout(),
-            max_memory: plans()
-                .map(|p| p.memory_limit_bytes())
-                .max()
-                .unwrap_or(16 << 20),
+            max_memory,
             max_instances: config.limits.max_instances,
             max_wasm_stack: config.limits.max_wasm_stack_bytes(),
             fuel: plans().any(|p| p.fuel_per_call > 0),
@@ -200,7 +269,30 @@ pub async fn serve_config(
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     let cpu_slots = config.limits.cpu_workers_per_tenant(workers);
 
+    let catalog: Arc<dyn CatalogStore> = match &config.data_dir {
+        Some(dir) => Arc::new(
+            DiskCatalog::open(dir.clone())
+                .await
+                .map_err(|e| CliError::Registry(e.into()))?,
+        ),
+        None => Arc::new(MemoryCatalog::new()),
+    };
     let registry = Arc::new(Registry::new());
+    let control = Control::new(
+        catalog,
+        runtime,
+        Arc::clone(&registry),
+        kv,
+        config.plans.clone(),
+        config.default_plan.clone(),
+        ControlSettings {
+            max_upload_bytes: config.admin.max_upload_bytes(),
+            compile_timeout: config.admin.compile_timeout(),
+            cpu_slots,
+            max_memory_bytes: max_memory,
+        },
+    );
+    control.load().await.map_err(CliError::Registry)?;
     for t in &config.tenants {
         let wasm: std::borrow::Cow<'static, [u8]> = match &t.plugin {
             PluginSource::Bundled(name) => bundled::embedded(name)
@@ -218,48 +310,84 @@ pub async fn serve_config(
                 })?
                 .into(),
         };
-        let quota = TenantQuota::new(t.plan.clone(), cpu_slots);
-        let plugin = runtime
-            .load_plugin(t.id.clone(), Arc::clone(&quota), &wasm)
+        control
+            .seed(&t.id, &t.plan_name, &t.limits, t.suspended, &wasm)
             .await
-            .map_err(|source| CliError::LoadPlugin {
+            .map_err(|source| CliError::Seed {
                 tenant: t.id.clone(),
                 source,
             })?;
-        let tenant = Tenant::new(t.id.clone(), t.plan_name.clone(), quota, plugin);
-        tenant.set_suspended(t.suspended);
-        registry.insert(tenant);
     }
 
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .map_err(|source| CliError::Bind {
-            addr: config.listen.clone(),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| CliError::Bind {
-        addr: config.listen.clone(),
-        source,
-    })?;
+    let listener = bind(&config.listen).await?;
+    let admin = match (&config.admin_listen, admin_token) {
+        (Some(addr), Some(token)) => Some((bind(addr).await?, token)),
+        _ => None,
+    };
+    let addr = local_addr(&listener, &config.listen)?;
     tracing::info!(
         %addr,
         tenants = ?registry.ids().iter().map(TenantId::as_str).collect::<Vec<_>>(),
         default_tenant = config.default_tenant.as_ref().map(TenantId::as_str),
+        data_dir = config.data_dir.as_ref().map(|d| d.display().to_string()),
         workers,
         cpu_workers_per_tenant = cpu_slots,
         "serving"
     );
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "tenantry listening on http://{addr}");
-        let _ = out.flush();
-    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = match admin {
+        Some((listener, token)) => {
+            let admin_addr = local_addr(&listener, config.admin_listen.as_deref().unwrap_or(""))?;
+            tracing::info!(addr = %admin_addr, "admin API listening");
+            print_line(&format!("tenantry admin listening on http://{admin_addr}"));
+            let state = AdminState::new(Arc::clone(&control), &token);
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(admin::serve(listener, state, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })))
+        }
+        None => None,
+    };
+    print_line(&format!("tenantry listening on http://{addr}"));
     let state = AppState::new(registry, hub, ServerSettings::from_config(&config));
-    server::serve(listener, state, shutdown)
-        .await
-        .map_err(CliError::Serve)?;
+    let served = server::serve(listener, state, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    if let Some(task) = admin_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "admin API stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "admin API task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    drop(stop_rx);
+    served.map_err(CliError::Serve)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, CliError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| CliError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+fn local_addr(listener: &TcpListener, configured: &str) -> Result<std::net::SocketAddr, CliError> {
+    listener.local_addr().map_err(|source| CliError::Bind {
+        addr: configured.to_owned(),
+        source,
+    })
+}
+
+fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
@@ -307,7 +435,9 @@ mod tests {
             "127.0.0.1:0",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
         assert_eq!(args.config, Some(PathBuf::from("t.toml")));
         assert_eq!(args.listen.as_deref(), Some("127.0.0.1:0"));
         assert!(Cli::try_parse_from(["tenantry", "serve", "--bogus"]).is_err());

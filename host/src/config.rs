@@ -124,8 +124,56 @@ pub struct TenantConfig {
     pub suspended: bool,
     /// The name of its plan.
     pub plan_name: String,
+    /// Its own overrides (`[tenant.limits]`).
+    pub limits: PlanOverrides,
     /// Its effective limits: the plan with the tenant's own overrides applied.
     pub plan: Plan,
+}
+
+/// Settings of the admin API (the `[admin]` table); its address and data
+/// directory are top-level keys (`admin_listen`, `data_dir`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Largest plugin upload, MiB. Default 32.
+    pub max_upload_mb: u64,
+    /// Longest a plugin upload may take to compile, ms. Default 30000.
+    pub compile_timeout_ms: u64,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            max_upload_mb: 32,
+            compile_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl AdminSettings {
+    /// The upload cap in bytes.
+    pub fn max_upload_bytes(&self) -> usize {
+        usize::try_from(self.max_upload_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+
+    /// The compile budget.
+    pub fn compile_timeout(&self) -> Duration {
+        Duration::from_millis(self.compile_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_upload_mb == 0 || self.max_upload_mb > 1024 {
+            return Err(ConfigError::Invalid(
+                "admin.max_upload_mb must be between 1 and 1024".into(),
+            ));
+        }
+        if self.compile_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "admin.compile_timeout_ms must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Process-wide limits (the `[limits]` table). Per-tenant limits are in plans.
@@ -232,6 +280,15 @@ pub struct Config {
     pub default_tenant: Option<TenantId>,
     /// Compiled-component cache directory.
     pub cache_dir: PathBuf,
+    /// Whether `cache_dir` was set in the file (else it follows `data_dir`).
+    pub cache_dir_explicit: bool,
+    /// Where the registry of tenants and plugin versions is kept; `None`:
+    /// in memory, lost on restart.
+    pub data_dir: Option<PathBuf>,
+    /// Address of the admin API listener; `None`: no admin API.
+    pub admin_listen: Option<String>,
+    /// Admin API settings.
+    pub admin: AdminSettings,
     /// Process-wide limits.
     pub limits: Limits,
     /// Every plan by name (built-ins, changed and added ones).
@@ -253,6 +310,10 @@ impl Default for Config {
                 trust_tenant_header: false,
                 default_tenant: None,
                 cache_dir: default_cache_dir(),
+                cache_dir_explicit: false,
+                data_dir: None,
+                admin_listen: None,
+                admin: AdminSettings::default(),
                 limits: Limits::default(),
                 plans: BTreeMap::new(),
                 default_plan: DEFAULT_PLAN.to_owned(),
@@ -272,6 +333,10 @@ struct FileConfig {
     trust_tenant_header: bool,
     default_tenant: Option<String>,
     cache_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    admin_listen: Option<String>,
+    #[serde(default)]
+    admin: AdminSettings,
     #[serde(default)]
     limits: Limits,
     default_plan: Option<String>,
@@ -337,6 +402,16 @@ impl Config {
         Ok(config)
     }
 
+    /// Keep the registry in `dir` (from `--data-dir` or `TENANTRY_DATA_DIR`,
+    /// or the file). Unless the file set `cache_dir`, compiled components
+    /// are cached in `dir/cache`.
+    pub fn set_data_dir(&mut self, dir: PathBuf) {
+        if !self.cache_dir_explicit {
+            self.cache_dir = dir.join("cache");
+        }
+        self.data_dir = Some(dir);
+    }
+
     /// Parse TOML text; relative paths are resolved against `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -348,6 +423,7 @@ impl Config {
 
     fn from_file_contents(file: FileConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         file.limits.validate()?;
+        file.admin.validate()?;
         let plans = resolve_plans(&file.plans).map_err(ConfigError::Invalid)?;
         let default_plan = file.default_plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned());
         if !plans.contains_key(&default_plan) {
@@ -413,6 +489,7 @@ impl Config {
                 plugin,
                 suspended: t.suspended,
                 plan_name,
+                limits: t.limits,
                 plan,
             });
         }
@@ -430,6 +507,7 @@ impl Config {
                 plugin: PluginSource::Bundled("chat".to_owned()),
                 suspended: false,
                 plan_name,
+                limits: PlanOverrides::default(),
                 plan,
             });
             default_tenant.get_or_insert(demo);
@@ -440,20 +518,35 @@ impl Config {
             return Err(ConfigError::UnknownDefaultTenant(d.to_string()));
         }
 
-        Ok(Self {
+        if let Some(a) = &file.admin_listen
+            && a.trim().is_empty()
+        {
+            return Err(ConfigError::Invalid(
+                "admin_listen must not be empty".into(),
+            ));
+        }
+        let mut config = Self {
             listen,
             base_domain,
             trust_tenant_header: file.trust_tenant_header,
             default_tenant,
+            cache_dir_explicit: file.cache_dir.is_some(),
             cache_dir: match file.cache_dir {
                 Some(dir) => base_dir.join(dir),
                 None => default_cache_dir(),
             },
+            data_dir: None,
+            admin_listen: file.admin_listen,
+            admin: file.admin,
             limits: file.limits,
             plans,
             default_plan,
             tenants,
-        })
+        };
+        if let Some(dir) = file.data_dir {
+            config.set_data_dir(base_dir.join(dir));
+        }
+        Ok(config)
     }
 }
 
@@ -491,11 +584,46 @@ mod tests {
                 plugin: PluginSource::Bundled("chat".into()),
                 suspended: false,
                 plan_name: "starter".into(),
+                limits: PlanOverrides::default(),
                 plan: starter,
             }]
         );
+        assert_eq!(c.data_dir, None);
+        assert_eq!(c.admin_listen, None);
+        assert_eq!(c.admin, AdminSettings::default());
         assert_eq!(Config::default(), c);
         assert_eq!(Config::load(None, None).unwrap(), c);
+    }
+
+    #[test]
+    fn admin_and_data_dir() {
+        let c = parse(
+            r#"
+            admin_listen = "127.0.0.1:9090"
+            data_dir = "data"
+            [admin]
+            max_upload_mb = 8
+            compile_timeout_ms = 1000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.admin_listen.as_deref(), Some("127.0.0.1:9090"));
+        assert_eq!(c.data_dir, Some(PathBuf::from("/etc/tenantry/data")));
+        assert_eq!(c.cache_dir, PathBuf::from("/etc/tenantry/data/cache"));
+        assert_eq!(c.admin.max_upload_bytes(), 8 << 20);
+        assert_eq!(c.admin.compile_timeout(), Duration::from_secs(1));
+        // An explicit cache_dir stays where it is.
+        let mut c = parse("cache_dir = \"/var/cache/t\"").unwrap();
+        c.set_data_dir(PathBuf::from("/srv/t"));
+        assert_eq!(c.cache_dir, PathBuf::from("/var/cache/t"));
+        for bad in [
+            "[admin]\nmax_upload_mb = 0",
+            "[admin]\ncompile_timeout_ms = 0",
+            "[admin]\nbogus = 1",
+            "admin_listen = \" \"",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

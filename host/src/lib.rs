@@ -7,6 +7,9 @@
 //!
 //! Module map (one concern each):
 //! - [`config`]: operator configuration (`tenantry.toml`, env, defaults).
+//! - [`catalog`]: the durable registry of tenants, keys and plugin versions (memory or disk).
+//! - [`control`]: every change to tenants and plugins, catalog first, then live.
+//! - [`admin`]: the admin HTTP API (its own listener); [`admin_client`]: the CLI side of it.
 //! - [`tenant`]: tenant ids, the registry of deployed tenants, resolution.
 //! - [`runtime`]: the wasmtime engine, compiled-component cache, per-call sandbox.
 //! - [`imports`]: the host side of each WIT import, scoped to the caller's tenant.
@@ -17,10 +20,14 @@
 //! - [`bundled`]: the plugins compiled into the binary (the demo tenant's `chat`).
 //! - [`cli`]: the `tenantry` command line.
 
+pub mod admin;
+pub mod admin_client;
 pub mod backend;
 pub mod bundled;
+pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod hub;
 pub mod imports;
 pub mod metrics;

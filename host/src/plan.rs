@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The plan of tenants that name none, unless the config says otherwise.
 pub const DEFAULT_PLAN: &str = "starter";
@@ -33,13 +33,16 @@ macro_rules! plan_fields {
 
         /// Values that replace those of a plan: a `[plans.NAME]` table or a
         /// tenant's `limits` table. Unknown keys are refused.
-        #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
         #[serde(deny_unknown_fields)]
         pub struct PlanOverrides {
             /// For a new plan: the plan it starts from (default `starter`).
             /// Not allowed on built-in plans or tenants.
+            #[serde(skip_serializing_if = "Option::is_none")]
             pub base: Option<String>,
-            $( $(#[doc = $doc])* pub $name: Option<u64>, )*
+            $( $(#[doc = $doc])*
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub $name: Option<u64>, )*
         }
 
         impl Plan {

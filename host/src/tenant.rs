@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::quota::TenantQuota;
 use crate::runtime::Plugin;
@@ -44,6 +46,19 @@ impl TenantId {
     }
 }
 
+impl serde::Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        TenantId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -56,34 +71,84 @@ impl fmt::Debug for TenantId {
     }
 }
 
-/// A tenant this process serves: its id, plan, deployed plugin and state.
+/// The plugin versions serving a tenant: the active one and, during a
+/// canary, a second one for a share of its connections.
+#[derive(Clone, Default)]
+pub struct Deployment {
+    /// The version serving every connection outside the canary share;
+    /// `None` until a version is activated.
+    pub active: Option<Arc<Plugin>>,
+    /// The canary version and the percentage (1-99) of connections it serves.
+    pub canary: Option<(Arc<Plugin>, u8)>,
+}
+
+/// Why the host closes every connection of a tenant (suspension, deletion).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason for the client.
+    pub reason: String,
+}
+
+/// A tenant this process serves: its id, plan, deployed plugin versions and
+/// state. Everything but the id can change while it serves (admin API).
 pub struct Tenant {
     /// The tenant's id.
     pub id: TenantId,
-    /// The name of its plan (its effective limits are in `quota`).
-    pub plan_name: String,
-    /// Its plan and live quota state, shared with its plugin's store.
+    /// Its plan and live quota state, shared with its plugins' stores.
     pub quota: Arc<TenantQuota>,
-    /// The plugin version currently serving this tenant.
-    pub plugin: Arc<Plugin>,
+    plan_name: RwLock<String>,
+    deployment: RwLock<Deployment>,
     suspended: AtomicBool,
+    eviction: watch::Sender<Option<Eviction>>,
 }
 
 impl Tenant {
-    /// A new, active tenant on plan `plan_name` (limits in `quota`) running
-    /// `plugin` (loaded with the same `quota`).
-    pub fn new(
-        id: TenantId,
-        plan_name: String,
-        quota: Arc<TenantQuota>,
-        plugin: Arc<Plugin>,
-    ) -> Self {
+    /// A new, active tenant on plan `plan_name` (limits in `quota`) with no
+    /// plugin yet (see [`Tenant::set_deployment`]).
+    pub fn new(id: TenantId, plan_name: String, quota: Arc<TenantQuota>) -> Self {
         Self {
             id,
-            plan_name,
             quota,
-            plugin,
+            plan_name: RwLock::new(plan_name),
+            deployment: RwLock::new(Deployment::default()),
             suspended: AtomicBool::new(false),
+            eviction: watch::Sender::new(None),
+        }
+    }
+
+    /// The name of its plan.
+    pub fn plan_name(&self) -> String {
+        self.plan_name.read().clone()
+    }
+
+    /// Switch to plan `name` with effective limits `plan` (from the next
+    /// call, message or connection on).
+    pub fn set_plan(&self, name: String, plan: crate::plan::Plan) {
+        *self.plan_name.write() = name;
+        self.quota.set_plan(plan);
+    }
+
+    /// The versions serving it now.
+    pub fn deployment(&self) -> Deployment {
+        self.deployment.read().clone()
+    }
+
+    /// Replace the serving versions. Calls that start afterwards run the
+    /// new ones; calls in flight finish on the version they started on.
+    pub fn set_deployment(&self, deployment: Deployment) {
+        *self.deployment.write() = deployment;
+    }
+
+    /// The plugin version for a connection in canary bucket `bucket`
+    /// (0-99, see [`canary_bucket`]): the canary if one runs and the bucket
+    /// is within its share, else the active version.
+    pub fn plugin_for(&self, bucket: u8) -> Option<Arc<Plugin>> {
+        let d = self.deployment.read();
+        match &d.canary {
+            Some((plugin, percent)) if bucket < *percent => Some(Arc::clone(plugin)),
+            _ => d.active.clone(),
         }
     }
 
@@ -92,10 +157,34 @@ impl Tenant {
         self.suspended.load(Ordering::Relaxed)
     }
 
-    /// Suspend or resume the tenant.
+    /// Suspend or resume the tenant. Suspending does not close open
+    /// connections by itself: see [`Tenant::evict`].
     pub fn set_suspended(&self, suspended: bool) {
         self.suspended.store(suspended, Ordering::Relaxed);
+        if !suspended {
+            self.eviction.send_replace(None);
+        }
     }
+
+    /// Close every open connection of the tenant with `code` and `reason`.
+    pub fn evict(&self, code: u16, reason: impl Into<String>) {
+        self.eviction.send_replace(Some(Eviction {
+            code,
+            reason: reason.into(),
+        }));
+    }
+
+    /// Watch for [`Tenant::evict`] (connections select on it).
+    pub fn evictions(&self) -> watch::Receiver<Option<Eviction>> {
+        self.eviction.subscribe()
+    }
+}
+
+/// The canary bucket (0-99) of a connection: a stable hash of its id, so a
+/// connection keeps its version while the canary's share is unchanged.
+pub fn canary_bucket(connection_id: &str) -> u8 {
+    let digest = Sha256::digest(connection_id.as_bytes());
+    (u16::from_le_bytes([digest[0], digest[1]]) % 100) as u8
 }
 
 /// All tenants known to this process, by id.
@@ -111,10 +200,17 @@ impl Registry {
     }
 
     /// Add or replace a tenant.
-    pub fn insert(&self, tenant: Tenant) {
+    pub fn insert(&self, tenant: Tenant) -> Arc<Tenant> {
+        let tenant = Arc::new(tenant);
         self.tenants
             .write()
-            .insert(tenant.id.clone(), Arc::new(tenant));
+            .insert(tenant.id.clone(), Arc::clone(&tenant));
+        tenant
+    }
+
+    /// Remove a tenant; its open connections keep their `Arc` until they close.
+    pub fn remove(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        self.tenants.write().remove(id)
     }
 
     /// Look a tenant up by id.
@@ -147,5 +243,26 @@ mod tests {
         for bad in ["", "-a", "A", "a_b", "a.b", "a b", &"a".repeat(64), "é"] {
             assert!(TenantId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn canary_buckets_are_stable_and_spread() {
+        assert_eq!(canary_bucket("abc"), canary_bucket("abc"));
+        let mut counts = [0u32; 100];
+        for i in 0..100_000 {
+            counts[usize::from(canary_bucket(&format!("conn-{i}")))] += 1;
+        }
+        // 1000 expected per bucket.
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn tenant_ids_round_trip_through_json_and_are_validated() {
+        let id: TenantId = serde_json::from_str("\"acme\"").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"acme\"");
+        assert!(serde_json::from_str::<TenantId>("\"../etc\"").is_err());
     }
 }

@@ -66,11 +66,16 @@ impl TenantSpec {
     }
 }
 
+/// The operator token every test host's admin API accepts.
+pub const ADMIN_TOKEN: &str = "test-operator-token";
+
 /// A running `tenantry` process; killed when dropped.
 pub struct HostProcess {
     child: Child,
     /// The address it listens on.
     pub addr: String,
+    /// The address of its admin API (token [`ADMIN_TOKEN`]).
+    pub admin_addr: String,
     /// Every line the process printed (stdout and stderr), for assertions.
     pub output: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
@@ -108,7 +113,14 @@ impl HostProcess {
         std::fs::write(&config, toml)?;
         Self::spawn(
             binary,
-            &["serve", "--listen", "127.0.0.1:0", "--config"],
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--config",
+            ],
             Some(&config),
             dir,
         )
@@ -117,7 +129,18 @@ impl HostProcess {
     /// Start `binary` with no config file at all (the embedded default).
     pub fn start_default(binary: &Path) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        Self::spawn(binary, &["serve", "--listen", "127.0.0.1:0"], None, dir)
+        Self::spawn(
+            binary,
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            None,
+            dir,
+        )
     }
 
     fn spawn(
@@ -136,6 +159,9 @@ impl HostProcess {
             std::env::var("TENANTRY_TEST_LOG").unwrap_or_else(|_| "info".into()),
         )
         .env("NO_COLOR", "1")
+        .env("TENANTRY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env_remove("TENANTRY_ADMIN_LISTEN")
+        .env_remove("TENANTRY_DATA_DIR")
         .env_remove("TENANTRY_LISTEN")
         .env_remove("TENANTRY_CONFIG")
         .current_dir(dir.path())
@@ -155,19 +181,23 @@ impl HostProcess {
             drain(err, Arc::clone(&output), tx);
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let after = |line: &str, prefix: &str| {
+            line.strip_prefix(prefix)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+        };
+        let mut admin_addr = None;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(i) = line.find("listening on http://") {
-                        let addr = line[i + "listening on http://".len()..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
+                    if let Some(a) = after(&line, "tenantry admin listening on http://") {
+                        admin_addr = Some(a);
+                    } else if let Some(addr) = after(&line, "tenantry listening on http://") {
                         return Ok(Self {
                             child,
                             addr,
+                            admin_addr: admin_addr.unwrap_or_default(),
                             output,
                             _dir: dir,
                         });
@@ -185,6 +215,18 @@ impl HostProcess {
     /// The WebSocket URL for `path` (e.g. `/ws` or `/t/acme/ws?user=ann`).
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Call the admin API with the operator token; see [`admin_request`].
+    pub async fn admin(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Value)> {
+        admin_request(&self.admin_addr, method, path, Some(ADMIN_TOKEN), body).await
+    }
+
+    /// Send SIGKILL and wait for the process to be gone (a crash).
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     /// Whether the process is still running.
@@ -212,6 +254,70 @@ impl HostProcess {
     pub fn output_text(&self) -> String {
         self.output.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
+}
+
+/// One HTTP/1.1 request to the admin API at `addr` (a raw socket, so
+/// tests see exactly what the host answers): `(status, JSON body)`; a
+/// non-JSON body comes back as a JSON string.
+pub async fn admin_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the admin API at {addr}"))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut raw))
+        .await
+        .context("admin API answer timed out")??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP answer: {text}"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no status in: {head}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    Ok((status, value))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 fn drain(

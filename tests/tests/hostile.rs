@@ -93,7 +93,7 @@ async fn connect_when_admitted(h: &HostProcess, path: &str) -> Client {
 /// The body of a plain HTTP GET to the host.
 async fn http_get(h: &HostProcess, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(&h.addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(&h.admin_addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes()).await.unwrap();
     let mut out = String::new();

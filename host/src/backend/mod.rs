@@ -108,6 +108,9 @@ pub trait Kv: Send + Sync + 'static {
         delta: i64,
         quota: KvQuota,
     ) -> Result<i64, BackendError>;
+    /// Remove every key of `tenant` (the tenant is being deleted); returns
+    /// how many were removed. Other tenants are untouched.
+    async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError>;
 }
 
 /// The set of backends a host process uses.

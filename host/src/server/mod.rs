@@ -5,7 +5,6 @@
 //!   subdomain, the trusted `X-Tenant-ID` header or the default tenant.
 //! - `GET /t/{tenant}/ws`: WebSocket for the tenant named in the path.
 //! - `GET /healthz`: `200 ok` while the process serves.
-//! - `GET /metrics`: Prometheus text format ([`crate::metrics`]).
 //!
 //! Modules: [`tenancy`] decides a connection's tenant, [`connect`] builds
 //! the `authenticate` request, [`session`] is the frame-format-independent
@@ -155,7 +154,8 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn metrics_text() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+/// `GET /metrics` (served on the admin listener): Prometheus text format.
+pub async fn metrics_text() -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -172,7 +172,6 @@ async fn metrics_text() -> ([(axum::http::HeaderName, &'static str); 1], String)
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
         .route("/ws", get(ws::ws_default))
         .route("/t/{tenant}/ws", get(ws::ws_tenant))
         .with_state(state)

@@ -13,8 +13,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::hub::{HubConnection, SubscribeError};
 use crate::protocol;
+use crate::runtime::Plugin;
 use crate::runtime::{CallContext, CallError, User};
-use crate::tenant::Tenant;
+use crate::tenant::{Tenant, canary_bucket};
 
 /// Process-wide counter behind [`CallContext::request_id`].
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
@@ -49,6 +50,8 @@ pub struct Session {
     hub: HubConnection,
     inflight: Arc<Semaphore>,
     caps: Mutex<Vec<String>>,
+    /// Which canary bucket (0-99) this connection is in.
+    bucket: u8,
 }
 
 impl Session {
@@ -78,6 +81,7 @@ impl Session {
         max_inflight_calls: usize,
     ) -> Self {
         Self {
+            bucket: canary_bucket(&id),
             id,
             tenant,
             user,
@@ -112,6 +116,14 @@ impl Session {
         self.caps.lock().iter().any(|c| c == cap)
     }
 
+    /// The plugin version this connection's next call runs (the tenant's
+    /// active version, or its canary for connections in the canary share).
+    pub fn plugin(&self) -> Result<Arc<Plugin>, CallError> {
+        self.tenant
+            .plugin_for(self.bucket)
+            .ok_or_else(|| CallError::Host("the tenant has no active plugin version".into()))
+    }
+
     /// A fresh call context for one plugin call.
     pub fn call_context(&self) -> CallContext {
         CallContext {
@@ -132,11 +144,10 @@ impl Session {
         if self.hub.is_subscribed(topic) {
             return Ok(());
         }
-        let gate = self
-            .tenant
-            .plugin
-            .authorize_subscribe(self.call_context(), topic)
-            .await;
+        let gate = match self.plugin() {
+            Ok(plugin) => plugin.authorize_subscribe(self.call_context(), topic).await,
+            Err(e) => Err(e),
+        };
         match gate {
             Ok(()) => {}
             Err(CallError::Live(e)) => return Err(Denied::new(e.code)),
@@ -178,7 +189,10 @@ impl Session {
     pub async fn call(&self, path: &str, args_json: &str) -> Result<String, CallError> {
         let ctx = self.call_context();
         let request_id = ctx.request_id.clone();
-        let result = self.tenant.plugin.call(ctx, path, args_json).await;
+        let result = match self.plugin() {
+            Ok(plugin) => plugin.call(ctx, path, args_json).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             match e {
                 CallError::Live(_) => {}

@@ -39,13 +39,15 @@ use crate::hub::Outbound;
 use crate::metrics::{self, RefusalKind};
 use crate::protocol::{self, ClientFrame, ProtocolError, Ref, RpcCall, RpcErrorBody};
 use crate::quota::{ConnectionQuota, MessageVerdict, Refusal};
-use crate::runtime::{CallError, ConnectRequest};
-use crate::tenant::Tenant;
+use crate::runtime::{CallError, ConnectRequest, Plugin};
+use crate::tenant::{Eviction, Tenant, canary_bucket};
 
 /// Close code: normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code: the server is going away (shutdown).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: try again later (the tenant has no active plugin version yet).
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Close code: policy violation (unknown/suspended tenant, refused connection). Terminal for clients.
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code: message too big (over `max_frame_bytes`).
@@ -207,13 +209,17 @@ async fn run_connection(
         }
     };
     let session_id = uuid::Uuid::new_v4().to_string();
+    let Some(plugin) = tenant.plugin_for(canary_bucket(&session_id)) else {
+        tracing::debug!(tenant = %tenant.id, "connection refused: no active plugin version");
+        return close_now(socket, CLOSE_TRY_AGAIN_LATER, "no plugin deployed").await;
+    };
     let span = tracing::info_span!(
         "conn",
         tenant = %tenant.id,
-        plugin_version = %tenant.plugin.version,
+        plugin_version = %plugin.version,
         session = %session_id,
     );
-    connection(socket, state, tenant, session_id, request)
+    connection(socket, state, tenant, plugin, session_id, request)
         .instrument(span)
         .await;
     drop(slot);
@@ -223,10 +229,31 @@ async fn connection(
     mut socket: WebSocket,
     state: AppState,
     tenant: Arc<Tenant>,
+    plugin: Arc<Plugin>,
     session_id: String,
     request: ConnectRequest,
 ) {
-    let user = match tenant.plugin.authenticate(request).await {
+    let mut evictions = tenant.evictions();
+    let authenticated = tokio::select! {
+        biased;
+        _ = evictions.wait_for(Option::is_some) => None,
+        user = plugin.authenticate(request) => Some(user),
+    };
+    drop(plugin);
+    let Some(authenticated) = authenticated else {
+        let reason = tenant
+            .evictions()
+            .borrow()
+            .as_ref()
+            .map(|e| e.reason.clone());
+        return close_now(
+            socket,
+            CLOSE_POLICY,
+            reason.as_deref().unwrap_or("tenant evicted"),
+        )
+        .await;
+    };
+    let user = match authenticated {
         Ok(user) => user,
         Err(e) => {
             let (code, reason) = authenticate_close(&e);
@@ -281,7 +308,7 @@ async fn connection(
         Some((code, reason)) => {
             let _ = close_tx.send(CloseFrame {
                 code,
-                reason: Utf8Bytes::from_static(reason),
+                reason: Utf8Bytes::from(truncate_utf8(&reason, 123).as_ref()),
             });
             // A peer that does not read can block the writer: give up on it.
             if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut writer)
@@ -373,7 +400,7 @@ fn is_too_big(err: &axum::Error) -> bool {
     false
 }
 
-type CloseRequest = Option<(u16, &'static str)>;
+type CloseRequest = Option<(u16, std::borrow::Cow<'static, str>)>;
 
 /// Read and handle frames until the peer goes away (`None`) or the server
 /// must close the connection (`Some(code, reason)`). A peer silent for
@@ -385,8 +412,16 @@ async fn read_loop(
     state: &AppState,
     ping: &Notify,
 ) -> (SplitStream<WebSocket>, CloseRequest) {
-    const SHUTDOWN: CloseRequest = Some((CLOSE_GOING_AWAY, "server shutting down"));
+    const SHUTDOWN: CloseRequest = Some((
+        CLOSE_GOING_AWAY,
+        std::borrow::Cow::Borrowed("server shutting down"),
+    ));
     let mut shutdown = state.shutdown_receiver();
+    let mut evictions = conn.session.tenant().evictions();
+    let evicted = |e: &Option<Eviction>| -> CloseRequest {
+        e.as_ref()
+            .map(|e| (CLOSE_POLICY, std::borrow::Cow::Owned(e.reason.clone())))
+    };
     let idle = tokio::time::sleep(IDLE_PING_AFTER);
     tokio::pin!(idle);
     let mut pinged = false;
@@ -394,6 +429,7 @@ async fn read_loop(
         let next = tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => break SHUTDOWN,
+            e = evictions.wait_for(Option::is_some) => break e.ok().and_then(|e| evicted(&e)),
             _ = &mut idle => {
                 if pinged {
                     tracing::debug!("peer unresponsive; dropping the connection");
@@ -413,7 +449,7 @@ async fn read_loop(
             None => break None,
             Some(Err(e)) if is_too_big(&e) => {
                 tracing::debug!(error = %e, "frame over the size limit");
-                break Some((CLOSE_TOO_BIG, "message too big"));
+                break Some((CLOSE_TOO_BIG, "message too big".into()));
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "read error");
@@ -433,12 +469,13 @@ async fn read_loop(
             }
             Admission::Close => {
                 tracing::debug!("connection over its message rate; closing");
-                break Some((CLOSE_RATE_LIMITED, "rate limit exceeded"));
+                break Some((CLOSE_RATE_LIMITED, "rate limit exceeded".into()));
             }
         };
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => break SHUTDOWN,
+            e = evictions.wait_for(Option::is_some) => break e.ok().and_then(|e| evicted(&e)),
             () = conn.handle(frame) => {}
         }
     };

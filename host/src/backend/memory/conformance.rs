@@ -25,6 +25,7 @@ fn tenant(name: &str) -> TenantId {
 /// semantics, and tenant isolation. Takes about 0.3 s (TTL waits).
 pub async fn kv_conformance(kv: &dyn Kv) {
     kv_quota_conformance(kv).await;
+    kv_purge_conformance(kv).await;
     let a = tenant("conformance-a");
     let b = tenant("conformance-b");
 
@@ -236,6 +237,32 @@ pub async fn kv_conformance(kv: &dyn Kv) {
             let _ = kv.delete(t, key).await;
         }
     }
+}
+
+/// Purging a tenant removes all its keys (with or without TTL), frees its
+/// quota, and leaves other tenants alone.
+async fn kv_purge_conformance(kv: &dyn Kv) {
+    let a = tenant("conformance-purge-a");
+    let b = tenant("conformance-purge-b");
+    let q = KvQuota {
+        max_keys: 2,
+        max_bytes: 1000,
+    };
+    kv.set(&a, "k1", b"1".to_vec(), None, q).await.unwrap();
+    kv.set(&a, "k2", b"2".to_vec(), Some(Duration::from_secs(60)), q)
+        .await
+        .unwrap();
+    kv.set(&b, "k1", b"b".to_vec(), None, q).await.unwrap();
+    assert_eq!(kv.purge_tenant(&a).await.unwrap(), 2);
+    assert_eq!(kv.get(&a, "k1").await.unwrap(), None);
+    assert_eq!(kv.get(&a, "k2").await.unwrap(), None);
+    assert_eq!(kv.get(&b, "k1").await.unwrap(), Some(b"b".to_vec()));
+    // The quota is free again.
+    kv.set(&a, "k3", b"3".to_vec(), None, q).await.unwrap();
+    kv.set(&a, "k4", b"4".to_vec(), None, q).await.unwrap();
+    assert_eq!(kv.purge_tenant(&a).await.unwrap(), 2);
+    assert_eq!(kv.purge_tenant(&a).await.unwrap(), 0);
+    assert_eq!(kv.purge_tenant(&b).await.unwrap(), 1);
 }
 
 /// The KV quota: key count and bytes (keys + values) per tenant, checked

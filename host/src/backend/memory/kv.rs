@@ -272,6 +272,19 @@ fn parse_redis_int(value: &[u8]) -> Option<i64> {
 
 #[async_trait]
 impl Kv for MemoryKv {
+    async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
+        let removed = {
+            let mut shard = self.shard(tenant).lock();
+            let removed = shard.tenants.remove(tenant);
+            if removed.is_some() {
+                shard.expiry.retain(|(_, t, _)| t != tenant);
+            }
+            removed
+        };
+        // Values are freed outside the lock.
+        Ok(removed.map_or(0, |m| m.entries.len() as u64))
+    }
+
     async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
         self.check_key(key)?;
         let now = Instant::now();
