@@ -30,6 +30,7 @@ use crate::bundled;
 use crate::catalog::CatalogStore;
 use crate::catalog::disk::DiskCatalog;
 use crate::catalog::memory::MemoryCatalog;
+use crate::catalog::postgres::PostgresCatalog;
 use crate::config::{Config, ConfigError, PluginSource};
 use crate::control::{Control, ControlError, ControlSettings};
 use crate::hub::Hub;
@@ -269,13 +270,18 @@ pub async fn serve_config(
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     let cpu_slots = config.limits.cpu_workers_per_tenant(workers);
 
-    let catalog: Arc<dyn CatalogStore> = match &config.data_dir {
-        Some(dir) => Arc::new(
+    let catalog: Arc<dyn CatalogStore> = match (&config.postgres, &config.data_dir) {
+        (Some(pg), _) => Arc::new(
+            PostgresCatalog::connect(&pg.url, &pg.registry_schema)
+                .await
+                .map_err(|e| CliError::Registry(e.into()))?,
+        ),
+        (None, Some(dir)) => Arc::new(
             DiskCatalog::open(dir.clone())
                 .await
                 .map_err(|e| CliError::Registry(e.into()))?,
         ),
-        None => Arc::new(MemoryCatalog::new()),
+        (None, None) => Arc::new(MemoryCatalog::new()),
     };
     let registry = Arc::new(Registry::new());
     let control = Control::new(
@@ -292,6 +298,8 @@ pub async fn serve_config(
             max_memory_bytes: max_memory,
         },
     );
+    // Follow other hosts' changes from before the initial load on, so none is missed.
+    let follower = control.follow_changes();
     control.load().await.map_err(CliError::Registry)?;
     for t in &config.tenants {
         let wasm: std::borrow::Cow<'static, [u8]> = match &t.plugin {
@@ -363,6 +371,9 @@ pub async fn serve_config(
         }
     }
     drop(stop_rx);
+    if let Some(f) = follower {
+        f.abort();
+    }
     served.map_err(CliError::Serve)?;
     tracing::info!("stopped");
     Ok(())

@@ -130,6 +130,32 @@ pub struct TenantConfig {
     pub plan: Plan,
 }
 
+/// PostgreSQL (the `[postgres]` table). With it the registry of tenants
+/// and plugin versions lives in Postgres, shared by every host of a fleet.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// Connection URL, e.g. `postgres://root@127.0.0.1:5432/test`.
+    pub url: String,
+    /// Schema of the registry tables. Default `tenantry`.
+    #[serde(default = "default_registry_schema")]
+    pub registry_schema: String,
+}
+
+fn default_registry_schema() -> String {
+    "tenantry".to_owned()
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    /// The URL may hold a password: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("url", &"<redacted>")
+            .field("registry_schema", &self.registry_schema)
+            .finish()
+    }
+}
+
 /// Settings of the admin API (the `[admin]` table); its address and data
 /// directory are top-level keys (`admin_listen`, `data_dir`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -289,6 +315,8 @@ pub struct Config {
     pub admin_listen: Option<String>,
     /// Admin API settings.
     pub admin: AdminSettings,
+    /// PostgreSQL, if configured (the registry then lives there).
+    pub postgres: Option<PostgresSettings>,
     /// Process-wide limits.
     pub limits: Limits,
     /// Every plan by name (built-ins, changed and added ones).
@@ -314,6 +342,7 @@ impl Default for Config {
                 data_dir: None,
                 admin_listen: None,
                 admin: AdminSettings::default(),
+                postgres: None,
                 limits: Limits::default(),
                 plans: BTreeMap::new(),
                 default_plan: DEFAULT_PLAN.to_owned(),
@@ -337,6 +366,7 @@ struct FileConfig {
     admin_listen: Option<String>,
     #[serde(default)]
     admin: AdminSettings,
+    postgres: Option<PostgresSettings>,
     #[serde(default)]
     limits: Limits,
     default_plan: Option<String>,
@@ -424,6 +454,25 @@ impl Config {
     fn from_file_contents(file: FileConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         file.limits.validate()?;
         file.admin.validate()?;
+        if let Some(pg) = &file.postgres {
+            let s = pg.registry_schema.as_bytes();
+            let ok = !s.is_empty()
+                && s.len() <= 63
+                && (s[0].is_ascii_lowercase() || s[0] == b'_')
+                && s.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_');
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "postgres.registry_schema {:?} must match [a-z_][a-z0-9_]{{0,62}}",
+                    pg.registry_schema
+                )));
+            }
+            if pg.url.trim().is_empty() {
+                return Err(ConfigError::Invalid(
+                    "postgres.url must not be empty".into(),
+                ));
+            }
+        }
         let plans = resolve_plans(&file.plans).map_err(ConfigError::Invalid)?;
         let default_plan = file.default_plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned());
         if !plans.contains_key(&default_plan) {
@@ -538,6 +587,7 @@ impl Config {
             data_dir: None,
             admin_listen: file.admin_listen,
             admin: file.admin,
+            postgres: file.postgres,
             limits: file.limits,
             plans,
             default_plan,
@@ -612,6 +662,19 @@ mod tests {
         assert_eq!(c.cache_dir, PathBuf::from("/etc/tenantry/data/cache"));
         assert_eq!(c.admin.max_upload_bytes(), 8 << 20);
         assert_eq!(c.admin.compile_timeout(), Duration::from_secs(1));
+        assert_eq!(c.postgres, None);
+        let c = parse("[postgres]\nurl = \"postgres://u:secret@db/x\"").unwrap();
+        let pg = c.postgres.clone().unwrap();
+        assert_eq!(pg.registry_schema, "tenantry");
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the URL is never printed"
+        );
+        assert!(parse("[postgres]\nurl = \"x\"\nregistry_schema = \"A-b\"").is_err());
+        assert!(
+            parse("[postgres]\nregistry_schema = \"a\"").is_err(),
+            "url is required"
+        );
         // An explicit cache_dir stays where it is.
         let mut c = parse("cache_dir = \"/var/cache/t\"").unwrap();
         c.set_data_dir(PathBuf::from("/srv/t"));

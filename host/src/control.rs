@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::backend::Kv;
-use crate::catalog::{Canary, CatalogError, CatalogStore, KeyRecord, TenantRecord, VersionRecord};
+use crate::catalog::{
+    Canary, CatalogChange, CatalogError, CatalogStore, KeyRecord, TenantRecord, VersionRecord,
+};
 use crate::plan::{Plan, PlanOverrides};
 use crate::quota::TenantQuota;
 use crate::runtime::{Plugin, PluginRejection, Runtime};
@@ -31,6 +33,8 @@ pub const MAX_VERSIONS_PER_TENANT: usize = 100;
 pub const MAX_KEYS_PER_TENANT: usize = 20;
 /// Activations remembered for rollback.
 const MAX_HISTORY: usize = 50;
+/// Times a change is re-applied after another host changed the same tenant.
+pub const CONFLICT_RETRIES: u32 = 5;
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -137,6 +141,8 @@ pub struct Control {
     locks: parking_lot::Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
     /// SHA-256 of every deploy key → (tenant, key id).
     keys: parking_lot::RwLock<HashMap<String, (TenantId, String)>>,
+    /// The record revision each live tenant was last brought up to date with.
+    applied: parking_lot::Mutex<HashMap<TenantId, u64>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -176,6 +182,7 @@ impl Control {
             settings,
             locks: parking_lot::Mutex::new(HashMap::new()),
             keys: parking_lot::RwLock::new(HashMap::new()),
+            applied: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -189,21 +196,8 @@ impl Control {
     /// served without a plugin; both are logged, neither stops the others.
     /// Returns how many tenants are live.
     pub async fn load(&self) -> Result<usize, ControlError> {
-        let (records, broken) = self.catalog.list().await?;
-        for (id, e) in broken {
-            tracing::error!(tenant = %id, error = %e, "skipping a tenant whose record cannot be read");
-        }
-        let mut live = 0;
-        for rec in records {
-            self.index_keys(&rec);
-            match self.go_live(&rec).await {
-                Ok(_) => live += 1,
-                Err(e) => {
-                    tracing::error!(tenant = %rec.id, error = %e, "tenant served without a plugin")
-                }
-            }
-        }
-        Ok(live)
+        self.refresh_all().await?;
+        Ok(self.registry.ids().len())
     }
 
     /// Create `id` from the configuration unless the catalog knows it:
@@ -221,13 +215,24 @@ impl Control {
             tracing::debug!(tenant = %id, "configured tenant already in the registry; keeping the registry's");
             return Ok(false);
         }
-        self.create_tenant(id.clone(), Some(plan.to_owned()), limits.clone(), false)
-            .await?;
-        self.upload(id, wasm, &Actor::Config, true).await?;
-        if suspended {
-            self.suspend(id, None).await?;
+        let seeded = async {
+            self.create_tenant(id.clone(), Some(plan.to_owned()), limits.clone(), false)
+                .await?;
+            self.upload(id, wasm, &Actor::Config, true).await?;
+            if suspended {
+                self.suspend(id, None).await?;
+            }
+            Ok(())
+        };
+        match seeded.await {
+            Ok(()) => Ok(true),
+            // Another host of the fleet seeded it at the same moment.
+            Err(ControlError::Conflict(e)) => {
+                tracing::info!(tenant = %id, reason = %e, "configured tenant seeded by another host");
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
-        Ok(true)
     }
 
     async fn lock(&self, id: &TenantId) -> tokio::sync::OwnedMutexGuard<()> {
@@ -302,6 +307,7 @@ impl Control {
         tenant.set_suspended(rec.suspended);
         let deployment = self.prepare(&tenant, rec).await?;
         tenant.set_deployment(deployment);
+        self.applied.lock().insert(rec.id.clone(), rec.revision);
         Ok(tenant)
     }
 
@@ -361,8 +367,12 @@ impl Control {
             .map_err(|e| load_err(e.to_string()))
     }
 
-    /// Write `rec` (revision + 1) and make the live tenant match it.
-    async fn commit(&self, mut rec: TenantRecord) -> Result<TenantRecord, ControlError> {
+    /// Write `rec` (revision + 1) and make the live tenant match it. `rec`
+    /// is a record read from the catalog, or a new one (revision 0, `new`):
+    /// if another host changed or created it since, nothing is written and
+    /// the answer is `Conflict`.
+    async fn commit(&self, mut rec: TenantRecord, new: bool) -> Result<TenantRecord, ControlError> {
+        let read = (!new).then_some(rec.revision);
         rec.revision += 1;
         let tenant = self.registry.get(&rec.id);
         // Load new versions before anything is written.
@@ -370,13 +380,23 @@ impl Control {
             Some(t) => Some(self.prepare(t, &rec).await?),
             None => None,
         };
-        self.catalog.put(&rec).await?;
+        self.catalog
+            .replace(&rec, read)
+            .await
+            .map_err(|e| match e {
+                CatalogError::Conflict { .. } => {
+                    ControlError::Conflict(format!("{e}; read it again and retry"))
+                }
+                e => ControlError::Store(e),
+            })?;
+        self.index_keys(&rec);
         match (tenant, deployment) {
             (Some(t), Some(d)) => {
                 let (plan_name, plan) = self.plan_for(&rec)?;
                 t.set_plan(plan_name, plan);
                 t.set_suspended(rec.suspended);
                 t.set_deployment(d);
+                self.applied.lock().insert(rec.id.clone(), rec.revision);
             }
             _ => {
                 self.go_live(&rec).await?;
@@ -416,9 +436,34 @@ impl Control {
         let mut rec = TenantRecord::new(id.clone(), plan, now_ms());
         rec.limits = limits;
         rec.suspended = suspended;
-        let rec = self.commit(rec).await?;
+        let rec = self.commit(rec, true).await?;
         tracing::info!(tenant = %id, plan = %rec.plan, "tenant created");
         Ok(rec)
+    }
+
+    /// Read `id`'s record, apply `change` and commit it, under the
+    /// tenant's lock. If another host changed the record in between (a
+    /// shared catalog), `change` is applied again to the newer record, up to
+    /// [`CONFLICT_RETRIES`] times, before the answer is `Conflict`.
+    async fn modify<T>(
+        &self,
+        id: &TenantId,
+        mut change: impl FnMut(&mut TenantRecord) -> Result<T, ControlError>,
+    ) -> Result<(TenantRecord, T), ControlError> {
+        let _guard = self.lock(id).await;
+        let mut attempt = 0;
+        loop {
+            let mut rec = self.record(id).await?;
+            let out = change(&mut rec)?;
+            match self.commit(rec, false).await {
+                Err(ControlError::Conflict(e)) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(tenant = %id, attempt, reason = %e, "concurrent change; retrying");
+                }
+                Err(e) => return Err(e),
+                Ok(rec) => return Ok((rec, out)),
+            }
+        }
     }
 
     /// Change the plan and/or replace the limit overrides of `id`.
@@ -428,16 +473,17 @@ impl Control {
         plan: Option<String>,
         limits: Option<PlanOverrides>,
     ) -> Result<TenantRecord, ControlError> {
-        let _guard = self.lock(id).await;
-        let mut rec = self.record(id).await?;
-        if let Some(plan) = plan {
-            rec.plan = plan;
-        }
-        if let Some(limits) = limits {
-            rec.limits = limits;
-        }
-        self.effective_plan(&rec.plan, &rec.limits)?;
-        let rec = self.commit(rec).await?;
+        let (rec, ()) = self
+            .modify(id, |rec| {
+                if let Some(plan) = &plan {
+                    rec.plan = plan.clone();
+                }
+                if let Some(limits) = &limits {
+                    rec.limits = limits.clone();
+                }
+                self.effective_plan(&rec.plan, &rec.limits).map(drop)
+            })
+            .await?;
         tracing::info!(tenant = %id, plan = %rec.plan, "tenant plan updated");
         Ok(rec)
     }
@@ -458,11 +504,13 @@ impl Control {
                     .into(),
             ));
         }
-        let _guard = self.lock(id).await;
-        let mut rec = self.record(id).await?;
-        rec.suspended = true;
-        rec.suspend_reason = Some(reason.clone());
-        let rec = self.commit(rec).await?;
+        let (rec, ()) = self
+            .modify(id, |rec| {
+                rec.suspended = true;
+                rec.suspend_reason = Some(reason.clone());
+                Ok(())
+            })
+            .await?;
         if let Some(t) = self.registry.get(id) {
             t.evict(CLOSE_POLICY, reason);
         }
@@ -472,11 +520,13 @@ impl Control {
 
     /// Let connections of `id` in again.
     pub async fn resume(&self, id: &TenantId) -> Result<TenantRecord, ControlError> {
-        let _guard = self.lock(id).await;
-        let mut rec = self.record(id).await?;
-        rec.suspended = false;
-        rec.suspend_reason = None;
-        let rec = self.commit(rec).await?;
+        let (rec, ()) = self
+            .modify(id, |rec| {
+                rec.suspended = false;
+                rec.suspend_reason = None;
+                Ok(())
+            })
+            .await?;
         tracing::info!(tenant = %id, "tenant resumed");
         Ok(rec)
     }
@@ -488,11 +538,7 @@ impl Control {
         if !self.catalog.delete(id).await? {
             return Err(not_found(id));
         }
-        self.keys.write().retain(|_, (t, _)| t != id);
-        if let Some(t) = self.registry.remove(id) {
-            t.set_suspended(true);
-            t.evict(CLOSE_POLICY, "tenant deleted");
-        }
+        self.forget(id);
         let purged = self.kv.purge_tenant(id).await.map_err(|e| {
             ControlError::Backend(format!(
                 "tenant {id} is deleted but its KV data could not be removed: {e}"
@@ -502,11 +548,92 @@ impl Control {
         Ok(())
     }
 
+    /// Make the key index hold exactly `rec`'s keys for its tenant.
     fn index_keys(&self, rec: &TenantRecord) {
         let mut keys = self.keys.write();
+        keys.retain(|_, (t, _)| *t != rec.id);
         for k in &rec.keys {
             keys.insert(k.sha256.clone(), (rec.id.clone(), k.id.clone()));
         }
+    }
+
+    /// Drop a deleted tenant from this process: its keys, and its live
+    /// tenant (open connections closed with 1008 `tenant deleted`).
+    fn forget(&self, id: &TenantId) {
+        self.keys.write().retain(|_, (t, _)| t != id);
+        self.applied.lock().remove(id);
+        if let Some(t) = self.registry.remove(id) {
+            t.set_suspended(true);
+            t.evict(CLOSE_POLICY, "tenant deleted");
+        }
+    }
+
+    /// Follow the changes other processes make to a shared catalog
+    /// (Postgres): each changed tenant is re-read and applied live within
+    /// moments of the commit. `None` when the catalog is private to this
+    /// process. The task ends when the store's change stream does.
+    pub fn follow_changes(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let mut changes = self.catalog.changes()?;
+        let this = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                let result = match &change {
+                    CatalogChange::Tenant(id) => this.refresh(id).await,
+                    CatalogChange::All => this.refresh_all().await,
+                };
+                if let Err(e) = result {
+                    tracing::error!(?change, error = %e, "could not apply a registry change");
+                }
+            }
+        }))
+    }
+
+    /// Bring the live tenant `id` up to date with its record (created,
+    /// changed, suspended or deleted by another process).
+    pub async fn refresh(&self, id: &TenantId) -> Result<(), ControlError> {
+        let _guard = self.lock(id).await;
+        let Some(rec) = self.catalog.get(id).await? else {
+            if self.registry.get(id).is_some() {
+                tracing::info!(tenant = %id, "tenant deleted by another host");
+            }
+            self.forget(id);
+            return Ok(());
+        };
+        if self.applied.lock().get(id) == Some(&rec.revision) {
+            return Ok(());
+        }
+        let was_suspended = self.registry.get(id).is_some_and(|t| t.is_suspended());
+        self.index_keys(&rec);
+        let tenant = self.go_live(&rec).await?;
+        if rec.suspended && !was_suspended {
+            tenant.evict(
+                CLOSE_POLICY,
+                rec.suspend_reason.as_deref().unwrap_or("tenant suspended"),
+            );
+        }
+        tracing::info!(tenant = %id, revision = rec.revision, active = rec.active.as_deref(), "applied a registry change");
+        Ok(())
+    }
+
+    /// Re-read every tenant (after changes may have been missed).
+    pub async fn refresh_all(&self) -> Result<(), ControlError> {
+        let (records, broken) = self.catalog.list().await?;
+        for (id, e) in broken {
+            tracing::error!(tenant = %id, error = %e, "skipping a tenant whose record cannot be read");
+        }
+        let known: std::collections::HashSet<TenantId> =
+            records.iter().map(|r| r.id.clone()).collect();
+        for id in self.registry.ids() {
+            if !known.contains(&id) {
+                self.refresh(&id).await?;
+            }
+        }
+        for rec in records {
+            if let Err(e) = self.refresh(&rec.id).await {
+                tracing::error!(tenant = %rec.id, error = %e, "could not apply a registry change");
+            }
+        }
+        Ok(())
     }
 
     /// The tenant and key id of deploy key `secret`, if it is one.
@@ -519,42 +646,39 @@ impl Control {
 
     /// Create a deploy key for `id`.
     pub async fn create_key(&self, id: &TenantId) -> Result<NewKey, ControlError> {
-        let _guard = self.lock(id).await;
-        let mut rec = self.record(id).await?;
-        if rec.keys.len() >= MAX_KEYS_PER_TENANT {
-            return Err(ControlError::Conflict(format!(
-                "tenant {id} already has {MAX_KEYS_PER_TENANT} deploy keys; delete one first"
-            )));
-        }
         let random = || uuid::Uuid::new_v4().simple().to_string();
-        let key_id = format!("k_{}", &random()[..12]);
         let secret = format!("tdk_{}{}", random(), random());
         let record = KeyRecord {
-            id: key_id,
+            id: format!("k_{}", &random()[..12]),
             sha256: sha256_hex(secret.as_bytes()),
             created_at_ms: now_ms(),
         };
-        rec.keys.push(record.clone());
-        self.commit(rec).await?;
-        self.keys
-            .write()
-            .insert(record.sha256.clone(), (id.clone(), record.id.clone()));
+        self.modify(id, |rec| {
+            if rec.keys.len() >= MAX_KEYS_PER_TENANT {
+                return Err(ControlError::Conflict(format!(
+                    "tenant {id} already has {MAX_KEYS_PER_TENANT} deploy keys; delete one first"
+                )));
+            }
+            rec.keys.push(record.clone());
+            Ok(())
+        })
+        .await?;
         tracing::info!(tenant = %id, key = %record.id, "deploy key created");
         Ok(NewKey { record, secret })
     }
 
     /// Revoke deploy key `key_id` of `id`.
     pub async fn delete_key(&self, id: &TenantId, key_id: &str) -> Result<(), ControlError> {
-        let _guard = self.lock(id).await;
-        let mut rec = self.record(id).await?;
-        let Some(pos) = rec.keys.iter().position(|k| k.id == key_id) else {
-            return Err(ControlError::NotFound(format!(
-                "tenant {id} has no deploy key {key_id:?}"
-            )));
-        };
-        let removed = rec.keys.remove(pos);
-        self.commit(rec).await?;
-        self.keys.write().remove(&removed.sha256);
+        self.modify(id, |rec| {
+            let Some(pos) = rec.keys.iter().position(|k| k.id == key_id) else {
+                return Err(ControlError::NotFound(format!(
+                    "tenant {id} has no deploy key {key_id:?}"
+                )));
+            };
+            rec.keys.remove(pos);
+            Ok(())
+        })
+        .await?;
         tracing::info!(tenant = %id, key = %key_id, "deploy key deleted");
         Ok(())
     }
@@ -576,43 +700,42 @@ impl Control {
             });
         }
         // Unknown tenants are refused before any compile work.
-        self.record(id).await?;
+        let before = self.record(id).await?;
         let info = self
             .runtime
             .check_plugin(wasm, self.settings.compile_timeout)
             .await?;
-        let _guard = self.lock(id).await;
-        let mut rec = self.record(id).await?;
         let version_id = info.sha256[..12].to_owned();
-        let created = rec.version(&version_id).is_none();
-        if created {
-            if rec.versions.len() >= MAX_VERSIONS_PER_TENANT {
-                return Err(ControlError::Conflict(format!(
-                    "tenant {id} already has {MAX_VERSIONS_PER_TENANT} plugin versions; delete old ones first"
-                )));
-            }
+        // The bytes are durable before any record names them.
+        if before.version(&version_id).is_none() {
             self.catalog.put_blob(id, &info.sha256, wasm).await?;
-            rec.versions.push(VersionRecord {
-                version: version_id.clone(),
-                sha256: info.sha256.clone(),
-                size: wasm.len() as u64,
-                uploaded_at_ms: now_ms(),
-                uploaded_by: actor.label(),
-                world: info.world.clone(),
-            });
         }
-        if activate {
-            set_active(&mut rec, &version_id);
-        }
-        let version = rec
-            .version(&version_id)
-            .cloned()
-            .ok_or_else(|| ControlError::NotFound(format!("version {version_id}")))?;
-        let tenant = if created || activate {
-            self.commit(rec).await?
-        } else {
-            rec
+        let new_version = VersionRecord {
+            version: version_id.clone(),
+            sha256: info.sha256.clone(),
+            size: wasm.len() as u64,
+            uploaded_at_ms: now_ms(),
+            uploaded_by: actor.label(),
+            world: info.world.clone(),
         };
+        let (tenant, (version, created)) = self
+            .modify(id, |rec| {
+                let created = rec.version(&version_id).is_none();
+                if created {
+                    if rec.versions.len() >= MAX_VERSIONS_PER_TENANT {
+                        return Err(ControlError::Conflict(format!(
+                            "tenant {id} already has {MAX_VERSIONS_PER_TENANT} plugin versions; delete old ones first"
+                        )));
+                    }
+                    rec.versions.push(new_version.clone());
+                }
+                if activate {
+                    set_active(rec, &version_id);
+                }
+                let version = rec.version(&version_id).cloned().unwrap_or_else(|| new_version.clone());
+                Ok((version, created))
+            })
+            .await?;
         tracing::info!(tenant = %id, version = %version_id, created, activate, by = %actor.label(), "plugin uploaded");
         Ok(Uploaded {
             version,
@@ -629,38 +752,41 @@ impl Control {
         version: &str,
         canary_percent: Option<u8>,
     ) -> Result<TenantRecord, ControlError> {
-        let _guard = self.lock(id).await;
-        let mut rec = self.record(id).await?;
-        if rec.version(version).is_none() {
-            return Err(ControlError::NotFound(format!(
-                "tenant {id} has no plugin version {version:?}"
+        if let Some(p) = canary_percent
+            && !(1..=99).contains(&p)
+        {
+            return Err(ControlError::Invalid(format!(
+                "canary_percent must be between 1 and 99, not {p}"
             )));
         }
-        match canary_percent {
-            Some(p) if !(1..=99).contains(&p) => {
-                return Err(ControlError::Invalid(format!(
-                    "canary_percent must be between 1 and 99, not {p}"
-                )));
-            }
-            Some(_) if rec.active.is_none() => {
-                return Err(ControlError::Conflict(format!(
-                    "tenant {id} has no active version to run a canary beside; activate one first"
-                )));
-            }
-            Some(_) if rec.active.as_deref() == Some(version) => {
-                return Err(ControlError::Conflict(format!(
-                    "version {version} is already active"
-                )));
-            }
-            Some(percent) => {
-                rec.canary = Some(Canary {
-                    version: version.to_owned(),
-                    percent,
-                });
-            }
-            None => set_active(&mut rec, version),
-        }
-        let rec = self.commit(rec).await?;
+        let (rec, ()) = self
+            .modify(id, |rec| {
+                if rec.version(version).is_none() {
+                    return Err(ControlError::NotFound(format!(
+                        "tenant {id} has no plugin version {version:?}"
+                    )));
+                }
+                match canary_percent {
+                    Some(_) if rec.active.is_none() => Err(ControlError::Conflict(format!(
+                        "tenant {id} has no active version to run a canary beside; activate one first"
+                    ))),
+                    Some(_) if rec.active.as_deref() == Some(version) => Err(
+                        ControlError::Conflict(format!("version {version} is already active")),
+                    ),
+                    Some(percent) => {
+                        rec.canary = Some(Canary {
+                            version: version.to_owned(),
+                            percent,
+                        });
+                        Ok(())
+                    }
+                    None => {
+                        set_active(rec, version);
+                        Ok(())
+                    }
+                }
+            })
+            .await?;
         tracing::info!(tenant = %id, version, canary_percent, "plugin version activated");
         Ok(rec)
     }
@@ -668,45 +794,49 @@ impl Control {
     /// End a running canary; otherwise re-activate the version active
     /// before the current one.
     pub async fn rollback(&self, id: &TenantId) -> Result<TenantRecord, ControlError> {
-        let _guard = self.lock(id).await;
-        let mut rec = self.record(id).await?;
-        if rec.canary.take().is_none() {
-            loop {
-                let Some(prev) = rec.history.pop() else {
-                    return Err(ControlError::Conflict(format!(
-                        "tenant {id} has no earlier version to roll back to"
-                    )));
-                };
-                if rec.version(&prev).is_some() && rec.active.as_deref() != Some(prev.as_str()) {
-                    rec.active = Some(prev);
-                    break;
+        let (rec, ()) = self
+            .modify(id, |rec| {
+                if rec.canary.take().is_some() {
+                    return Ok(());
                 }
-            }
-        }
-        let rec = self.commit(rec).await?;
+                loop {
+                    let Some(prev) = rec.history.pop() else {
+                        return Err(ControlError::Conflict(format!(
+                            "tenant {id} has no earlier version to roll back to"
+                        )));
+                    };
+                    if rec.version(&prev).is_some() && rec.active.as_deref() != Some(prev.as_str())
+                    {
+                        rec.active = Some(prev);
+                        return Ok(());
+                    }
+                }
+            })
+            .await?;
         tracing::info!(tenant = %id, active = rec.active.as_deref(), "rolled back");
         Ok(rec)
     }
 
     /// Delete an inactive, non-canary version of `id`.
     pub async fn delete_version(&self, id: &TenantId, version: &str) -> Result<(), ControlError> {
-        let _guard = self.lock(id).await;
-        let mut rec = self.record(id).await?;
-        let Some(pos) = rec.versions.iter().position(|v| v.version == version) else {
-            return Err(ControlError::NotFound(format!(
-                "tenant {id} has no plugin version {version:?}"
-            )));
-        };
-        if rec.active.as_deref() == Some(version)
-            || rec.canary.as_ref().is_some_and(|c| c.version == version)
-        {
-            return Err(ControlError::Conflict(format!(
-                "version {version} is serving; activate another version first"
-            )));
-        }
-        let removed = rec.versions.remove(pos);
-        rec.history.retain(|v| v != version);
-        self.commit(rec).await?;
+        let (_, removed) = self
+            .modify(id, |rec| {
+                let Some(pos) = rec.versions.iter().position(|v| v.version == version) else {
+                    return Err(ControlError::NotFound(format!(
+                        "tenant {id} has no plugin version {version:?}"
+                    )));
+                };
+                if rec.active.as_deref() == Some(version)
+                    || rec.canary.as_ref().is_some_and(|c| c.version == version)
+                {
+                    return Err(ControlError::Conflict(format!(
+                        "version {version} is serving; activate another version first"
+                    )));
+                }
+                rec.history.retain(|v| v != version);
+                Ok(rec.versions.remove(pos))
+            })
+            .await?;
         if let Err(e) = self.catalog.delete_blob(id, &removed.sha256).await {
             tracing::warn!(tenant = %id, version, error = %e, "version deleted but its bytes could not be removed");
         }

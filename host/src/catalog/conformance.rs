@@ -28,6 +28,7 @@ macro_rules! conformance_suite {
             delete_blob_removes_only_that_blob,
             tenants_are_isolated,
             blob_names_that_are_not_sha256_are_refused,
+            replace_writes_only_over_the_revision_read,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {
@@ -57,6 +58,7 @@ pub(crate) async fn run_all(store: &dyn CatalogStore) {
     delete_blob_removes_only_that_blob(store).await;
     tenants_are_isolated(store).await;
     blob_names_that_are_not_sha256_are_refused(store).await;
+    replace_writes_only_over_the_revision_read(store).await;
 }
 
 fn id(s: &str) -> TenantId {
@@ -316,6 +318,48 @@ pub(crate) async fn blob_names_that_are_not_sha256_are_refused(store: &dyn Catal
     }
     assert!(store.list().await.unwrap().0.is_empty());
     store.delete(&acme).await.unwrap();
+}
+
+/// `replace` writes only if the stored revision is the one read (`None`:
+/// nothing stored); otherwise it is a `Conflict` and nothing changes.
+pub(crate) async fn replace_writes_only_over_the_revision_read(store: &dyn CatalogStore) {
+    let acme = id("acme");
+    let mut r1 = TenantRecord::new(acme.clone(), "starter".into(), 1);
+    r1.revision = 1;
+    store.replace(&r1, None).await.unwrap();
+    // A second creation loses.
+    let mut other = r1.clone();
+    other.plan = "free".into();
+    assert!(matches!(
+        store.replace(&other, None).await,
+        Err(CatalogError::Conflict { .. })
+    ));
+    // Two writers read revision 1: the first wins, the second conflicts.
+    let mut r2 = r1.clone();
+    r2.revision = 2;
+    r2.plan = "professional".into();
+    let mut stale = r1.clone();
+    stale.revision = 2;
+    stale.plan = "enterprise".into();
+    store.replace(&r2, Some(1)).await.unwrap();
+    assert!(matches!(
+        store.replace(&stale, Some(1)).await,
+        Err(CatalogError::Conflict { .. })
+    ));
+    assert_eq!(store.get(&acme).await.unwrap(), Some(r2.clone()));
+    // Reading a revision that never existed conflicts too.
+    assert!(matches!(
+        store.replace(&r2, Some(7)).await,
+        Err(CatalogError::Conflict { .. })
+    ));
+    // After a delete, the id can be created again.
+    assert!(store.delete(&acme).await.unwrap());
+    assert!(matches!(
+        store.replace(&r2, Some(2)).await,
+        Err(CatalogError::Conflict { .. })
+    ));
+    store.replace(&r1, None).await.unwrap();
+    assert!(store.delete(&acme).await.unwrap());
 }
 
 #[cfg(test)]

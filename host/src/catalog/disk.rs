@@ -46,6 +46,8 @@ static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone)]
 pub struct DiskCatalog {
     dir: PathBuf,
+    /// Serialises [`CatalogStore::replace`]'s read-compare-write.
+    replace_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DiskCatalog {
@@ -53,7 +55,10 @@ impl DiskCatalog {
     /// needed, and clean up after a crash: empty `dir/trash` and remove
     /// temporary files left in the tenants' directories.
     pub async fn open(dir: PathBuf) -> Result<Self, CatalogError> {
-        let catalog = Self { dir };
+        let catalog = Self {
+            dir,
+            replace_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+        };
         let root = catalog.dir.clone();
         blocking("open the data directory", move || open_dir(&root)).await?;
         Ok(catalog)
@@ -94,6 +99,23 @@ impl CatalogStore for DiskCatalog {
             write_atomic(&dir, RECORD_FILE, &json)
         })
         .await
+    }
+
+    async fn replace(
+        &self,
+        record: &TenantRecord,
+        read_revision: Option<u64>,
+    ) -> Result<(), CatalogError> {
+        // One process per data directory (see the module docs): a process
+        // lock makes the read-compare-write atomic.
+        let _guard = self.replace_lock.lock().await;
+        let stored = self.get(&record.id).await?.map(|r| r.revision);
+        if stored != read_revision {
+            return Err(CatalogError::Conflict {
+                id: record.id.to_string(),
+            });
+        }
+        self.put(record).await
     }
 
     async fn delete(&self, id: &TenantId) -> Result<bool, CatalogError> {

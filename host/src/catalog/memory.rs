@@ -53,6 +53,22 @@ impl CatalogStore for MemoryCatalog {
         Ok(())
     }
 
+    async fn replace(
+        &self,
+        record: &TenantRecord,
+        read_revision: Option<u64>,
+    ) -> Result<(), CatalogError> {
+        let mut inner = self.inner.lock();
+        let stored = inner.records.get(&record.id).map(|r| r.revision);
+        if stored != read_revision {
+            return Err(CatalogError::Conflict {
+                id: record.id.to_string(),
+            });
+        }
+        inner.records.insert(record.id.clone(), record.clone());
+        Ok(())
+    }
+
     async fn delete(&self, id: &TenantId) -> Result<bool, CatalogError> {
         let mut inner = self.inner.lock();
         inner.blobs.remove(id);

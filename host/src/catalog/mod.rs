@@ -15,6 +15,7 @@
 
 pub mod disk;
 pub mod memory;
+pub mod postgres;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -144,6 +145,22 @@ pub enum CatalogError {
         /// The decoding error.
         message: String,
     },
+    /// [`CatalogStore::replace`] found another revision than the one read:
+    /// someone else changed the tenant in between.
+    #[error("tenant {id} was changed by someone else at the same time")]
+    Conflict {
+        /// The tenant.
+        id: String,
+    },
+}
+
+/// A change another process (or this one) made to the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogChange {
+    /// This tenant's record changed or was deleted.
+    Tenant(TenantId),
+    /// Changes may have been missed (e.g. after a reconnect): re-read everything.
+    All,
 }
 
 /// Where the catalog is kept. Every method is atomic on its own; callers
@@ -158,6 +175,16 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn get(&self, id: &TenantId) -> Result<Option<TenantRecord>, CatalogError>;
     /// Create or replace the record of `record.id`, atomically.
     async fn put(&self, record: &TenantRecord) -> Result<(), CatalogError>;
+    /// Like [`CatalogStore::put`], but only if the stored record is still
+    /// the one the caller read: its revision is `read_revision` (`None`: no
+    /// record is stored). Otherwise nothing is written and the answer is
+    /// [`CatalogError::Conflict`]. This is how hosts sharing a store avoid
+    /// overwriting each other's changes.
+    async fn replace(
+        &self,
+        record: &TenantRecord,
+        read_revision: Option<u64>,
+    ) -> Result<(), CatalogError>;
     /// Remove the tenant: its record and every blob. `false` if it did not exist.
     async fn delete(&self, id: &TenantId) -> Result<bool, CatalogError>;
     /// Store a plugin's bytes under their SHA-256 (hex) for `id`. Durable
@@ -169,4 +196,9 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn get_blob(&self, id: &TenantId, sha256: &str) -> Result<Option<Vec<u8>>, CatalogError>;
     /// Remove the bytes stored under `sha256` for `id` (absent: no-op).
     async fn delete_blob(&self, id: &TenantId, sha256: &str) -> Result<(), CatalogError>;
+    /// Changes made through any handle on the same store, as they commit. `None`: the store is
+    /// private to this process (memory, disk). Each call returns a new receiver.
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<CatalogChange>> {
+        None
+    }
 }
