@@ -33,6 +33,8 @@ pub const MAX_VERSIONS_PER_TENANT: usize = 100;
 pub const MAX_KEYS_PER_TENANT: usize = 20;
 /// Activations remembered for rollback.
 const MAX_HISTORY: usize = 50;
+/// Compile budget of the plugins named in the configuration file.
+const CONFIG_COMPILE_BUDGET: Duration = Duration::from_secs(600);
 /// Times a change is re-applied after another host changed the same tenant.
 pub const CONFLICT_RETRIES: u32 = 5;
 
@@ -701,10 +703,13 @@ impl Control {
         }
         // Unknown tenants are refused before any compile work.
         let before = self.record(id).await?;
-        let info = self
-            .runtime
-            .check_plugin(wasm, self.settings.compile_timeout)
-            .await?;
+        // The operator's own configured plugins are not held to the upload
+        // compile budget.
+        let budget = match actor {
+            Actor::Config => CONFIG_COMPILE_BUDGET,
+            _ => self.settings.compile_timeout,
+        };
+        let info = self.runtime.check_plugin(wasm, budget).await?;
         let version_id = info.sha256[..12].to_owned();
         // The bytes are durable before any record names them.
         if before.version(&version_id).is_none() {

@@ -402,6 +402,42 @@ async fn uploads_are_validated_and_a_rejected_upload_changes_nothing() {
 }
 
 #[tokio::test]
+async fn compile_failures_and_the_compile_budget_are_reported() {
+    // 1 ms: no real plugin compiles that fast (configured plugins are exempt).
+    let h = host_with("[admin]\ncompile_timeout_ms = 1\n");
+    ok(&h, "POST", "/admin/tenants", br#"{"id":"budget"}"#).await;
+    // A variant no test ever compiles successfully, so never in the cache.
+    let (s, e) = err(
+        &h,
+        "POST",
+        "/admin/tenants/budget/plugins",
+        &fixture_flavor("~~"),
+    )
+    .await;
+    assert_eq!(
+        (s, e["reason"].as_str()),
+        (422, Some("compile_timeout")),
+        "{e}"
+    );
+    // Cut in half: a component header, then garbage for the compiler.
+    let wasm = fixture_wasm();
+    let (s, e) = err(
+        &h,
+        "POST",
+        "/admin/tenants/budget/plugins",
+        &wasm[..wasm.len() / 2],
+    )
+    .await;
+    assert_eq!(
+        (s, e["reason"].as_str()),
+        (422, Some("compile_failed")),
+        "{e}"
+    );
+    let t = ok(&h, "GET", "/admin/tenants/budget", b"").await;
+    assert_eq!(t["versions"], 0, "rejected uploads change nothing");
+}
+
+#[tokio::test]
 async fn versions_activate_canary_rollback_and_delete() {
     let h = host_with("");
     let v1 = tenant_with_fixture(&h, "ver").await;
