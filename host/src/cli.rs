@@ -26,6 +26,9 @@ use tokio::net::TcpListener;
 use crate::admin::{self, AdminState};
 use crate::admin_client::{self, AdminCommand};
 use crate::backend::memory;
+use crate::backend::redis::bus::RedisBus;
+use crate::backend::redis::kv::RedisKv;
+use crate::backend::{Backends, redis as redis_backend};
 use crate::bundled;
 use crate::catalog::CatalogStore;
 use crate::catalog::disk::DiskCatalog;
@@ -117,6 +120,9 @@ pub enum CliError {
     /// The registry could not be opened or read.
     #[error("registry: {0}")]
     Registry(ControlError),
+    /// Redis is configured but unusable.
+    #[error("redis: {0}")]
+    Redis(crate::backend::BackendError),
     /// The admin listener is configured without an operator token.
     #[error("the admin API (admin_listen) needs an operator token: set {ADMIN_TOKEN_ENV}")]
     NoAdminToken,
@@ -242,7 +248,7 @@ pub async fn serve_config(
         None => None,
     };
     let hub = Hub::new();
-    let backends = memory::backends(Arc::clone(&hub));
+    let backends = build_backends(&config, &hub).await?;
     let kv = Arc::clone(&backends.kv);
     // Every plan a tenant could be given, including their own overrides.
     let plans = || {
@@ -377,6 +383,29 @@ pub async fn serve_config(
     served.map_err(CliError::Serve)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The backends `config` asks for: in memory, or on Redis (`[redis]`, per
+/// extension) — the bus then fans out through `hub` on every host.
+async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, CliError> {
+    let Some(r) = &config.redis else {
+        return Ok(memory::backends(Arc::clone(hub)));
+    };
+    let conn = redis_backend::connect(&r.url)
+        .await
+        .map_err(CliError::Redis)?;
+    let mut backends = memory::backends(Arc::clone(hub));
+    if r.bus {
+        let bus = RedisBus::start(conn.clone(), &r.url, r.namespace.clone(), Arc::clone(hub))
+            .await
+            .map_err(CliError::Redis)?;
+        backends.bus = bus;
+    }
+    if r.kv {
+        backends.kv = Arc::new(RedisKv::new(conn, r.namespace.clone()));
+    }
+    tracing::info!(namespace = %r.namespace, bus = r.bus, kv = r.kv, "Redis backends connected");
+    Ok(backends)
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, CliError> {

@@ -156,6 +156,44 @@ impl std::fmt::Debug for PostgresSettings {
     }
 }
 
+/// Redis (the `[redis]` table). With it the Redis-capable backends use
+/// Redis, so several hosts with the same settings form one fleet.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Connection URL, e.g. `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// First segment of every key and channel (`[a-z0-9_-]`). Default `tenantry`.
+    #[serde(default = "default_redis_namespace")]
+    pub namespace: String,
+    /// Per-extension override: the pub/sub bus on Redis. Default true.
+    #[serde(default = "yes")]
+    pub bus: bool,
+    /// Per-extension override: the KV store on Redis. Default true.
+    #[serde(default = "yes")]
+    pub kv: bool,
+}
+
+fn default_redis_namespace() -> String {
+    crate::backend::redis::keys::DEFAULT_NAMESPACE.to_owned()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl std::fmt::Debug for RedisSettings {
+    /// The URL may hold a password: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("namespace", &self.namespace)
+            .field("bus", &self.bus)
+            .field("kv", &self.kv)
+            .finish()
+    }
+}
+
 /// Settings of the admin API (the `[admin]` table); its address and data
 /// directory are top-level keys (`admin_listen`, `data_dir`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -317,6 +355,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// PostgreSQL, if configured (the registry then lives there).
     pub postgres: Option<PostgresSettings>,
+    /// Redis, if configured (the bus and KV then live there).
+    pub redis: Option<RedisSettings>,
     /// Process-wide limits.
     pub limits: Limits,
     /// Every plan by name (built-ins, changed and added ones).
@@ -343,6 +383,7 @@ impl Default for Config {
                 admin_listen: None,
                 admin: AdminSettings::default(),
                 postgres: None,
+                redis: None,
                 limits: Limits::default(),
                 plans: BTreeMap::new(),
                 default_plan: DEFAULT_PLAN.to_owned(),
@@ -367,6 +408,7 @@ struct FileConfig {
     #[serde(default)]
     admin: AdminSettings,
     postgres: Option<PostgresSettings>,
+    redis: Option<RedisSettings>,
     #[serde(default)]
     limits: Limits,
     default_plan: Option<String>,
@@ -454,6 +496,23 @@ impl Config {
     fn from_file_contents(file: FileConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         file.limits.validate()?;
         file.admin.validate()?;
+        if let Some(r) = &file.redis {
+            let ns = r.namespace.as_bytes();
+            if ns.is_empty()
+                || ns.len() > 64
+                || !ns.iter().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-'
+                })
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "redis.namespace {:?} must be 1-64 chars of [a-z0-9_-]",
+                    r.namespace
+                )));
+            }
+            if r.url.trim().is_empty() {
+                return Err(ConfigError::Invalid("redis.url must not be empty".into()));
+            }
+        }
         if let Some(pg) = &file.postgres {
             let s = pg.registry_schema.as_bytes();
             let ok = !s.is_empty()
@@ -588,6 +647,7 @@ impl Config {
             admin_listen: file.admin_listen,
             admin: file.admin,
             postgres: file.postgres,
+            redis: file.redis,
             limits: file.limits,
             plans,
             default_plan,

@@ -17,6 +17,12 @@
 //! connection stays subscribed, the seqs it receives are consecutive unless
 //! frames were dropped because its queue was full.
 //!
+//! [`Hub::deliver`] is the same fan-out with a seq assigned elsewhere: the
+//! Redis bus ([`crate::backend::redis::bus`]) numbers each topic's events in
+//! Redis, once for every host, and delivers them here in that order. The
+//! remarks above on seq 1 and removed topics then apply to Redis's seq key
+//! instead (see that module).
+//!
 //! Locking: the topic table is split into shards, each behind a read-write
 //! lock held only for a lookup or an insert/remove; each topic has its own
 //! mutex, held while its seq is assigned and its subscribers are offered the
@@ -48,10 +54,10 @@ pub enum Outbound {
 /// Identifies one connection inside the hub.
 pub type ConnectionId = u64;
 
-/// What one [`Hub::publish`] did.
+/// What one [`Hub::publish`] or [`Hub::deliver`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PublishReport {
-    /// The seq assigned to the event, `None` if the topic had no subscribers.
+    /// The event's seq, `None` if the topic had no local subscribers.
     pub seq: Option<u64>,
     /// Subscribers whose queue accepted the frame.
     pub delivered: usize,
@@ -137,15 +143,45 @@ impl Hub {
     }
 
     /// Publish `event` with JSON `data_json` on `topic` of `tenant` to every
-    /// local subscriber. The topic, event and data must already be valid
-    /// (see [`protocol::validate_topic`]). Never blocks: a subscriber whose
-    /// queue is full misses this frame.
+    /// local subscriber, assigning the topic's next seq (the memory bus).
+    /// The topic, event and data must already be valid (see
+    /// [`protocol::validate_topic`]). Never blocks: a subscriber whose queue
+    /// is full misses this frame.
     pub fn publish(
         &self,
         tenant: &TenantId,
         topic: &str,
         event: &str,
         data_json: &str,
+    ) -> PublishReport {
+        self.fan_out(tenant, topic, event, data_json, None)
+    }
+
+    /// Deliver to every local subscriber an event whose `seq` was assigned
+    /// elsewhere (the Redis bus: one seq per topic across all hosts). The
+    /// seq is used as given and recorded as the topic's last; the caller
+    /// delivers a topic's events in seq order. Otherwise as [`Hub::publish`]:
+    /// `seq` in the report is `None` if the topic has no local subscribers.
+    pub fn deliver(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        event: &str,
+        data_json: &str,
+        seq: u64,
+    ) -> PublishReport {
+        self.fan_out(tenant, topic, event, data_json, Some(seq))
+    }
+
+    /// Offer one event to the topic's subscribers, under the topic's lock,
+    /// with `seq` or (if `None`) the topic's next seq.
+    fn fan_out(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        event: &str,
+        data_json: &str,
+        seq: Option<u64>,
     ) -> PublishReport {
         let Some(entry) = self.lookup(tenant, topic) else {
             return PublishReport::default();
@@ -155,7 +191,7 @@ impl Hub {
             // Removed from the table by a concurrent last unsubscribe.
             return PublishReport::default();
         }
-        t.seq += 1;
+        t.seq = seq.unwrap_or(t.seq + 1);
         let seq = t.seq;
         let frame = Utf8Bytes::from(protocol::envelope(topic, event, data_json, Some(seq)));
         let mut report = PublishReport {
@@ -464,6 +500,25 @@ mod tests {
         conn.unsubscribe("t");
         conn.subscribe("t").unwrap();
         assert_eq!(hub.publish(&tid("acme"), "t", "e", "1").seq, Some(1));
+    }
+
+    #[tokio::test]
+    async fn deliver_uses_the_given_seq() {
+        let hub = Hub::new();
+        let (tx, mut rx) = mpsc::channel(16);
+        let conn = hub.connect(tid("acme"), tx, 10);
+        assert_eq!(hub.deliver(&tid("acme"), "t", "e", "1", 7).seq, None);
+        conn.subscribe("t").unwrap();
+        let r = hub.deliver(&tid("acme"), "t", "e", "{}", 41);
+        assert_eq!((r.seq, r.delivered, r.dropped), (Some(41), 1, 0));
+        assert_eq!(
+            text(rx.recv().await.unwrap()),
+            r#"{"topic":"t","event":"e","data":{},"seq":41}"#
+        );
+        assert_eq!(hub.deliver(&tid("beta"), "t", "e", "1", 42).seq, None);
+        // A local publish continues from the last delivered seq.
+        assert_eq!(hub.publish(&tid("acme"), "t", "e", "1").seq, Some(42));
+        assert_eq!(seq_of(&text(rx.recv().await.unwrap())), 42);
     }
 
     /// Concurrent publishers on one topic: every subscriber still sees

@@ -62,11 +62,7 @@ async fn err(h: &HostProcess, method: &str, path: &str, body: &[u8]) -> (u16, Va
 
 /// Create `id` with the fixture uploaded and active; returns the version.
 async fn tenant_with_fixture(h: &HostProcess, id: &str) -> String {
-    tenant_on_plan_with_fixture(h, id, "starter").await
-}
-
-async fn tenant_on_plan_with_fixture(h: &HostProcess, id: &str, plan: &str) -> String {
-    let body = json!({"id": id, "plan": plan}).to_string();
+    let body = json!({"id": id}).to_string();
     ok(h, "POST", "/admin/tenants", body.as_bytes()).await;
     let v = ok(
         h,
@@ -546,8 +542,21 @@ async fn versions_activate_canary_rollback_and_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swap_under_load_fails_no_call_and_drops_no_connection() {
     let h = host_with("");
-    // Enterprise: its message rates leave room for closed-loop callers.
-    tenant_on_plan_with_fixture(&h, "swap", "enterprise").await;
+    // Rates and CPU budget far above what closed-loop callers on a busy
+    // test machine can reach: any failure is the swap's fault.
+    let body = json!({"id": "swap", "plan": "enterprise", "limits": {
+        "connection_messages_per_sec": 1_000_000u64, "connection_message_burst": 1_000_000u64,
+        "tenant_messages_per_sec": 1_000_000u64, "tenant_message_burst": 1_000_000u64,
+        "call_deadline_ms": 2000u64,
+    }});
+    ok(&h, "POST", "/admin/tenants", body.to_string().as_bytes()).await;
+    ok(
+        &h,
+        "POST",
+        "/admin/tenants/swap/plugins?activate=true",
+        &fixture_wasm(),
+    )
+    .await;
     let up = ok(
         &h,
         "POST",

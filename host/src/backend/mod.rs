@@ -7,6 +7,7 @@
 //! plugin can never choose it.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,868 @@
+//! The cross-instance pub/sub bus: every host sharing one Redis (and one
+//! namespace) delivers a publish to the topic's subscribers on every host,
+//! once each, with the same seq everywhere, gap-free per topic, in seq order.
+//!
+//! **Publish** is one Lua script (EVALSHA, loaded on demand): `INCR` the
+//! topic's seq key (`TenantKeys::name("seq", topic)`, its TTL refreshed to
+//! [`SEQ_TTL`]) and `PUBLISH` to the tenant's channel
+//! (`TenantKeys::fixed("bus")`) the payload `<seq>\n<topic>\n<event>\n<data>`
+//! (topics and events cannot contain `\n`; the data, last, may). Redis runs
+//! the script atomically, so the channel carries each topic's events in seq
+//! order. [`Bus::publish`] returns once the script has run; failures are
+//! [`BackendError::Unavailable`] or, after [`COMMAND_TIMEOUT`],
+//! [`BackendError::Timeout`] (then the event may or may not have been sent).
+//!
+//! **Delivery**: each host holds one dedicated pub/sub connection with
+//! `PSUBSCRIBE {ns}:t:{*}:bus` (`{` and `}` are not glob characters) and a
+//! task that parses every message (channel → tenant with [`keys::tenant_of`])
+//! and hands it to [`Hub::deliver`] with the seq from the message. The
+//! publishing host does not deliver locally on publish: it too delivers what
+//! comes back on its subscription. That is deliberate. Redis orders one
+//! channel's messages the same for every subscriber, so routing local
+//! subscribers through Redis as well gives every host one order per topic,
+//! even when two hosts publish to it at once; delivering locally first and
+//! suppressing the echo would let a host show its own event before a remote
+//! one with a lower seq. The price is one Redis round trip of latency for
+//! local subscribers. Every host receives every publish of the namespace
+//! (the hub drops those without local subscribers with one hash lookup).
+//!
+//! A malformed message (bad channel, framing, seq or JSON data — only
+//! something other than a host can publish one) is logged and skipped.
+//!
+//! **Connection loss**: the task notices a closed subscription connection,
+//! or a health-check `PING` (every [`HEALTH_CHECK_INTERVAL`]) that fails or
+//! times out, and resubscribes with backoff ([`RECONNECT_BACKOFF_MIN`]
+//! doubling to [`RECONNECT_BACKOFF_MAX`]), logging both. **Known gap**:
+//! messages published while this host is not subscribed are lost to it; its
+//! subscribers see a jump in the topic's seq (to be closed by replay).
+//!
+//! **Seq lifetime**: a topic's seq key expires [`SEQ_TTL`] after its last
+//! publish; the next publish then starts again at seq 1 (a subscriber that
+//! stayed subscribed through that idle day sees the seq go back).
+//!
+//! The subscriber task stops when the [`RedisBus`] is dropped or
+//! [`RedisBus::shutdown`] is called.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, PubSub};
+use redis::{Client, Msg, RedisError, Script};
+use serde::de::IgnoredAny;
+use tokio::task::JoinHandle;
+
+use super::keys::{self, TenantKeys};
+use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT};
+use crate::backend::{BackendError, Bus};
+use crate::hub::Hub;
+use crate::tenant::TenantId;
+
+/// How long a topic's seq key lives after its last publish.
+pub const SEQ_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// First wait before resubscribing after the subscription was lost.
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between two resubscribe attempts.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the subscription connection is checked with a `PING`.
+pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// `KEYS[1]` the topic's seq key; `ARGV[1]` the tenant's bus channel,
+/// `ARGV[2]` the seq key's TTL in ms, `ARGV[3]` `<topic>\n<event>\n<data>`.
+/// `%d` keeps large seqs out of Lua's float notation.
+const PUBLISH_SCRIPT: &str = r"
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[1], string.format('%d', seq) .. '\n' .. ARGV[3])
+return seq
+";
+
+/// The Redis pub/sub bus of one host. Create it with [`RedisBus::start`].
+pub struct RedisBus {
+    conn: ConnectionManager,
+    namespace: String,
+    script: Script,
+    task: JoinHandle<()>,
+}
+
+impl RedisBus {
+    /// Subscribe to the bus of `namespace` on the Redis at `url` (one
+    /// dedicated pub/sub connection) and start delivering its messages into
+    /// `hub`; publish through `conn`. Returns once the subscription is
+    /// active: `Unavailable` if Redis cannot be reached or the URL is
+    /// invalid, `Invalid` if `namespace` is not `[a-z0-9_-]+`.
+    pub async fn start(
+        conn: ConnectionManager,
+        url: &str,
+        namespace: String,
+        hub: Arc<Hub>,
+    ) -> Result<Arc<RedisBus>, BackendError> {
+        let valid_namespace = !namespace.is_empty()
+            && namespace
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid_namespace {
+            return Err(BackendError::Invalid(format!(
+                "Redis namespace {namespace:?}: expected [a-z0-9_-]+"
+            )));
+        }
+        let client = Client::open(url)
+            .map_err(|e| BackendError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        let subscriber = Subscriber {
+            client,
+            pattern: channel_pattern(&namespace),
+            namespace: namespace.clone(),
+            hub,
+        };
+        let pubsub = subscriber.subscribe().await.map_err(|e| {
+            BackendError::Unavailable(format!("cannot subscribe to the Redis bus: {e}"))
+        })?;
+        tracing::info!(namespace, "Redis bus subscribed");
+        let task = tokio::spawn(subscriber.run(pubsub));
+        Ok(Arc::new(RedisBus {
+            conn,
+            namespace,
+            script: Script::new(PUBLISH_SCRIPT),
+            task,
+        }))
+    }
+
+    /// Stop the subscriber task (this host then receives nothing more);
+    /// idempotent. Dropping the bus does the same.
+    pub fn shutdown(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        event: &str,
+        data: &str,
+    ) -> Result<(), BackendError> {
+        if topic.contains('\n') || event.contains('\n') {
+            return Err(BackendError::Invalid(
+                "topic and event cannot contain a newline".into(),
+            ));
+        }
+        let keys = TenantKeys::new(&self.namespace, tenant);
+        let mut payload = String::with_capacity(topic.len() + event.len() + data.len() + 2);
+        payload.push_str(topic);
+        payload.push('\n');
+        payload.push_str(event);
+        payload.push('\n');
+        payload.push_str(data);
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(keys.name("seq", topic))
+            .arg(keys.fixed("bus"))
+            .arg(u64::try_from(SEQ_TTL.as_millis()).unwrap_or(u64::MAX))
+            .arg(payload);
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async::<u64>(&mut conn)).await
+        {
+            Ok(Ok(_seq)) => Ok(()),
+            Ok(Err(e)) => Err(publish_error(&e)),
+            Err(_) => Err(BackendError::Timeout),
+        }
+    }
+}
+
+/// The backend error for a failed publish script.
+fn publish_error(e: &RedisError) -> BackendError {
+    if e.is_timeout() {
+        BackendError::Timeout
+    } else {
+        BackendError::Unavailable(format!("Redis bus publish failed: {e}"))
+    }
+}
+
+/// `{namespace}:t:{*}:bus`: matches [`TenantKeys::fixed`]`("bus")` of every
+/// tenant (the namespace has no glob characters).
+fn channel_pattern(namespace: &str) -> String {
+    format!("{namespace}:t:{{*}}:bus")
+}
+
+/// The receiving side: the pub/sub connection and the hub it feeds.
+struct Subscriber {
+    client: Client,
+    namespace: String,
+    pattern: String,
+    hub: Arc<Hub>,
+}
+
+impl Subscriber {
+    /// A new pub/sub connection subscribed to the namespace's bus channels.
+    async fn subscribe(&self) -> Result<PubSub, RedisError> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.psubscribe(&self.pattern).await?;
+            Ok(pubsub)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "subscribing timed out",
+                )))
+            })
+    }
+
+    /// Deliver messages forever, resubscribing whenever the connection is lost.
+    async fn run(self, mut pubsub: PubSub) {
+        loop {
+            let reason = self.pump(pubsub).await;
+            tracing::warn!(
+                namespace = self.namespace,
+                reason,
+                "Redis bus subscription lost; resubscribing (events published meanwhile \
+                 are lost to this host)"
+            );
+            pubsub = self.resubscribe().await;
+        }
+    }
+
+    /// Deliver the messages of one connection until it fails; returns why.
+    async fn pump(&self, pubsub: PubSub) -> String {
+        let (mut sink, mut stream) = pubsub.split();
+        let start = tokio::time::Instant::now() + HEALTH_CHECK_INTERVAL;
+        let mut health = tokio::time::interval_at(start, HEALTH_CHECK_INTERVAL);
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => self.handle(&msg),
+                    None => return "connection closed".into(),
+                },
+                _ = health.tick() => {
+                    match tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("health-check PING failed: {e}"),
+                        Err(_) => return "health-check PING timed out".into(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribe again, retrying with doubling backoff until it works.
+    async fn resubscribe(&self) -> PubSub {
+        let mut delay = RECONNECT_BACKOFF_MIN;
+        let mut attempts = 0u32;
+        loop {
+            tokio::time::sleep(delay).await;
+            attempts += 1;
+            match self.subscribe().await {
+                Ok(pubsub) => {
+                    tracing::info!(
+                        namespace = self.namespace,
+                        attempts,
+                        "Redis bus resubscribed"
+                    );
+                    return pubsub;
+                }
+                Err(e) => {
+                    delay = (delay * 2).min(RECONNECT_BACKOFF_MAX);
+                    tracing::warn!(
+                        namespace = self.namespace,
+                        attempts,
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "Redis bus resubscribe failed"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Deliver one message, or log and skip it if it is malformed.
+    fn handle(&self, msg: &Msg) {
+        let channel = msg.get_channel_name();
+        match parse_message(&self.namespace, channel, msg.get_payload_bytes()) {
+            Ok(m) => {
+                self.hub.deliver(&m.tenant, m.topic, m.event, m.data, m.seq);
+            }
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "skipping malformed Redis bus message");
+            }
+        }
+    }
+}
+
+/// One parsed bus message.
+#[derive(Debug, PartialEq, Eq)]
+struct BusMessage<'a> {
+    tenant: TenantId,
+    seq: u64,
+    topic: &'a str,
+    event: &'a str,
+    data: &'a str,
+}
+
+/// Why a bus message was skipped.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum MalformedMessage {
+    /// The channel is not `{ns}:t:{<tenant>}:bus`.
+    #[error("not a tenant bus channel")]
+    Channel,
+    /// The payload is not UTF-8.
+    #[error("payload is not UTF-8")]
+    NotUtf8,
+    /// The payload is not `<seq>\n<topic>\n<event>\n<data>`.
+    #[error("payload is not <seq>\\n<topic>\\n<event>\\n<data>")]
+    Framing,
+    /// The seq is not a positive integer.
+    #[error("seq {0:?} is not a positive integer")]
+    Seq(String),
+    /// The data is not one JSON value.
+    #[error("data is not one JSON value")]
+    Data,
+}
+
+/// Parse a message received on `channel` under `namespace`.
+fn parse_message<'a>(
+    namespace: &str,
+    channel: &str,
+    payload: &'a [u8],
+) -> Result<BusMessage<'a>, MalformedMessage> {
+    let tenant = keys::tenant_of(namespace, channel).ok_or(MalformedMessage::Channel)?;
+    if TenantKeys::new(namespace, &tenant).fixed("bus") != channel {
+        return Err(MalformedMessage::Channel);
+    }
+    let payload = std::str::from_utf8(payload).map_err(|_| MalformedMessage::NotUtf8)?;
+    let mut parts = payload.splitn(4, '\n');
+    let (Some(seq), Some(topic), Some(event), Some(data)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(MalformedMessage::Framing);
+    };
+    if topic.is_empty() || event.is_empty() {
+        return Err(MalformedMessage::Framing);
+    }
+    let seq = seq
+        .parse::<u64>()
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| MalformedMessage::Seq(seq.chars().take(32).collect()))?;
+    // The data is spliced verbatim into the envelope sent to clients.
+    if serde_json::from_str::<IgnoredAny>(data).is_err() {
+        return Err(MalformedMessage::Data);
+    }
+    Ok(BusMessage {
+        tenant,
+        seq,
+        topic,
+        event,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{HubConnection, Outbound};
+    use redis::AsyncCommands;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+    use tokio::sync::mpsc;
+
+    const URL: &str = "redis://127.0.0.1:6379";
+
+    fn tid(s: &str) -> TenantId {
+        TenantId::parse(s).unwrap()
+    }
+
+    /// A namespace no other test (or test run) uses.
+    fn unique_namespace() -> String {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!(
+            "tenantry-test-bus-{}-{nanos}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Delete every key under `ns` (the seq keys).
+    async fn cleanup(conn: &mut ConnectionManager, ns: &str) {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{ns}:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await
+                .unwrap();
+            if !keys.is_empty() {
+                let _: () = conn.del(keys).await.unwrap();
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let left: (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg(format!("{ns}:*"))
+            .arg("COUNT")
+            .arg(100_000)
+            .query_async(conn)
+            .await
+            .unwrap();
+        assert!(left.1.is_empty(), "keys left behind: {:?}", left.1);
+    }
+
+    /// One host: a hub and its bus.
+    struct Host {
+        hub: Arc<Hub>,
+        bus: Arc<RedisBus>,
+    }
+
+    async fn host(conn: &ConnectionManager, url: &str, ns: &str) -> Host {
+        let hub = Hub::new();
+        let bus = RedisBus::start(conn.clone(), url, ns.to_owned(), Arc::clone(&hub))
+            .await
+            .unwrap();
+        Host { hub, bus }
+    }
+
+    /// A subscriber on `hub` to `topic` of `tenant`.
+    fn subscriber(
+        hub: &Arc<Hub>,
+        tenant: &str,
+        topic: &str,
+    ) -> (HubConnection, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(10_000);
+        let conn = hub.connect(tid(tenant), tx, 10);
+        conn.subscribe(topic).unwrap();
+        (conn, rx)
+    }
+
+    async fn recv(rx: &mut mpsc::Receiver<Outbound>) -> serde_json::Value {
+        let frame = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("no frame within 5 s")
+            .expect("queue closed");
+        let Outbound::Text(text) = frame;
+        serde_json::from_str(text.as_str()).unwrap()
+    }
+
+    /// Nothing more arrives within a short while.
+    async fn assert_quiet(rx: &mut mpsc::Receiver<Outbound>) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(rx.try_recv().is_err(), "unexpected extra frame");
+    }
+
+    #[test]
+    fn channel_pattern_matches_the_key_scheme() {
+        let ns = "tenantry";
+        let channel = TenantKeys::new(ns, &tid("acme")).fixed("bus");
+        assert_eq!(channel_pattern(ns).replace('*', "acme"), channel);
+    }
+
+    #[test]
+    fn parses_well_formed_messages_only() {
+        let ns = "ns";
+        let ch = "ns:t:{acme}:bus";
+        assert_eq!(
+            parse_message(ns, ch, b"7\nroom:1\nmessage\n{\"a\":\"x\\ny\"}\n"),
+            Ok(BusMessage {
+                tenant: tid("acme"),
+                seq: 7,
+                topic: "room:1",
+                event: "message",
+                data: "{\"a\":\"x\\ny\"}\n",
+            })
+        );
+        let bad: &[(&str, &[u8], MalformedMessage)] = &[
+            (
+                "ns:t:{acme}:kv:x}:bus",
+                b"1\nt\ne\n1",
+                MalformedMessage::Channel,
+            ),
+            (
+                "other:t:{acme}:bus",
+                b"1\nt\ne\n1",
+                MalformedMessage::Channel,
+            ),
+            ("ns:t:{Acme}:bus", b"1\nt\ne\n1", MalformedMessage::Channel),
+            (ch, b"1\nt\n\xff\n1", MalformedMessage::NotUtf8),
+            (ch, b"garbage", MalformedMessage::Framing),
+            (ch, b"1\nt\ne", MalformedMessage::Framing),
+            (ch, b"1\n\ne\n1", MalformedMessage::Framing),
+            (ch, b"x\nt\ne\n1", MalformedMessage::Seq("x".into())),
+            (ch, b"0\nt\ne\n1", MalformedMessage::Seq("0".into())),
+            (ch, b"-1\nt\ne\n1", MalformedMessage::Seq("-1".into())),
+            (ch, b"1\nt\ne\n{\"a\":", MalformedMessage::Data),
+            (ch, b"1\nt\ne\n1 2", MalformedMessage::Data),
+        ];
+        for (channel, payload, want) in bad {
+            assert_eq!(
+                parse_message(ns, channel, payload).as_ref(),
+                Err(want),
+                "{channel} {:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn publish_errors_map_to_backend_errors() {
+        let timeout = RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "t"));
+        assert_eq!(publish_error(&timeout), BackendError::Timeout);
+        let reset = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "r",
+        ));
+        assert!(matches!(
+            publish_error(&reset),
+            BackendError::Unavailable(_)
+        ));
+    }
+
+    /// The health check's `PING` is answered on a subscribed connection
+    /// while messages keep flowing.
+    #[tokio::test]
+    async fn health_check_ping_works_while_subscribed() {
+        let ns = unique_namespace();
+        let mut conn = super::super::connect(URL).await.unwrap();
+        let subscriber = Subscriber {
+            client: Client::open(URL).unwrap(),
+            namespace: ns.clone(),
+            pattern: channel_pattern(&ns),
+            hub: Hub::new(),
+        };
+        let (mut sink, mut stream) = subscriber.subscribe().await.unwrap().split();
+        let channel = TenantKeys::new(&ns, &tid("acme")).fixed("bus");
+        let _: u64 = conn.publish(&channel, "1\nt\ne\n1").await.unwrap();
+        let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
+        assert!(matches!(pong, Ok(Ok(_))), "{pong:?}");
+        let msg = tokio::time::timeout(COMMAND_TIMEOUT, stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg.get_channel_name(), channel);
+    }
+
+    #[tokio::test]
+    async fn start_refuses_bad_settings() {
+        let conn = super::super::connect(URL).await.unwrap();
+        let hub = Hub::new();
+        for ns in ["", "a:b", "A", "a*"] {
+            let r = RedisBus::start(conn.clone(), URL, ns.into(), Arc::clone(&hub)).await;
+            assert!(matches!(r, Err(BackendError::Invalid(_))), "{ns}");
+        }
+        let r = RedisBus::start(conn.clone(), "redis://127.0.0.1:1", "ns".into(), hub).await;
+        assert!(matches!(r, Err(BackendError::Unavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn two_hosts_deliver_once_each_with_one_order() {
+        let ns = unique_namespace();
+        let mut conn = super::super::connect(URL).await.unwrap();
+        let a = host(&conn, URL, &ns).await;
+        let b = host(&conn, URL, &ns).await;
+        let acme = tid("acme");
+        let (_sa, mut ra) = subscriber(&a.hub, "acme", "room");
+        let (_sb, mut rb) = subscriber(&b.hub, "acme", "room");
+
+        // One publish on A: once on A, once on B, same seq.
+        a.bus
+            .publish(&acme, "room", "message", r#"{"n":0}"#)
+            .await
+            .unwrap();
+        for rx in [&mut ra, &mut rb] {
+            let v = recv(rx).await;
+            assert_eq!(v["topic"], "room");
+            assert_eq!(v["event"], "message");
+            assert_eq!(v["data"]["n"], 0);
+            assert_eq!(v["seq"], 1);
+            assert_quiet(rx).await;
+        }
+
+        // 100 publishes alternating between A and B.
+        for i in 1..=100u64 {
+            let bus = if i % 2 == 0 { &a.bus } else { &b.bus };
+            bus.publish(&acme, "room", "e", &format!("{{\"n\":{i}}}"))
+                .await
+                .unwrap();
+        }
+        // Then both hosts publishing at once, 50 each.
+        let concurrent = |bus: Arc<RedisBus>, tag: &'static str| {
+            let acme = acme.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    bus.publish(&acme, "room", "e", &format!("{{\"{tag}\":{i}}}"))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let (ja, jb) = (
+            concurrent(Arc::clone(&a.bus), "a"),
+            concurrent(Arc::clone(&b.bus), "b"),
+        );
+        ja.await.unwrap();
+        jb.await.unwrap();
+
+        let mut seen = Vec::new();
+        for rx in [&mut ra, &mut rb] {
+            let mut frames = Vec::new();
+            for _ in 0..200 {
+                frames.push(recv(rx).await);
+            }
+            assert_quiet(rx).await;
+            let seqs: Vec<u64> = frames.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+            assert_eq!(seqs, (2..=201).collect::<Vec<_>>(), "gap-free, in order");
+            for (i, v) in frames.iter().take(100).enumerate() {
+                assert_eq!(v["data"]["n"], i as u64 + 1, "publish order kept");
+            }
+            seen.push(frames);
+        }
+        assert_eq!(seen[0], seen[1], "both hosts saw one order");
+
+        drop((a, b));
+        cleanup(&mut conn, &ns).await;
+    }
+
+    #[tokio::test]
+    async fn tenants_never_cross() {
+        let ns = unique_namespace();
+        let mut conn = super::super::connect(URL).await.unwrap();
+        let a = host(&conn, URL, &ns).await;
+        let b = host(&conn, URL, &ns).await;
+        let (_s1, mut acme_a) = subscriber(&a.hub, "acme", "chat");
+        let (_s2, mut beta_a) = subscriber(&a.hub, "beta", "chat");
+        let (_s3, mut beta_b) = subscriber(&b.hub, "beta", "chat");
+
+        b.bus
+            .publish(&tid("acme"), "chat", "e", r#""for acme""#)
+            .await
+            .unwrap();
+        a.bus
+            .publish(&tid("beta"), "chat", "e", r#""for beta""#)
+            .await
+            .unwrap();
+        let v = recv(&mut acme_a).await;
+        assert_eq!(
+            (v["data"].as_str(), v["seq"].as_u64()),
+            (Some("for acme"), Some(1))
+        );
+        for rx in [&mut beta_a, &mut beta_b] {
+            let v = recv(rx).await;
+            // beta has its own seq.
+            assert_eq!(
+                (v["data"].as_str(), v["seq"].as_u64()),
+                (Some("for beta"), Some(1))
+            );
+        }
+        for rx in [&mut acme_a, &mut beta_a, &mut beta_b] {
+            assert_quiet(rx).await;
+        }
+
+        drop((a, b));
+        cleanup(&mut conn, &ns).await;
+    }
+
+    #[tokio::test]
+    async fn malformed_messages_are_skipped() {
+        let ns = unique_namespace();
+        let mut conn = super::super::connect(URL).await.unwrap();
+        let a = host(&conn, URL, &ns).await;
+        let (_s, mut rx) = subscriber(&a.hub, "acme", "room");
+        let keys = TenantKeys::new(&ns, &tid("acme"));
+        let channel = keys.fixed("bus");
+        let bad: [(&str, &[u8]); 6] = [
+            (&channel, b"garbage"),
+            (&channel, b"x\nroom\ne\n{}"),
+            (&channel, b"0\nroom\ne\n{}"),
+            (&channel, b"3\nroom\ne\n{broken"),
+            (&channel, b"4\nroom\n\xff\xfe\n{}"),
+            // A well-formed payload on a channel that only looks like a bus.
+            (&format!("{}kv:x}}:bus", keys.prefix()), b"5\nroom\ne\n{}"),
+        ];
+        for (channel, payload) in bad {
+            let _: u64 = conn.publish(channel, payload).await.unwrap();
+        }
+        a.bus
+            .publish(&tid("acme"), "room", "e", r#"{"ok":true}"#)
+            .await
+            .unwrap();
+        let v = recv(&mut rx).await;
+        assert_eq!(
+            (v["data"]["ok"].as_bool(), v["seq"].as_u64()),
+            (Some(true), Some(1))
+        );
+        assert_quiet(&mut rx).await;
+
+        drop(a);
+        cleanup(&mut conn, &ns).await;
+    }
+
+    /// The subscription connection is killed (scoped to a user created for
+    /// this test); the bus resubscribes and later publishes arrive again.
+    #[tokio::test]
+    async fn resubscribes_after_the_connection_is_killed() {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let ns = unique_namespace();
+        let mut conn = super::super::connect(URL).await.unwrap();
+        let user = format!("{ns}-user");
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .arg("on")
+            .arg(">secret")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let user_url = format!("redis://{user}:secret@127.0.0.1:6379");
+        let a = host(&conn, &user_url, &ns).await;
+        let (_s, mut rx) = subscriber(&a.hub, "acme", "room");
+        let acme = tid("acme");
+        a.bus.publish(&acme, "room", "e", "1").await.unwrap();
+        assert_eq!(recv(&mut rx).await["seq"], 1);
+
+        // While the user is disabled, resubscribing fails (and backs off).
+        let acl = |on: &'static str| {
+            let mut cmd = redis::cmd("ACL");
+            cmd.arg("SETUSER").arg(&user).arg(on);
+            cmd
+        };
+        let _: () = acl("off").query_async(&mut conn).await.unwrap();
+        let killed: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("USER")
+            .arg(&user)
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1, "exactly the bus's subscription connection");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.bus.publish(&acme, "room", "e", "lost").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rx.try_recv().is_err(), "not subscribed while disabled");
+        let _: () = acl("on").query_async(&mut conn).await.unwrap();
+
+        // Publishes before the resubscribe are lost to this host; keep
+        // publishing until one arrives.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = loop {
+            assert!(Instant::now() < deadline, "no delivery after the kill");
+            a.bus.publish(&acme, "room", "e", "2").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Ok(Outbound::Text(t)) = rx.try_recv() {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                break v["seq"].as_u64().unwrap();
+            }
+        };
+        assert!(first >= 3, "seq 2 was published while unsubscribed");
+        // Drain what arrived meanwhile, then the bus is back to normal.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut last = first;
+        while let Ok(Outbound::Text(t)) = rx.try_recv() {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            let seq = v["seq"].as_u64().unwrap();
+            assert_eq!(seq, last + 1);
+            last = seq;
+        }
+        a.bus.publish(&acme, "room", "e", "3").await.unwrap();
+        assert_eq!(recv(&mut rx).await["seq"], last + 1);
+
+        drop(a);
+        let _: u64 = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(&user)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        cleanup(&mut conn, &ns).await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_delivery() {
+        let ns = unique_namespace();
+        let mut conn = super::super::connect(URL).await.unwrap();
+        let a = host(&conn, URL, &ns).await;
+        let b = host(&conn, URL, &ns).await;
+        let (_sa, mut ra) = subscriber(&a.hub, "acme", "t");
+        let (_sb, mut rb) = subscriber(&b.hub, "acme", "t");
+        b.bus.shutdown();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.bus.publish(&tid("acme"), "t", "e", "1").await.unwrap();
+        assert_eq!(recv(&mut ra).await["seq"], 1);
+        assert_quiet(&mut rb).await;
+        // B can still publish; only its subscription is gone.
+        b.bus.publish(&tid("acme"), "t", "e", "2").await.unwrap();
+        assert_eq!(recv(&mut ra).await["seq"], 2);
+        assert_quiet(&mut rb).await;
+
+        drop((a, b));
+        cleanup(&mut conn, &ns).await;
+    }
+
+    /// Publish -> delivery latency on this machine, to a subscriber on the
+    /// publishing host and one on another host (sequential publishes).
+    #[tokio::test]
+    async fn publish_to_delivery_latency() {
+        let ns = unique_namespace();
+        let mut conn = super::super::connect(URL).await.unwrap();
+        let a = host(&conn, URL, &ns).await;
+        let b = host(&conn, URL, &ns).await;
+        let (_sa, mut ra) = subscriber(&a.hub, "acme", "t");
+        let (_sb, mut rb) = subscriber(&b.hub, "acme", "t");
+        let acme = tid("acme");
+        const N: usize = 300;
+        let (mut publish, mut local, mut remote) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..N {
+            let start = Instant::now();
+            a.bus
+                .publish(&acme, "t", "e", &i.to_string())
+                .await
+                .unwrap();
+            publish.push(start.elapsed());
+            recv(&mut ra).await;
+            local.push(start.elapsed());
+            recv(&mut rb).await;
+            remote.push(start.elapsed());
+        }
+        let stats = |v: &mut Vec<Duration>| {
+            v.sort();
+            (v[v.len() / 2], v[v.len() * 99 / 100])
+        };
+        let (p50, p99) = stats(&mut publish);
+        let (l50, l99) = stats(&mut local);
+        let (r50, r99) = stats(&mut remote);
+        eprintln!(
+            "redis bus, {N} publishes: publish returns p50 {p50:?} p99 {p99:?}; \
+             delivered on the publishing host p50 {l50:?} p99 {l99:?}; \
+             on the other host p50 {r50:?} p99 {r99:?}"
+        );
+        // Generous bound for a loaded CI machine running debug builds.
+        assert!(r50 < Duration::from_millis(50), "{r50:?}");
+
+        drop((a, b));
+        cleanup(&mut conn, &ns).await;
+    }
+}
