@@ -237,7 +237,9 @@ async fn connection(
     let authenticated = tokio::select! {
         biased;
         _ = evictions.wait_for(Option::is_some) => None,
-        user = plugin.authenticate(request) => Some(user),
+        // Boxed: a plugin call's future is large, and inline it would be
+        // part of every idle connection's state for the connection's life.
+        user = Box::pin(plugin.authenticate(request)) => Some(user),
     };
     drop(plugin);
     let Some(authenticated) = authenticated else {
@@ -476,7 +478,8 @@ async fn read_loop(
             biased;
             _ = shutdown.wait_for(|s| *s) => break SHUTDOWN,
             e = evictions.wait_for(Option::is_some) => break e.ok().and_then(|e| evicted(&e)),
-            () = conn.handle(frame) => {}
+            // Boxed for the same reason: allocated only while a frame is handled.
+            () = Box::pin(conn.handle(frame)) => {}
         }
     };
     (stream, close)
