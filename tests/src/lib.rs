@@ -26,6 +26,22 @@ pub fn plugin(name: &str) -> PathBuf {
     tenantry::bundled::plugin_path(name)
 }
 
+/// The `fixture` plugin with its flavor marker (`tenantry-fixture-flavor:v1`)
+/// rewritten to `flavor` (two bytes): a second, genuinely different build —
+/// other bytes, another version id, another answer to `fixture/flavor`.
+pub fn fixture_flavor(flavor: &str) -> Vec<u8> {
+    assert_eq!(flavor.len(), 2, "the flavor replaces two bytes");
+    let mut wasm =
+        std::fs::read(plugin("fixture")).expect("fixture.wasm is built by host/build.rs");
+    let marker = b"tenantry-fixture-flavor:v1";
+    let pos = wasm
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("the flavor marker is in fixture.wasm");
+    wasm[pos + marker.len() - 2..pos + marker.len()].copy_from_slice(flavor.as_bytes());
+    wasm
+}
+
 /// One tenant in a generated config.
 pub struct TenantSpec {
     /// Tenant id.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tenantry_tests::{Client, HostProcess, TenantSpec, admin_request, plugin};
+use tenantry_tests::{Client, HostProcess, TenantSpec, admin_request, fixture_flavor, plugin};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tenantry-host"))
@@ -20,20 +20,6 @@ fn host_with(extra_toml: &str) -> HostProcess {
 
 fn fixture_wasm() -> Vec<u8> {
     std::fs::read(plugin("fixture")).unwrap()
-}
-
-/// The fixture plugin with its flavor marker rewritten: a second,
-/// genuinely different build (other bytes, other answer to `fixture/flavor`).
-fn fixture_flavor(flavor: &str) -> Vec<u8> {
-    assert_eq!(flavor.len(), 2);
-    let mut wasm = fixture_wasm();
-    let marker = b"tenantry-fixture-flavor:v1";
-    let pos = wasm
-        .windows(marker.len())
-        .position(|w| w == marker)
-        .expect("marker in fixture.wasm");
-    wasm[pos + marker.len() - 2..pos + marker.len()].copy_from_slice(flavor.as_bytes());
-    wasm
 }
 
 async fn ok(h: &HostProcess, method: &str, path: &str, body: &[u8]) -> Value {

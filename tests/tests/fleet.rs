@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tenantry_tests::{Client, HostProcess, plugin};
+use tenantry_tests::{Client, HostProcess, fixture_flavor};
 
 const PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
 /// What the issue promises: a deploy on one host is served by every other within this.
@@ -60,17 +60,6 @@ impl Drop for Schema {
         })
         .join();
     }
-}
-
-fn fixture_flavor(flavor: &str) -> Vec<u8> {
-    let mut wasm = std::fs::read(plugin("fixture")).unwrap();
-    let marker = b"tenantry-fixture-flavor:v1";
-    let pos = wasm
-        .windows(marker.len())
-        .position(|w| w == marker)
-        .unwrap();
-    wasm[pos + marker.len() - 2..pos + marker.len()].copy_from_slice(flavor.as_bytes());
-    wasm
 }
 
 async fn ok(h: &HostProcess, method: &str, path: &str, body: &[u8]) -> serde_json::Value {
