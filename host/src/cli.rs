@@ -388,21 +388,32 @@ pub async fn serve_config(
 /// The backends `config` asks for: in memory, or on Redis (`[redis]`, per
 /// extension) — the bus then fans out through `hub` on every host.
 async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, CliError> {
+    use crate::backend::breaker::{self, BreakerConfig, CircuitBreaker};
     let Some(r) = &config.redis else {
         return Ok(memory::backends(Arc::clone(hub)));
     };
     let conn = redis_backend::connect(&r.url)
         .await
         .map_err(CliError::Redis)?;
+    // One breaker for every backend on this Redis, probed with PING while
+    // broken (the prober ends with the breaker).
+    let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
+    breaker::spawn_redis_prober(&breaker, conn.clone());
     let mut backends = memory::backends(Arc::clone(hub));
     if r.bus {
-        let bus = RedisBus::start(conn.clone(), &r.url, r.namespace.clone(), Arc::clone(hub))
-            .await
-            .map_err(CliError::Redis)?;
+        let bus = RedisBus::start_with_breaker(
+            conn.clone(),
+            &r.url,
+            r.namespace.clone(),
+            Arc::clone(hub),
+            Arc::clone(&breaker),
+        )
+        .await
+        .map_err(CliError::Redis)?;
         backends.bus = bus;
     }
     if r.kv {
-        backends.kv = Arc::new(RedisKv::new(conn, r.namespace.clone()));
+        backends.kv = Arc::new(RedisKv::new(conn, r.namespace.clone()).with_breaker(breaker));
     }
     tracing::info!(namespace = %r.namespace, bus = r.bus, kv = r.kv, "Redis backends connected");
     Ok(backends)

@@ -227,6 +227,22 @@ impl Hub {
             .unwrap_or(0)
     }
 
+    /// The tenants with at least one local subscriber of `topic` (each
+    /// once), e.g. to send a host notice on a reserved topic to every
+    /// tenant separately.
+    pub fn tenants_subscribed_to(&self, topic: &str) -> Vec<TenantId> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .iter()
+                    .filter(|(_, topics)| topics.contains_key(topic))
+                    .map(|(tenant, _)| tenant.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Number of topics with at least one subscriber, over all tenants.
     pub fn topic_count(&self) -> usize {
         self.shards
@@ -476,6 +492,26 @@ mod tests {
         assert_eq!(hub.topic_count(), 0);
         assert_eq!(hub.publish(&tid("acme"), "b", "e", "1").seq, None);
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn tenants_subscribed_to_lists_each_tenant_once() {
+        let hub = Hub::new();
+        let (tx, _rx) = mpsc::channel(16);
+        let a1 = hub.connect(tid("acme"), tx.clone(), 10);
+        let a2 = hub.connect(tid("acme"), tx.clone(), 10);
+        let b = hub.connect(tid("beta"), tx.clone(), 10);
+        let g = hub.connect(tid("gamma"), tx, 10);
+        for c in [&a1, &a2, &b] {
+            c.subscribe("__realtime").unwrap();
+        }
+        g.subscribe("other").unwrap();
+        let mut tenants = hub.tenants_subscribed_to("__realtime");
+        tenants.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert_eq!(tenants, vec![tid("acme"), tid("beta")]);
+        b.close();
+        assert_eq!(hub.tenants_subscribed_to("__realtime"), vec![tid("acme")]);
+        assert!(hub.tenants_subscribed_to("none").is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! ([`crate::imports`]) fills it in from the calling plugin's store, so a
 //! plugin can never choose it.
 
+pub mod breaker;
 pub mod memory;
 pub mod redis;
 

@@ -33,17 +33,28 @@
 //! sorted set); they share the tenant's hash tag, so they are in the same
 //! Redis Cluster slot as the declared keys.
 //!
+//! # Outages
+//!
+//! Every Redis command goes through a [`CircuitBreaker`] (one per Redis,
+//! shared with the bus; see [`RedisKv::with_breaker`]): timeouts and
+//! connection errors count as failures, any answer (also a quota or
+//! invalid-argument refusal) as a success. While the breaker is broken,
+//! every operation fails fast with
+//! `BackendError::Unavailable("Redis circuit breaker open")`, which plugins
+//! see as `SERVICE_UNAVAILABLE`, without touching Redis.
+//!
 //! Redis should run with `maxmemory-policy noeviction`: a value evicted
 //! under memory pressure stays accounted (and listed for purge) until the
 //! key is next written, deleted or incremented, which reconcile it.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, ScriptInvocation};
 
+use crate::backend::breaker::{BreakerConfig, CircuitBreaker, OPEN_MESSAGE};
 use crate::backend::memory::MemoryKvLimits;
 use crate::backend::redis::COMMAND_TIMEOUT;
 use crate::backend::redis::keys::TenantKeys;
@@ -304,6 +315,7 @@ pub struct RedisKv {
     limits: MemoryKvLimits,
     sweep_batch: u32,
     sweep_batch_on_refusal: u32,
+    breaker: Arc<CircuitBreaker>,
 }
 
 impl std::fmt::Debug for RedisKv {
@@ -330,7 +342,34 @@ impl RedisKv {
             limits,
             sweep_batch: SWEEP_BATCH,
             sweep_batch_on_refusal: SWEEP_BATCH_ON_REFUSAL,
+            breaker: Arc::new(CircuitBreaker::new("redis", BreakerConfig::default())),
         }
+    }
+
+    /// Use `breaker` (shared with the other backends on the same Redis)
+    /// instead of the store's own default one.
+    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// The breaker every command of this store goes through.
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+
+    /// `fut` (one Redis command or script call) through the breaker,
+    /// bounded by `limit`, with Redis errors mapped.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, BackendError> {
+        self.breaker.guard()?;
+        let result = bounded(what, limit, fut).await;
+        self.breaker.record(&result);
+        result
     }
 
     /// Keys and bytes (keys plus values) accounted to `tenant`, including
@@ -343,12 +382,13 @@ impl RedisKv {
             .cmd("GET")
             .arg(&names.total);
         let mut conn = self.conn.clone();
-        let (keys, bytes): (u64, Option<u64>) = bounded(
-            "reading KV usage",
-            COMMAND_TIMEOUT,
-            pipe.query_async(&mut conn),
-        )
-        .await?;
+        let (keys, bytes): (u64, Option<u64>) = self
+            .bounded(
+                "reading KV usage",
+                COMMAND_TIMEOUT,
+                pipe.query_async(&mut conn),
+            )
+            .await?;
         Ok((keys, bytes.unwrap_or(0)))
     }
 
@@ -391,8 +431,9 @@ impl RedisKv {
     ) -> Result<Vec<String>, BackendError> {
         for _ in 0..MAX_WRITE_ROUNDS {
             let mut conn = self.conn.clone();
-            let reply: Vec<String> =
-                bounded(what, CALL_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+            let reply: Vec<String> = self
+                .bounded(what, CALL_TIMEOUT, inv.invoke_async(&mut conn))
+                .await?;
             match reply.first().map(String::as_str) {
                 Some("retry") => continue,
                 Some("bytes") => {
@@ -484,10 +525,23 @@ impl Kv for RedisKv {
     async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
         self.check_key(key)?;
         let value_key = Names::new(&self.namespace, tenant).value(key);
-        let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("GET");
         cmd.arg(value_key);
-        bounded("KV get", COMMAND_TIMEOUT, cmd.query_async(&mut conn)).await
+        let mut conn = self.conn.clone();
+        let first = self
+            .bounded("KV get", COMMAND_TIMEOUT, cmd.query_async(&mut conn))
+            .await;
+        match first {
+            // The first command after Redis came back meets the connection
+            // that died with it (the manager then reconnects): a read is
+            // safe to try once more.
+            Err(BackendError::Unavailable(ref why)) if why != OPEN_MESSAGE => {
+                let mut conn = self.conn.clone();
+                self.bounded("KV get", COMMAND_TIMEOUT, cmd.query_async(&mut conn))
+                    .await
+            }
+            other => other,
+        }
     }
 
     async fn set(
@@ -529,7 +583,9 @@ impl Kv for RedisKv {
         let mut inv = self.invocation(&SCRIPTS.delete, &names, Some(&value_key), self.sweep_batch);
         inv.arg(key);
         let mut conn = self.conn.clone();
-        let deleted: u64 = bounded("KV delete", CALL_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+        let deleted: u64 = self
+            .bounded("KV delete", CALL_TIMEOUT, inv.invoke_async(&mut conn))
+            .await?;
         Ok(deleted > 0)
     }
 
@@ -569,8 +625,9 @@ impl Kv for RedisKv {
             let mut inv = self.invocation(&SCRIPTS.purge, &names, None, PURGE_BATCH);
             inv.arg(&cursor);
             let mut conn = self.conn.clone();
-            let (next, deleted, left): (String, u64, u64) =
-                bounded("KV purge", CALL_TIMEOUT, inv.invoke_async(&mut conn)).await?;
+            let (next, deleted, left): (String, u64, u64) = self
+                .bounded("KV purge", CALL_TIMEOUT, inv.invoke_async(&mut conn))
+                .await?;
             removed += deleted;
             if left == 0 {
                 return Ok(removed);
@@ -1137,6 +1194,101 @@ mod tests {
         let direct = ns.kv().await;
         assert_eq!(direct.get(&t, "k").await.unwrap(), Some(b"v".to_vec()));
         assert_eq!(direct.purge_tenant(&t).await.unwrap(), 1);
+    }
+
+    /// Redis goes away (a private redis-server, killed): after the
+    /// threshold every call fails fast with the breaker's `Unavailable`;
+    /// Redis restarted: the prober heals the breaker after the reset
+    /// timeout and calls work again. Prints the measured times.
+    #[tokio::test]
+    async fn outage_fails_fast_then_recovers() {
+        use crate::backend::breaker::test_redis::OwnRedis;
+        use crate::backend::breaker::{self, BreakerConfig, CircuitBreaker, OPEN_MESSAGE};
+
+        let mut redis = OwnRedis::start().await;
+        let conn = crate::backend::redis::connect(&redis.url()).await.unwrap();
+        let config = BreakerConfig {
+            failure_threshold: 5,
+            reset_timeout: Duration::from_secs(1),
+        };
+        let shared = Arc::new(CircuitBreaker::new("redis", config));
+        let _prober = breaker::spawn_redis_prober(&shared, conn.clone());
+        let kv = RedisKv::new(conn, "outage".into()).with_breaker(Arc::clone(&shared));
+        let t = tid("acme");
+        let q = KvQuota {
+            max_keys: 1,
+            max_bytes: 1 << 20,
+        };
+        kv.set(&t, "k", b"v".to_vec(), None, q).await.unwrap();
+        // A refusal is an answer: it does not count.
+        for _ in 0..6 {
+            let err = kv.set(&t, "k2", b"v".to_vec(), None, q).await.unwrap_err();
+            assert!(matches!(err, BackendError::QuotaExceeded(_)), "{err:?}");
+        }
+        assert!(shared.is_healthy());
+
+        redis.kill().await;
+        let killed = Instant::now();
+        let mut before_open = Vec::new();
+        let mut open = Vec::new();
+        for i in 0..10 {
+            let started = Instant::now();
+            // (A failed `get` is tried twice: incr counts one failure a call.)
+            let err = if i < 5 {
+                kv.incr(&t, "n", 1, q).await.unwrap_err()
+            } else {
+                kv.get(&t, "k").await.unwrap_err()
+            };
+            let took = started.elapsed();
+            assert!(took < COMMAND_TIMEOUT + Duration::from_secs(1), "{took:?}");
+            if err == BackendError::Unavailable(OPEN_MESSAGE.into()) {
+                open.push(took);
+            } else {
+                assert!(
+                    matches!(err, BackendError::Timeout | BackendError::Unavailable(_)),
+                    "{err:?}"
+                );
+                before_open.push(took);
+            }
+        }
+        assert_eq!(before_open.len(), 5, "broken after exactly the threshold");
+        assert_eq!(open.len(), 5);
+        assert!(
+            open.iter().all(|d| *d < Duration::from_millis(5)),
+            "{open:?}"
+        );
+        eprintln!(
+            "redis kv outage: failing calls before the breaker opened took {before_open:?}; then fail-fast calls took {open:?}; breaker open {:?} after the kill",
+            killed.elapsed()
+        );
+
+        redis.restart().await;
+        let restarted = Instant::now();
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            match kv.get(&t, "k").await {
+                // A fresh Redis: the value is gone.
+                Ok(v) => {
+                    assert_eq!(v, None);
+                    break;
+                }
+                Err(e) => assert!(
+                    matches!(e, BackendError::Timeout | BackendError::Unavailable(_)),
+                    "{e:?}"
+                ),
+            }
+            assert!(restarted.elapsed() < Duration::from_secs(10), "no recovery");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "redis kv outage: KV answered again {:?} after Redis was back ({calls} calls; reset timeout {:?})",
+            restarted.elapsed(),
+            config.reset_timeout
+        );
+        assert!(shared.is_healthy());
+        kv.set(&t, "k", b"w".to_vec(), None, q).await.unwrap();
+        assert_eq!(kv.get(&t, "k").await.unwrap(), Some(b"w".to_vec()));
     }
 
     /// Redis `calls` and `usec` per command since the server started.
