@@ -213,7 +213,14 @@ impl Control {
         suspended: bool,
         wasm: &[u8],
     ) -> Result<bool, ControlError> {
-        if self.catalog.get(id).await?.is_some() {
+        if let Some(rec) = self.catalog.get(id).await? {
+            if rec.versions.is_empty() && rec.active.is_none() {
+                // An earlier start created it but could not deploy its
+                // plugin (e.g. a bad path, fixed since): finish the seed.
+                self.upload(id, wasm, &Actor::Config, true).await?;
+                tracing::info!(tenant = %id, "configured tenant had no plugin; deployed the configured one");
+                return Ok(true);
+            }
             tracing::debug!(tenant = %id, "configured tenant already in the registry; keeping the registry's");
             return Ok(false);
         }

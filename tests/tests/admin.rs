@@ -757,3 +757,25 @@ async fn the_cli_drives_the_admin_api() {
     let (okay, _, err) = cli(&h, op, &["tenant", "show", "cli-a"]);
     assert!(!okay && err.contains("NOT_FOUND"), "{err}");
 }
+
+/// A start that fails on a bad configured plugin leaves the tenant without
+/// a plugin; once the configuration is fixed, the next start deploys it.
+#[tokio::test]
+async fn a_failed_seed_is_finished_by_the_next_start() {
+    let data = tempfile::tempdir().unwrap();
+    let toml = format!("data_dir = {:?}\n", data.path().display().to_string());
+    let bogus = data.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"not a plugin").unwrap();
+    let mut bad = TenantSpec::new("fixme", "fixture");
+    bad.plugin = bogus;
+    let err = HostProcess::start_with(bin(), &[bad], &toml)
+        .err()
+        .expect("start fails");
+    assert!(
+        err.to_string().contains("not_wasm") || err.to_string().contains("WebAssembly"),
+        "{err:#}"
+    );
+    let h = HostProcess::start_with(bin(), &[TenantSpec::new("fixme", "fixture")], &toml).unwrap();
+    let mut c = Client::connect(&h.url("/t/fixme/ws")).await.unwrap();
+    assert_eq!(flavor(&mut c).await, "v1");
+}
