@@ -97,6 +97,10 @@ async fn hosts_survive_a_redis_outage() {
     let mut on_b = Client::connect(&b.url("/t/red/ws")).await.unwrap();
     on_a.subscribe("news").await.unwrap();
     on_b.subscribe("news").await.unwrap();
+    // The host's own notices: the one `__` topic a client may subscribe to.
+    let mut watcher = Client::connect(&a.url("/t/red/ws")).await.unwrap();
+    let sub = watcher.subscribe("__realtime").await.unwrap();
+    assert_eq!(sub["type"], "subscribed", "{sub}");
     let mut caller = Client::connect(&a.url("/t/red/ws")).await.unwrap();
     caller
         .rpc("fixture/publish", json!(["news", "story", 0]))
@@ -155,6 +159,10 @@ async fn hosts_survive_a_redis_outage() {
          KV calls {kv_times:?} (breaker open {:?} after the kill)",
         killed.elapsed()
     );
+    // The breaker is open: A's clients were told.
+    let degraded = watcher.next_event("__realtime").await.unwrap();
+    assert_eq!(degraded["event"], "degraded", "{degraded}");
+    assert!(degraded["data"]["at"].is_u64(), "{degraded}");
 
     redis.restart();
     let restarted = Instant::now();
@@ -202,6 +210,9 @@ async fn hosts_survive_a_redis_outage() {
         "redis outage e2e: after the restart, cross-host delivery in {cross_host:?}, KV in {kv_back:?}"
     );
     assert!(cross_host < Duration::from_secs(12), "{cross_host:?}");
+    // ...and told that it is over.
+    let recovered = watcher.next_event("__realtime").await.unwrap();
+    assert_eq!(recovered["event"], "recovered", "{recovered}");
 
     // Both hosts on one stream again: one more publish reaches both once.
     // (Drain A's backlog of the recovery loop first.)

@@ -42,6 +42,11 @@ pub struct CallPermit {
     _permit: OwnedSemaphorePermit,
 }
 
+/// The reserved topic on which the host tells clients about its own state
+/// (`degraded` / `recovered` when Redis is lost and back). The one `__`
+/// topic a client may subscribe to.
+pub const SYSTEM_TOPIC: &str = crate::backend::redis::bus::REALTIME_TOPIC;
+
 /// One accepted, authenticated connection.
 pub struct Session {
     id: String,
@@ -138,6 +143,15 @@ impl Session {
     /// `FORBIDDEN`), then the per-connection subscription limit. Subscribing
     /// to a topic already held succeeds without asking the gate again.
     pub async fn subscribe(&self, topic: &str) -> Result<(), Denied> {
+        if topic == SYSTEM_TOPIC {
+            // The host's own notices (`degraded` / `recovered`): open to
+            // every connection, never published by plugins.
+            return match self.hub.subscribe(topic) {
+                Ok(_) => Ok(()),
+                Err(SubscribeError::TooMany(_)) => Err(Denied::new("RATE_LIMITED")),
+                Err(SubscribeError::Closed) => Err(Denied::new("CONNECTION_CLOSED")),
+            };
+        }
         if protocol::validate_topic(topic).is_err() {
             return Err(Denied::new("INVALID_TOPIC"));
         }
