@@ -109,6 +109,40 @@ pub enum ControlError {
     /// A backend failed while removing a tenant's data.
     #[error("{0}")]
     Backend(String),
+    /// The tenant already has an upload being checked and compiled.
+    #[error("tenant {0} already has an upload being compiled; retry when it is done")]
+    Busy(TenantId),
+}
+
+/// At most one upload per tenant is compiled at a time, so a tenant's deploy
+/// key cannot keep the host's compile slots (and cores) to itself.
+#[derive(Default)]
+struct CompilesInFlight {
+    tenants: parking_lot::Mutex<std::collections::HashSet<TenantId>>,
+}
+
+/// Held while a tenant's upload compiles.
+struct CompileTurn<'a> {
+    set: &'a CompilesInFlight,
+    tenant: TenantId,
+}
+
+impl CompilesInFlight {
+    fn try_begin(&self, tenant: &TenantId) -> Option<CompileTurn<'_>> {
+        self.tenants
+            .lock()
+            .insert(tenant.clone())
+            .then(|| CompileTurn {
+                set: self,
+                tenant: tenant.clone(),
+            })
+    }
+}
+
+impl Drop for CompileTurn<'_> {
+    fn drop(&mut self) {
+        self.set.tenants.lock().remove(&self.tenant);
+    }
 }
 
 /// A newly created deploy key: its record and the secret, shown once.
@@ -145,6 +179,8 @@ pub struct Control {
     keys: parking_lot::RwLock<HashMap<String, (TenantId, String)>>,
     /// The record revision each live tenant was last brought up to date with.
     applied: parking_lot::Mutex<HashMap<TenantId, u64>>,
+    /// Tenants with an upload compiling.
+    compiling: CompilesInFlight,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -185,6 +221,7 @@ impl Control {
             locks: parking_lot::Mutex::new(HashMap::new()),
             keys: parking_lot::RwLock::new(HashMap::new()),
             applied: parking_lot::Mutex::new(HashMap::new()),
+            compiling: CompilesInFlight::default(),
         })
     }
 
@@ -710,6 +747,10 @@ impl Control {
         }
         // Unknown tenants are refused before any compile work.
         let before = self.record(id).await?;
+        let _turn = self
+            .compiling
+            .try_begin(id)
+            .ok_or_else(|| ControlError::Busy(id.clone()))?;
         // The operator's own configured plugins are not held to the upload
         // compile budget.
         let budget = match actor {
@@ -870,4 +911,20 @@ fn set_active(rec: &mut TenantRecord, version: &str) {
         rec.active = Some(version.to_owned());
     }
     rec.canary = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_compile_per_tenant_at_a_time() {
+        let set = CompilesInFlight::default();
+        let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
+        let turn = set.try_begin(&a).unwrap();
+        assert!(set.try_begin(&a).is_none(), "a second upload of a waits");
+        assert!(set.try_begin(&b).is_some(), "other tenants are not held up");
+        drop(turn);
+        assert!(set.try_begin(&a).is_some(), "free again once done");
+    }
 }

@@ -226,11 +226,17 @@ async fn concurrent_changes_through_two_hosts_lose_nothing() {
         let host = if i % 2 == 0 { &a } else { &b };
         let wasm = fixture_flavor(&format!("{i:02}"));
         async move {
-            let (status, v) = host
-                .admin("POST", "/admin/tenants/race/plugins", &wasm)
-                .await
-                .unwrap();
-            (status, v)
+            loop {
+                let (status, v) = host
+                    .admin("POST", "/admin/tenants/race/plugins", &wasm)
+                    .await
+                    .unwrap();
+                // One compile per tenant per host at a time: wait for our turn.
+                if status != 429 {
+                    return (status, v);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     });
     let results = futures_util::future::join_all(uploads).await;

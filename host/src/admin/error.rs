@@ -78,6 +78,9 @@ impl From<ControlError> for ApiError {
                 tracing::error!(error = %message, "admin request failed in a backend");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
             }
+            ControlError::Busy(_) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message)
+            }
             ControlError::Load { .. } => {
                 tracing::error!(error = %message, "admin request failed to load a plugin version");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)

@@ -29,6 +29,31 @@ pub struct MemoryKvLimits {
     pub max_value_bytes: usize,
 }
 
+impl MemoryKvLimits {
+    /// `TooLarge` if `key` is longer than `max_key_bytes`.
+    pub fn check_key(&self, key: &str) -> Result<(), BackendError> {
+        if key.len() > self.max_key_bytes {
+            return Err(BackendError::TooLarge(format!(
+                "key is {} bytes, the limit is {}",
+                key.len(),
+                self.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// `TooLarge` if a value of `len` bytes is over `max_value_bytes`.
+    pub fn check_value(&self, len: usize) -> Result<(), BackendError> {
+        if len > self.max_value_bytes {
+            return Err(BackendError::TooLarge(format!(
+                "value is {len} bytes, the limit is {}",
+                self.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for MemoryKvLimits {
     fn default() -> Self {
         Self {
@@ -244,14 +269,7 @@ impl MemoryKv {
     }
 
     fn check_key(&self, key: &str) -> Result<(), BackendError> {
-        if key.len() > self.limits.max_key_bytes {
-            return Err(BackendError::TooLarge(format!(
-                "key is {} bytes, the limit is {}",
-                key.len(),
-                self.limits.max_key_bytes
-            )));
-        }
-        Ok(())
+        self.limits.check_key(key)
     }
 }
 
@@ -302,13 +320,7 @@ impl Kv for MemoryKv {
         quota: KvQuota,
     ) -> Result<(), BackendError> {
         self.check_key(key)?;
-        if value.len() > self.limits.max_value_bytes {
-            return Err(BackendError::TooLarge(format!(
-                "value is {} bytes, the limit is {}",
-                value.len(),
-                self.limits.max_value_bytes
-            )));
-        }
+        self.limits.check_value(value.len())?;
         let now = Instant::now();
         let expires_at = match ttl {
             None => None,

@@ -393,14 +393,7 @@ impl RedisKv {
     }
 
     fn check_key(&self, key: &str) -> Result<(), BackendError> {
-        if key.len() > self.limits.max_key_bytes {
-            return Err(BackendError::TooLarge(format!(
-                "key is {} bytes, the limit is {}",
-                key.len(),
-                self.limits.max_key_bytes
-            )));
-        }
-        Ok(())
+        self.limits.check_key(key)
     }
 
     /// An invocation of `script` with the shared KEYS and ARGV filled in.
@@ -553,13 +546,7 @@ impl Kv for RedisKv {
         quota: KvQuota,
     ) -> Result<(), BackendError> {
         self.check_key(key)?;
-        if value.len() > self.limits.max_value_bytes {
-            return Err(BackendError::TooLarge(format!(
-                "value is {} bytes, the limit is {}",
-                value.len(),
-                self.limits.max_value_bytes
-            )));
-        }
+        self.limits.check_value(value.len())?;
         let ttl = ttl.map(ttl_ms).transpose()?.unwrap_or(0);
         let names = Names::new(&self.namespace, tenant);
         let value_key = names.value(key);
