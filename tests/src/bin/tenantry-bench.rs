@@ -81,6 +81,22 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Two hosts sharing Redis (a fleet): one publisher on host A at a fixed
+    /// rate, N subscribers on host B. Reports publish -> delivery latency
+    /// across hosts, deliveries/s, loss, seq gaps and Redis commands per 100
+    /// publishes. Neither host is pinned (two hosts, Redis and the load share
+    /// the machine's cores).
+    Fleet {
+        #[arg(long, default_value_t = 100)]
+        subs: usize,
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Redis URL.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+    },
     /// Open N idle connections and report the host's RSS per connection.
     Idle {
         #[arg(long, default_value_t = 10_000)]
@@ -152,10 +168,28 @@ fn main() -> Result<()> {
         ],
         _ => vec![TenantSpec::new("bench", "fixture").plan("bench")],
     };
+    if let Mode::Fleet {
+        subs,
+        rate,
+        seconds,
+        redis,
+    } = &cli.mode
+    {
+        return rt.block_on(fleet(
+            &host_bin,
+            cli.reuse,
+            &tenants,
+            &redis.clone(),
+            *subs,
+            *rate,
+            *seconds,
+        ));
+    }
     let host = start_host(&host_bin, pin, cli.reuse, &tenants)?;
     eprintln!("host pid {} on {}", host.pid(), host.addr);
     rt.block_on(async {
         match cli.mode {
+            Mode::Fleet { .. } => Ok(()),
             Mode::Echo { conns, seconds } => echo(&host, conns, seconds).await,
             Mode::Fanout {
                 subs,
@@ -417,6 +451,141 @@ async fn fanout(host: &HostProcess, subs: usize, rate: u64, seconds: u64) -> Res
             "lost": expected.saturating_sub(got), "seq_gaps": gaps.load(Ordering::Relaxed),
             "deliveries_per_s": (got as f64 / elapsed).round(),
             "host_cpu_percent": (cpu as f64 / elapsed / 10_000.0).round(),
+        })
+    );
+    Ok(())
+}
+
+/// Redis `total_commands_processed`.
+fn redis_commands(conn: &mut redis::Connection) -> Result<u64> {
+    let info: String = redis::cmd("INFO").arg("stats").query(conn)?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no total_commands_processed in INFO")
+}
+
+async fn fleet(
+    bin: &std::path::Path,
+    reuse: u32,
+    tenants: &[TenantSpec],
+    redis_url: &str,
+    subs: usize,
+    rate: u64,
+    seconds: u64,
+) -> Result<()> {
+    let namespace = format!("bench-{}", std::process::id());
+    let extra = format!(
+        "{BENCH_PLAN}instance_reuse = {reuse}\n\n[redis]\nurl = {redis_url:?}\nnamespace = {namespace:?}\n"
+    );
+    let a = HostProcess::start_with(bin, tenants, &extra)?;
+    let b = HostProcess::start_with(bin, tenants, &extra)?;
+    eprintln!(
+        "host A pid {} on {}, host B pid {} on {}",
+        a.pid(),
+        a.addr,
+        b.pid(),
+        b.addr
+    );
+    let t0 = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let gaps = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(
+        (rate * seconds) as usize * subs,
+    )));
+    let mut tasks = Vec::new();
+    for i in 0..subs {
+        let mut ws = open(&b.url("/t/bench/ws")).await?;
+        ws.send(Message::text(format!(
+            r#"{{"type":"subscribe","topic":"fan","ref":{i}}}"#
+        )))
+        .await?;
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"subscribed\"") => {}
+            other => bail!("subscribe failed: {other:?}"),
+        }
+        let (received, gaps, latencies) = (
+            Arc::clone(&received),
+            Arc::clone(&gaps),
+            Arc::clone(&latencies),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut last = None;
+            let mut mine = Vec::new();
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Text(t) = msg {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                    if v["event"] == "done" {
+                        break;
+                    }
+                    if let (Some(seq), Some(sent)) = (v["seq"].as_u64(), v["data"]["t"].as_u64()) {
+                        if last.is_some_and(|l: u64| seq != l + 1) {
+                            gaps.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last = Some(seq);
+                        let now = t0.elapsed().as_micros() as u64;
+                        mine.push(now.saturating_sub(sent));
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if let Ok(mut l) = latencies.lock() {
+                l.extend(mine);
+            }
+        }));
+    }
+    let mut redis_conn = redis::Client::open(redis_url)?.get_connection()?;
+    let cmds0 = redis_commands(&mut redis_conn)?;
+    let mut publisher = open(&a.url("/t/bench/ws")).await?;
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let mut next = tokio::time::Instant::now();
+    for _ in 0..total {
+        let t = t0.elapsed().as_micros() as u64;
+        publisher
+            .send(Message::text(format!(
+                r#"{{"rpc":"fixture/publish","args":["fan","m",{{"t":{t}}}]}}"#
+            )))
+            .await?;
+        next += interval;
+        tokio::time::sleep_until(next).await;
+    }
+    let expected = total * subs as u64;
+    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cmds = redis_commands(&mut redis_conn)?.saturating_sub(cmds0);
+    publisher
+        .send(Message::text(
+            r#"{"rpc":"fixture/publish","args":["fan","done",null]}"#,
+        ))
+        .await?;
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let got = received.load(Ordering::Relaxed);
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    // Leave nothing behind in Redis.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}:*"))
+        .query(&mut redis_conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut redis_conn);
+    }
+    println!(
+        "{}",
+        json!({
+            "mode": "fleet", "subscribers_on_b": subs, "rate_per_s": rate, "published_on_a": total,
+            "deliveries_expected": expected, "deliveries": got,
+            "lost": expected.saturating_sub(got), "seq_gaps": gaps.load(Ordering::Relaxed),
+            "deliveries_per_s": (got as f64 / elapsed).round(),
+            "latency_p50_us": percentile(&lat, 0.50), "latency_p99_us": percentile(&lat, 0.99),
+            "redis_commands_per_100_publishes": (cmds as f64 * 100.0 / total.max(1) as f64).round(),
         })
     );
     Ok(())
