@@ -492,5 +492,19 @@ mod tests {
         assert_eq!(args.config, Some(PathBuf::from("t.toml")));
         assert_eq!(args.listen.as_deref(), Some("127.0.0.1:0"));
         assert!(Cli::try_parse_from(["tenantry", "serve", "--bogus"]).is_err());
+        let cli = Cli::try_parse_from([
+            "tenantry",
+            "serve",
+            "--admin-listen",
+            "127.0.0.1:9090",
+            "--data-dir",
+            "/srv/tenantry",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(args.admin_listen.as_deref(), Some("127.0.0.1:9090"));
+        assert_eq!(args.data_dir, Some(PathBuf::from("/srv/tenantry")));
     }
 }

@@ -15,11 +15,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
-
 use crate::backend::Kv;
 use crate::catalog::{
     Canary, CatalogChange, CatalogError, CatalogStore, KeyRecord, TenantRecord, VersionRecord,
+    sha256_hex,
 };
 use crate::plan::{Plan, PlanOverrides};
 use crate::quota::TenantQuota;
@@ -188,10 +187,6 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 fn not_found(id: &TenantId) -> ControlError {

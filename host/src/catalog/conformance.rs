@@ -66,7 +66,7 @@ fn id(s: &str) -> TenantId {
 }
 
 fn sha(bytes: &[u8]) -> String {
-    super::memory::sha256_hex(bytes)
+    super::sha256_hex(bytes)
 }
 
 /// A record with every field set: two versions (the first `sha256`),

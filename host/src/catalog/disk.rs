@@ -28,8 +28,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::memory::{check_blob_bytes, check_sha256};
 use super::{CatalogError, CatalogStore, TenantRecord};
+use super::{check_blob_bytes, check_sha256};
 use crate::tenant::TenantId;
 
 /// The record's file name inside a tenant's directory.
@@ -433,7 +433,7 @@ fn fsync_dir(dir: &Path) -> Result<(), CatalogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::memory::sha256_hex;
+    use crate::catalog::sha256_hex;
     use tempfile::TempDir;
 
     async fn make() -> (Box<dyn CatalogStore>, TempDir) {

@@ -8,9 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
 
-use super::{CatalogError, CatalogStore, TenantRecord};
+use super::{CatalogError, CatalogStore, TenantRecord, check_blob_bytes, check_sha256};
 use crate::tenant::TenantId;
 
 /// The catalog in memory: records and blobs in maps behind one mutex.
@@ -125,49 +124,6 @@ impl CatalogStore for MemoryCatalog {
             }
         }
         Ok(())
-    }
-}
-
-/// Refuse a blob name that is not a SHA-256 in hex (64 lowercase hex
-/// digits). Stores check every name with it before using it, in particular
-/// before building a path from it.
-pub(super) fn check_sha256(id: &TenantId, sha256: &str) -> Result<(), CatalogError> {
-    let ok = sha256.len() == 64
-        && sha256
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-    if ok {
-        Ok(())
-    } else {
-        Err(CatalogError::Io {
-            op: format!("use blob name {sha256:?} of tenant {id}"),
-            message: "not a SHA-256: expected 64 lowercase hex digits".to_owned(),
-        })
-    }
-}
-
-/// The SHA-256 of `bytes`, lowercase hex.
-pub(super) fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Check that `bytes` hash to `sha256`; `source` says where they came from
-/// (`upload`, a file path) for the error. Blocking on large inputs: call it
-/// from `spawn_blocking`.
-pub(super) fn check_blob_bytes(
-    id: &TenantId,
-    sha256: &str,
-    bytes: &[u8],
-    source: &str,
-) -> Result<(), CatalogError> {
-    let actual = sha256_hex(bytes);
-    if actual == sha256 {
-        Ok(())
-    } else {
-        Err(CatalogError::Corrupt {
-            what: format!("blob {sha256} of tenant {id} ({source})"),
-            message: format!("its {} bytes hash to {actual}", bytes.len()),
-        })
     }
 }
 

@@ -22,6 +22,7 @@ pub(crate) mod conformance;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::plan::PlanOverrides;
 use crate::tenant::TenantId;
@@ -200,5 +201,48 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// private to this process (memory, disk). Each call returns a new receiver.
     fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<CatalogChange>> {
         None
+    }
+}
+
+/// Refuse a blob name that is not a SHA-256 in hex (64 lowercase hex
+/// digits). Stores check every name with it before using it, in particular
+/// before building a path from it.
+pub(crate) fn check_sha256(id: &TenantId, sha256: &str) -> Result<(), CatalogError> {
+    let ok = sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    if ok {
+        Ok(())
+    } else {
+        Err(CatalogError::Io {
+            op: format!("use blob name {sha256:?} of tenant {id}"),
+            message: "not a SHA-256: expected 64 lowercase hex digits".to_owned(),
+        })
+    }
+}
+
+/// The SHA-256 of `bytes`, lowercase hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Check that `bytes` hash to `sha256`; `source` says where they came from
+/// (`upload`, a file path) for the error. Blocking on large inputs: call it
+/// from `spawn_blocking`.
+pub(crate) fn check_blob_bytes(
+    id: &TenantId,
+    sha256: &str,
+    bytes: &[u8],
+    source: &str,
+) -> Result<(), CatalogError> {
+    let actual = sha256_hex(bytes);
+    if actual == sha256 {
+        Ok(())
+    } else {
+        Err(CatalogError::Corrupt {
+            what: format!("blob {sha256} of tenant {id} ({source})"),
+            message: format!("its {} bytes hash to {actual}", bytes.len()),
+        })
     }
 }

@@ -39,8 +39,8 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::memory::{check_blob_bytes, check_sha256};
 use super::{CatalogChange, CatalogError, CatalogStore, TenantRecord};
+use super::{check_blob_bytes, check_sha256};
 use crate::tenant::TenantId;
 
 /// Most connections the pool opens (the listeners have their own).
@@ -689,7 +689,7 @@ fn describe(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use crate::catalog::conformance;
-    use crate::catalog::memory::sha256_hex;
+    use crate::catalog::sha256_hex;
 
     /// The test database; `TENANTRY_TEST_POSTGRES_URL` overrides it.
     fn base_url() -> String {

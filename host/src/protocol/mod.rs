@@ -37,6 +37,10 @@ pub use validate::{
 /// Largest inbound text or binary frame; a larger one makes the server close
 /// the connection with 1009.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// The reserved topic of the host's own notices to clients (`degraded` /
+/// `recovered` when the host loses and regains Redis): the one `__` topic a
+/// client may subscribe to, and one no plugin can publish on.
+pub const SYSTEM_TOPIC: &str = "__realtime";
 /// `{"type"` control frames must be under this many bytes.
 pub const MAX_CONTROL_FRAME_BYTES: usize = 8192;
 /// Most calls in one `{"batch":[...]}` frame.

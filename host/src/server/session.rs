@@ -42,11 +42,6 @@ pub struct CallPermit {
     _permit: OwnedSemaphorePermit,
 }
 
-/// The reserved topic on which the host tells clients about its own state
-/// (`degraded` / `recovered` when Redis is lost and back). The one `__`
-/// topic a client may subscribe to.
-pub const SYSTEM_TOPIC: &str = crate::backend::redis::bus::REALTIME_TOPIC;
-
 /// One accepted, authenticated connection.
 pub struct Session {
     id: String,
@@ -143,7 +138,7 @@ impl Session {
     /// `FORBIDDEN`), then the per-connection subscription limit. Subscribing
     /// to a topic already held succeeds without asking the gate again.
     pub async fn subscribe(&self, topic: &str) -> Result<(), Denied> {
-        if topic == SYSTEM_TOPIC {
+        if topic == protocol::SYSTEM_TOPIC {
             // The host's own notices (`degraded` / `recovered`): open to
             // every connection, never published by plugins.
             return match self.hub.subscribe(topic) {

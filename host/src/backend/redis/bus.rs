@@ -92,7 +92,7 @@ pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often the subscription connection is checked with a `PING`.
 pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 /// The reserved topic carrying the host's `degraded` / `recovered` notices.
-pub const REALTIME_TOPIC: &str = "__realtime";
+pub const REALTIME_TOPIC: &str = crate::protocol::SYSTEM_TOPIC;
 
 /// `KEYS[1]` the topic's seq key; `ARGV[1]` the tenant's bus channel,
 /// `ARGV[2]` the seq key's TTL in ms, `ARGV[3]` `<topic>\n<event>\n<data>`.
