@@ -656,88 +656,10 @@ mod tests {
 
     use super::*;
     use crate::backend::memory::conformance;
-
-    /// The test Redis; `TENANTRY_TEST_REDIS_URL` overrides it.
-    fn redis_url() -> String {
-        std::env::var("TENANTRY_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-    }
+    use crate::backend::redis::test_support::{Namespace, redis_url};
 
     fn tid(s: &str) -> TenantId {
         TenantId::parse(s).unwrap()
-    }
-
-    /// A namespace of one test; every key under it is deleted when dropped
-    /// (also when the test panics).
-    struct Namespace(String);
-
-    impl Namespace {
-        fn new() -> Self {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            static SEQ: AtomicU32 = AtomicU32::new(0);
-            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-            Self(format!(
-                "tenantry-test-{}-{nanos}-{seq}",
-                std::process::id()
-            ))
-        }
-
-        async fn kv(&self) -> RedisKv {
-            RedisKv::new(self.conn().await, self.0.clone())
-        }
-
-        async fn conn(&self) -> ConnectionManager {
-            crate::backend::redis::connect(&redis_url()).await.unwrap()
-        }
-
-        /// Every key under the namespace (SCAN, not KEYS).
-        fn keys(&self) -> Vec<String> {
-            let pattern = format!("{}:*", self.0);
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let client = redis::Client::open(redis_url()).unwrap();
-                    let mut conn = client.get_connection().unwrap();
-                    let mut keys: Vec<String> = redis::cmd("SCAN")
-                        .cursor_arg(0)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .clone()
-                        .iter(&mut conn)
-                        .unwrap()
-                        .map(|k| k.unwrap())
-                        .collect();
-                    keys.sort();
-                    keys
-                })
-                .join()
-                .unwrap()
-            })
-        }
-    }
-
-    impl Drop for Namespace {
-        fn drop(&mut self) {
-            let keys = self.keys();
-            let _ = std::thread::scope(|s| {
-                s.spawn(|| -> redis::RedisResult<()> {
-                    let client = redis::Client::open(redis_url())?;
-                    let mut conn = client.get_connection()?;
-                    for chunk in keys.chunks(500) {
-                        redis::cmd("DEL").arg(chunk).query::<()>(&mut conn)?;
-                    }
-                    Ok(())
-                })
-                .join()
-            });
-            if !std::thread::panicking() {
-                assert!(self.keys().is_empty(), "keys left under {}", self.0);
-            }
-        }
     }
 
     async fn raw_get(conn: &mut ConnectionManager, key: &str) -> Option<Vec<u8>> {

@@ -10,6 +10,8 @@
 pub mod bus;
 pub mod keys;
 pub mod kv;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use std::time::Duration;
 
