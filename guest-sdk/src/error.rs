@@ -21,6 +21,8 @@ pub mod codes {
     pub const FORBIDDEN: &str = "FORBIDDEN";
     /// A conflicting operation is in flight.
     pub const CONFLICT: &str = "CONFLICT";
+    /// A distributed lock was not free in time.
+    pub const LOCK_TIMEOUT: &str = "LOCK_TIMEOUT";
     /// An argument or stored value is larger than allowed.
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
     /// A quota of the tenant's plan is used up.

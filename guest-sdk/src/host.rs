@@ -11,7 +11,11 @@ use crate::log::Level;
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use super::{Error, Level};
-    use crate::bindings::tenantry::plugin::{kv, log, pubsub, types::HostError};
+    use crate::bindings::tenantry::plugin::{
+        idempotency, kv, lock, log, pubsub, ratelimit, replay, types::HostError,
+    };
+    use crate::idempotency::State;
+    use crate::replay::{ReplayEvent, ReplayPage};
 
     fn convert(e: HostError) -> Error {
         match e {
@@ -46,6 +50,89 @@ mod imp {
         kv::incr(key, delta).map_err(convert)
     }
 
+    pub fn replay_seq(topic: &str) -> Result<u64, Error> {
+        replay::seq(topic).map_err(convert)
+    }
+
+    pub fn replay_since(topic: &str, since: u64) -> Result<ReplayPage, Error> {
+        let page = replay::since(topic, since).map_err(convert)?;
+        let events = page
+            .events
+            .into_iter()
+            .map(|e| {
+                Ok(ReplayEvent {
+                    seq: e.seq,
+                    event: e.event,
+                    data: serde_json::from_str(&e.data)
+                        .map_err(|err| Error::Decode(err.to_string()))?,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(ReplayPage {
+            truncated: page.truncated,
+            events,
+            seq: page.seq,
+        })
+    }
+
+    pub fn ratelimit_consume(
+        key: &str,
+        points: u32,
+        interval_ms: u64,
+        block_ms: u64,
+        cost: u32,
+    ) -> Result<(bool, u32, u64, u64), Error> {
+        let rule = ratelimit::RateRule {
+            points,
+            interval_ms,
+            block_ms,
+        };
+        let d = ratelimit::consume(key, rule, cost).map_err(convert)?;
+        Ok((d.allowed, d.remaining, d.retry_after_ms, d.reset_ms))
+    }
+
+    pub fn ratelimit_reset(key: &str) -> Result<(), Error> {
+        ratelimit::reset(key).map_err(convert)
+    }
+
+    pub fn ratelimit_ban(key: &str, duration_ms: u64) -> Result<(), Error> {
+        ratelimit::ban(key, duration_ms).map_err(convert)
+    }
+
+    pub fn ratelimit_unban(key: &str) -> Result<(), Error> {
+        ratelimit::unban(key).map_err(convert)
+    }
+
+    pub fn lock_acquire(key: &str, ttl_ms: u64, wait_ms: u64) -> Result<Option<u64>, Error> {
+        lock::acquire(key, ttl_ms, wait_ms).map_err(convert)
+    }
+
+    pub fn lock_refresh(key: &str, token: u64, ttl_ms: u64) -> Result<bool, Error> {
+        lock::refresh(key, token, ttl_ms).map_err(convert)
+    }
+
+    pub fn lock_release(key: &str, token: u64) -> Result<bool, Error> {
+        lock::release(key, token).map_err(convert)
+    }
+
+    pub fn idempotency_acquire(key: &str, pending_ttl_ms: u64) -> Result<State, Error> {
+        Ok(
+            match idempotency::acquire(key, pending_ttl_ms).map_err(convert)? {
+                idempotency::IdemState::Acquired => State::Acquired,
+                idempotency::IdemState::Pending => State::Pending,
+                idempotency::IdemState::Done(json) => State::Done(json),
+            },
+        )
+    }
+
+    pub fn idempotency_commit(key: &str, value: &str, ttl_ms: u64) -> Result<(), Error> {
+        idempotency::commit(key, value, ttl_ms).map_err(convert)
+    }
+
+    pub fn idempotency_abort(key: &str) -> Result<(), Error> {
+        idempotency::abort(key).map_err(convert)
+    }
+
     pub fn log(level: Level, message: &str) {
         let level = match level {
             Level::Trace => log::Level::Trace,
@@ -61,6 +148,8 @@ mod imp {
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod imp {
     use super::{Error, Level};
+    use crate::idempotency::State as IdemState;
+    use crate::replay::{ReplayEvent, ReplayPage};
     use crate::testing::Published;
     use std::cell::RefCell;
     use std::collections::BTreeMap;
@@ -77,10 +166,40 @@ pub(crate) mod imp {
     type Store = BTreeMap<String, (Vec<u8>, Option<Instant>)>;
 
     /// One thread's stand-in host state.
+    /// Events kept per topic by the stand-in's replay buffers (the host's
+    /// default `replay.size`).
+    const REPLAY_SIZE: usize = 1000;
+
+    /// One topic's seq and buffered events.
+    #[derive(Default)]
+    pub struct TopicBuffer {
+        pub seq: u64,
+        pub events: std::collections::VecDeque<ReplayEvent>,
+    }
+
+    /// A token bucket: tokens (fractional) as of `at`, and a ban end.
+    pub struct Bucket {
+        pub tokens: f64,
+        pub at: Instant,
+        pub banned_until: Option<Instant>,
+    }
+
+    /// An idempotency record: pending until, or done with a result.
+    pub enum Idem {
+        Pending(Instant),
+        Done(String, Instant),
+    }
+
     #[derive(Default)]
     pub struct State {
         pub kv: Store,
         pub published: Vec<Published>,
+        pub replay: BTreeMap<String, TopicBuffer>,
+        pub buckets: BTreeMap<String, Bucket>,
+        /// Held locks: key → (token, expiry).
+        pub locks: BTreeMap<String, (u64, Instant)>,
+        pub lock_seq: u64,
+        pub idem: BTreeMap<String, Idem>,
         pub logs: Vec<(Level, String)>,
     }
 
@@ -137,6 +256,16 @@ pub(crate) mod imp {
         }
         let data: serde_json::Value = serde_json::from_str(data).map_err(|_| Error::Invalid)?;
         STATE.with_borrow_mut(|s| {
+            let buffer = s.replay.entry(topic.to_owned()).or_default();
+            buffer.seq += 1;
+            buffer.events.push_back(ReplayEvent {
+                seq: buffer.seq,
+                event: event.to_owned(),
+                data: data.clone(),
+            });
+            if buffer.events.len() > REPLAY_SIZE {
+                buffer.events.pop_front();
+            }
             s.published.push(Published {
                 topic: topic.to_owned(),
                 event: event.to_owned(),
@@ -144,6 +273,52 @@ pub(crate) mod imp {
             })
         });
         Ok(())
+    }
+
+    fn check_replay_topic(topic: &str) -> Result<(), Error> {
+        if topic.starts_with("__") {
+            Err(Error::AccessDenied)
+        } else if !valid_topic(topic) {
+            Err(Error::Invalid)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn replay_seq(topic: &str) -> Result<u64, Error> {
+        check_replay_topic(topic)?;
+        Ok(STATE.with_borrow(|s| s.replay.get(topic).map_or(0, |b| b.seq)))
+    }
+
+    pub fn replay_since(topic: &str, since: u64) -> Result<ReplayPage, Error> {
+        check_replay_topic(topic)?;
+        Ok(STATE.with_borrow(|s| {
+            let Some(b) = s.replay.get(topic) else {
+                return ReplayPage {
+                    truncated: since > 0,
+                    events: Vec::new(),
+                    seq: 0,
+                };
+            };
+            let oldest = b.events.front().map(|e| e.seq);
+            let truncated = since > 0
+                && (since > b.seq
+                    || match oldest {
+                        Some(oldest) => since + 1 < oldest,
+                        None => b.seq > since,
+                    });
+            let events = b
+                .events
+                .iter()
+                .filter(|e| since > b.seq || e.seq > since)
+                .cloned()
+                .collect();
+            ReplayPage {
+                truncated,
+                events,
+                seq: b.seq,
+            }
+        }))
     }
 
     pub fn kv_get(key: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -190,6 +365,171 @@ pub(crate) mod imp {
         })
     }
 
+    pub fn ratelimit_consume(
+        key: &str,
+        points: u32,
+        interval_ms: u64,
+        block_ms: u64,
+        cost: u32,
+    ) -> Result<(bool, u32, u64, u64), Error> {
+        check_key(key)?;
+        if points == 0 || interval_ms == 0 || cost == 0 {
+            return Err(Error::Invalid);
+        }
+        let now = Instant::now();
+        let per_ms = f64::from(points) / interval_ms as f64;
+        STATE.with_borrow_mut(|s| {
+            let b = s.buckets.entry(key.to_owned()).or_insert(Bucket {
+                tokens: f64::from(points),
+                at: now,
+                banned_until: None,
+            });
+            let elapsed = now.duration_since(b.at).as_millis() as f64;
+            b.tokens = (b.tokens + elapsed * per_ms).min(f64::from(points));
+            b.at = now;
+            let ms_until = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
+            if let Some(until) = b.banned_until.filter(|u| *u > now) {
+                return Ok((false, b.tokens as u32, ms_until(until), ms_until(until)));
+            }
+            let full_in = |tokens: f64| ((f64::from(points) - tokens) / per_ms).ceil() as u64;
+            if cost > points {
+                return Ok((false, b.tokens as u32, u64::MAX, full_in(b.tokens)));
+            }
+            if b.tokens >= f64::from(cost) {
+                b.tokens -= f64::from(cost);
+                return Ok((true, b.tokens as u32, 0, full_in(b.tokens)));
+            }
+            if block_ms > 0 {
+                b.banned_until = Some(now + Duration::from_millis(block_ms));
+                return Ok((false, b.tokens as u32, block_ms, block_ms));
+            }
+            let wait = ((f64::from(cost) - b.tokens) / per_ms).ceil() as u64;
+            Ok((false, b.tokens as u32, wait.max(1), full_in(b.tokens)))
+        })
+    }
+
+    pub fn ratelimit_reset(key: &str) -> Result<(), Error> {
+        check_key(key)?;
+        STATE.with_borrow_mut(|s| s.buckets.remove(key));
+        Ok(())
+    }
+
+    pub fn ratelimit_ban(key: &str, duration_ms: u64) -> Result<(), Error> {
+        check_key(key)?;
+        if duration_ms == 0 {
+            return Err(Error::Invalid);
+        }
+        let now = Instant::now();
+        STATE.with_borrow_mut(|s| {
+            let b = s.buckets.entry(key.to_owned()).or_insert(Bucket {
+                tokens: f64::MAX,
+                at: now,
+                banned_until: None,
+            });
+            b.banned_until = Some(now + Duration::from_millis(duration_ms));
+        });
+        Ok(())
+    }
+
+    pub fn ratelimit_unban(key: &str) -> Result<(), Error> {
+        check_key(key)?;
+        STATE.with_borrow_mut(|s| {
+            if let Some(b) = s.buckets.get_mut(key) {
+                b.banned_until = None;
+            }
+        });
+        Ok(())
+    }
+
+    pub fn lock_acquire(key: &str, ttl_ms: u64, _wait_ms: u64) -> Result<Option<u64>, Error> {
+        check_key(key)?;
+        if ttl_ms == 0 {
+            return Err(Error::Invalid);
+        }
+        // One thread, nobody else to wait for: a held lock stays held.
+        let now = Instant::now();
+        Ok(STATE.with_borrow_mut(|s| {
+            if s.locks.get(key).is_some_and(|(_, until)| *until > now) {
+                return None;
+            }
+            s.lock_seq += 1;
+            let token = s.lock_seq;
+            s.locks
+                .insert(key.to_owned(), (token, now + Duration::from_millis(ttl_ms)));
+            Some(token)
+        }))
+    }
+
+    pub fn lock_refresh(key: &str, token: u64, ttl_ms: u64) -> Result<bool, Error> {
+        check_key(key)?;
+        let now = Instant::now();
+        Ok(STATE.with_borrow_mut(|s| match s.locks.get_mut(key) {
+            Some((t, until)) if *t == token && *until > now => {
+                *until = now + Duration::from_millis(ttl_ms);
+                true
+            }
+            _ => false,
+        }))
+    }
+
+    pub fn lock_release(key: &str, token: u64) -> Result<bool, Error> {
+        check_key(key)?;
+        let now = Instant::now();
+        Ok(STATE.with_borrow_mut(|s| {
+            let held = s
+                .locks
+                .get(key)
+                .is_some_and(|(t, until)| *t == token && *until > now);
+            if held {
+                s.locks.remove(key);
+            }
+            held
+        }))
+    }
+
+    pub fn idempotency_acquire(key: &str, pending_ttl_ms: u64) -> Result<IdemState, Error> {
+        check_key(key)?;
+        let now = Instant::now();
+        Ok(STATE.with_borrow_mut(|s| {
+            match s.idem.get(key) {
+                Some(Idem::Pending(until)) if *until > now => return IdemState::Pending,
+                Some(Idem::Done(result, until)) if *until > now => {
+                    return IdemState::Done(result.clone());
+                }
+                _ => {}
+            }
+            s.idem.insert(
+                key.to_owned(),
+                Idem::Pending(now + Duration::from_millis(pending_ttl_ms)),
+            );
+            IdemState::Acquired
+        }))
+    }
+
+    pub fn idempotency_commit(key: &str, value: &str, ttl_ms: u64) -> Result<(), Error> {
+        check_key(key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(Error::TooLarge);
+        }
+        serde_json::from_str::<serde_json::Value>(value).map_err(|_| Error::Invalid)?;
+        let until = Instant::now() + Duration::from_millis(ttl_ms);
+        STATE.with_borrow_mut(|s| {
+            s.idem
+                .insert(key.to_owned(), Idem::Done(value.to_owned(), until))
+        });
+        Ok(())
+    }
+
+    pub fn idempotency_abort(key: &str) -> Result<(), Error> {
+        check_key(key)?;
+        STATE.with_borrow_mut(|s| {
+            if matches!(s.idem.get(key), Some(Idem::Pending(_))) {
+                s.idem.remove(key);
+            }
+        });
+        Ok(())
+    }
+
     pub fn log(level: Level, message: &str) {
         STATE.with_borrow_mut(|s| s.logs.push((level, message.to_owned())));
     }
@@ -218,6 +558,76 @@ pub(crate) fn kv_delete(key: &str) -> Result<bool, Error> {
 /// Add `delta` to the integer at `key`.
 pub(crate) fn kv_incr(key: &str, delta: i64) -> Result<i64, Error> {
     imp::kv_incr(key, delta)
+}
+
+/// The replay seq of `topic`.
+pub(crate) fn replay_seq(topic: &str) -> Result<u64, Error> {
+    imp::replay_seq(topic)
+}
+
+/// The buffered events of `topic` after `since`.
+pub(crate) fn replay_since(topic: &str, since: u64) -> Result<crate::replay::ReplayPage, Error> {
+    imp::replay_since(topic, since)
+}
+
+/// Take tokens from a rate-limit bucket: (allowed, remaining, retry after
+/// ms, reset ms).
+pub(crate) fn ratelimit_consume(
+    key: &str,
+    points: u32,
+    interval_ms: u64,
+    block_ms: u64,
+    cost: u32,
+) -> Result<(bool, u32, u64, u64), Error> {
+    imp::ratelimit_consume(key, points, interval_ms, block_ms, cost)
+}
+
+/// Forget a rate-limit bucket.
+pub(crate) fn ratelimit_reset(key: &str) -> Result<(), Error> {
+    imp::ratelimit_reset(key)
+}
+
+/// Ban a rate-limit key.
+pub(crate) fn ratelimit_ban(key: &str, duration_ms: u64) -> Result<(), Error> {
+    imp::ratelimit_ban(key, duration_ms)
+}
+
+/// Lift a rate-limit ban.
+pub(crate) fn ratelimit_unban(key: &str) -> Result<(), Error> {
+    imp::ratelimit_unban(key)
+}
+
+/// Take a lock; its fencing token.
+pub(crate) fn lock_acquire(key: &str, ttl_ms: u64, wait_ms: u64) -> Result<Option<u64>, Error> {
+    imp::lock_acquire(key, ttl_ms, wait_ms)
+}
+
+/// Extend a held lock.
+pub(crate) fn lock_refresh(key: &str, token: u64, ttl_ms: u64) -> Result<bool, Error> {
+    imp::lock_refresh(key, token, ttl_ms)
+}
+
+/// Release a held lock.
+pub(crate) fn lock_release(key: &str, token: u64) -> Result<bool, Error> {
+    imp::lock_release(key, token)
+}
+
+/// Claim an idempotency key.
+pub(crate) fn idempotency_acquire(
+    key: &str,
+    pending_ttl_ms: u64,
+) -> Result<crate::idempotency::State, Error> {
+    imp::idempotency_acquire(key, pending_ttl_ms)
+}
+
+/// Commit an idempotency key's result.
+pub(crate) fn idempotency_commit(key: &str, value: &str, ttl_ms: u64) -> Result<(), Error> {
+    imp::idempotency_commit(key, value, ttl_ms)
+}
+
+/// Give an idempotency key up.
+pub(crate) fn idempotency_abort(key: &str) -> Result<(), Error> {
+    imp::idempotency_abort(key)
 }
 
 /// Write a log entry.

@@ -120,9 +120,13 @@
 mod ctx;
 mod error;
 mod host;
+pub mod idempotency;
 pub mod kv;
+pub mod lock;
 pub mod log;
 mod plugin;
+pub mod ratelimit;
+pub mod replay;
 mod router;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

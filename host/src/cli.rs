@@ -25,9 +25,14 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
 use crate::admin_client::{self, AdminCommand};
+use crate::backend::idempotency::redis::RedisIdempotency;
+use crate::backend::lock::redis::RedisLock;
 use crate::backend::memory;
+use crate::backend::presence::redis::RedisPresence;
+use crate::backend::ratelimit::redis::RedisRateLimiter;
 use crate::backend::redis::bus::RedisBus;
 use crate::backend::redis::kv::RedisKv;
+use crate::backend::replay::RedisReplay;
 use crate::backend::{Backends, redis as redis_backend};
 use crate::bundled;
 use crate::catalog::CatalogStore;
@@ -249,7 +254,8 @@ pub async fn serve_config(
     };
     let hub = Hub::new();
     let backends = build_backends(&config, &hub).await?;
-    let kv = Arc::clone(&backends.kv);
+    let purgeable = backends.clone();
+    let replay = Arc::clone(&backends.replay);
     // Every plan a tenant could be given, including their own overrides.
     let plans = || {
         config
@@ -294,7 +300,7 @@ pub async fn serve_config(
         catalog,
         runtime,
         Arc::clone(&registry),
-        kv,
+        purgeable,
         config.plans.clone(),
         config.default_plan.clone(),
         ControlSettings {
@@ -363,7 +369,7 @@ pub async fn serve_config(
         None => None,
     };
     print_line(&format!("tenantry listening on http://{addr}"));
-    let state = AppState::new(registry, hub, ServerSettings::from_config(&config));
+    let state = AppState::new(registry, hub, replay, ServerSettings::from_config(&config));
     let served = server::serve(listener, state, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -389,8 +395,9 @@ pub async fn serve_config(
 /// extension) — the bus then fans out through `hub` on every host.
 async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, CliError> {
     use crate::backend::breaker::{self, BreakerConfig, CircuitBreaker};
+    let replay = config.replay.settings();
     let Some(r) = &config.redis else {
-        return Ok(memory::backends(Arc::clone(hub)));
+        return Ok(memory::backends_with_replay(Arc::clone(hub), replay));
     };
     let conn = redis_backend::connect(&r.url)
         .await
@@ -399,23 +406,63 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
     // broken (the prober ends with the breaker).
     let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
     breaker::spawn_redis_prober(&breaker, conn.clone());
-    let mut backends = memory::backends(Arc::clone(hub));
+    let mut backends = memory::backends_with_replay(Arc::clone(hub), replay);
     if r.bus {
-        let bus = RedisBus::start_with_breaker(
+        // The replay buffers follow the bus: its publish script numbers and
+        // buffers each event in one step (one seq source).
+        let bus = RedisBus::start_configured(
             conn.clone(),
             &r.url,
             r.namespace.clone(),
             Arc::clone(hub),
             Arc::clone(&breaker),
+            replay,
         )
         .await
         .map_err(CliError::Redis)?;
         backends.bus = bus;
+        backends.replay = Arc::new(RedisReplay::new(
+            conn.clone(),
+            r.namespace.clone(),
+            Arc::clone(&breaker),
+        ));
     }
     if r.kv {
-        backends.kv = Arc::new(RedisKv::new(conn, r.namespace.clone()).with_breaker(breaker));
+        backends.kv = Arc::new(
+            RedisKv::new(conn.clone(), r.namespace.clone()).with_breaker(Arc::clone(&breaker)),
+        );
     }
-    tracing::info!(namespace = %r.namespace, bus = r.bus, kv = r.kv, "Redis backends connected");
+    let ns = || r.namespace.clone();
+    if r.ratelimit {
+        backends.ratelimit = Arc::new(RedisRateLimiter::new(
+            conn.clone(),
+            ns(),
+            Arc::clone(&breaker),
+        ));
+    }
+    if r.lock {
+        backends.lock = Arc::new(RedisLock::new(conn.clone(), ns(), Arc::clone(&breaker)));
+    }
+    if r.idempotency {
+        backends.idempotency = Arc::new(RedisIdempotency::new(
+            conn.clone(),
+            ns(),
+            Arc::clone(&breaker),
+        ));
+    }
+    if r.presence {
+        backends.presence = Arc::new(RedisPresence::new(conn, ns(), breaker));
+    }
+    tracing::info!(
+        namespace = %r.namespace,
+        bus = r.bus,
+        kv = r.kv,
+        ratelimit = r.ratelimit,
+        lock = r.lock,
+        idempotency = r.idempotency,
+        presence = r.presence,
+        "Redis backends connected"
+    );
     Ok(backends)
 }
 

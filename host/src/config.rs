@@ -59,6 +59,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::backend::replay::ReplaySettings;
 use crate::plan::{DEFAULT_PLAN, Plan, PlanOverrides, resolve_plans};
 use crate::tenant::{InvalidTenantId, TenantId};
 
@@ -172,6 +173,18 @@ pub struct RedisSettings {
     /// Per-extension override: the KV store on Redis. Default true.
     #[serde(default = "yes")]
     pub kv: bool,
+    /// Per-extension override: rate limits on Redis. Default true.
+    #[serde(default = "yes")]
+    pub ratelimit: bool,
+    /// Per-extension override: distributed locks on Redis. Default true.
+    #[serde(default = "yes")]
+    pub lock: bool,
+    /// Per-extension override: idempotency records on Redis. Default true.
+    #[serde(default = "yes")]
+    pub idempotency: bool,
+    /// Per-extension override: presence on Redis. Default true.
+    #[serde(default = "yes")]
+    pub presence: bool,
 }
 
 fn default_redis_namespace() -> String {
@@ -190,9 +203,71 @@ impl std::fmt::Debug for RedisSettings {
             .field("namespace", &self.namespace)
             .field("bus", &self.bus)
             .field("kv", &self.kv)
+            .field("ratelimit", &self.ratelimit)
+            .field("lock", &self.lock)
+            .field("idempotency", &self.idempotency)
+            .field("presence", &self.presence)
             .finish()
     }
 }
+
+/// The `[replay]` table: how many recent events each topic keeps for
+/// clients catching up (`replay` and `resume` frames).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplayTable {
+    /// Events kept per topic; 0 keeps none. Default 1000.
+    pub size: usize,
+    /// Seconds a topic with no publish is kept (seq included); 0: forever.
+    /// Default 86400.
+    pub ttl_s: u64,
+    /// In-memory buffers only: MiB of events one tenant may hold. Default 8.
+    pub max_mb_per_tenant: u64,
+    /// In-memory buffers only: topics one tenant may have. Default 10000.
+    pub max_topics_per_tenant: usize,
+}
+
+impl Default for ReplayTable {
+    fn default() -> Self {
+        let d = ReplaySettings::default();
+        Self {
+            size: d.size,
+            ttl_s: d.ttl.map_or(0, |t| t.as_secs()),
+            max_mb_per_tenant: (d.max_bytes_per_tenant >> 20) as u64,
+            max_topics_per_tenant: d.max_topics_per_tenant,
+        }
+    }
+}
+
+impl ReplayTable {
+    /// The backend settings.
+    pub fn settings(&self) -> ReplaySettings {
+        ReplaySettings {
+            size: self.size,
+            ttl: (self.ttl_s > 0).then(|| Duration::from_secs(self.ttl_s)),
+            max_bytes_per_tenant: usize::try_from(self.max_mb_per_tenant.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            max_topics_per_tenant: self.max_topics_per_tenant,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.size > MAX_REPLAY_SIZE {
+            return Err(ConfigError::Invalid(format!(
+                "replay.size must be at most {MAX_REPLAY_SIZE}"
+            )));
+        }
+        if self.max_topics_per_tenant == 0 {
+            return Err(ConfigError::Invalid(
+                "replay.max_topics_per_tenant must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Largest `replay.size`: one `replay` answer sends at most this many events.
+pub const MAX_REPLAY_SIZE: usize = 100_000;
 
 /// Settings of the admin API (the `[admin]` table); its address and data
 /// directory are top-level keys (`admin_listen`, `data_dir`).
@@ -357,6 +432,8 @@ pub struct Config {
     pub postgres: Option<PostgresSettings>,
     /// Redis, if configured (the bus and KV then live there).
     pub redis: Option<RedisSettings>,
+    /// Replay buffer sizes.
+    pub replay: ReplayTable,
     /// Process-wide limits.
     pub limits: Limits,
     /// Every plan by name (built-ins, changed and added ones).
@@ -384,6 +461,7 @@ impl Default for Config {
                 admin: AdminSettings::default(),
                 postgres: None,
                 redis: None,
+                replay: ReplayTable::default(),
                 limits: Limits::default(),
                 plans: BTreeMap::new(),
                 default_plan: DEFAULT_PLAN.to_owned(),
@@ -409,6 +487,8 @@ struct FileConfig {
     admin: AdminSettings,
     postgres: Option<PostgresSettings>,
     redis: Option<RedisSettings>,
+    #[serde(default)]
+    replay: ReplayTable,
     #[serde(default)]
     limits: Limits,
     default_plan: Option<String>,
@@ -496,6 +576,7 @@ impl Config {
     fn from_file_contents(file: FileConfig, base_dir: &Path) -> Result<Self, ConfigError> {
         file.limits.validate()?;
         file.admin.validate()?;
+        file.replay.validate()?;
         if let Some(r) = &file.redis {
             let ns = r.namespace.as_bytes();
             if ns.is_empty()
@@ -648,6 +729,7 @@ impl Config {
             admin: file.admin,
             postgres: file.postgres,
             redis: file.redis,
+            replay: file.replay,
             limits: file.limits,
             plans,
             default_plan,

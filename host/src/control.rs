@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::backend::Kv;
+use crate::backend::Backends;
 use crate::catalog::{
     Canary, CatalogChange, CatalogError, CatalogStore, KeyRecord, TenantRecord, VersionRecord,
     sha256_hex,
@@ -169,7 +169,8 @@ pub struct Control {
     catalog: Arc<dyn CatalogStore>,
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
-    kv: Arc<dyn Kv>,
+    /// The backends whose tenant data a delete purges.
+    backends: Backends,
     plans: BTreeMap<String, Plan>,
     default_plan: String,
     settings: ControlSettings,
@@ -200,7 +201,7 @@ impl Control {
         catalog: Arc<dyn CatalogStore>,
         runtime: Arc<Runtime>,
         registry: Arc<Registry>,
-        kv: Arc<dyn Kv>,
+        backends: Backends,
         plans: BTreeMap<String, Plan>,
         default_plan: String,
         settings: ControlSettings,
@@ -209,7 +210,7 @@ impl Control {
             catalog,
             runtime,
             registry,
-            kv,
+            backends,
             plans,
             default_plan,
             settings,
@@ -580,12 +581,12 @@ impl Control {
             return Err(not_found(id));
         }
         self.forget(id);
-        let purged = self.kv.purge_tenant(id).await.map_err(|e| {
+        let purged = self.backends.purge_tenant(id).await.map_err(|(what, e)| {
             ControlError::Backend(format!(
-                "tenant {id} is deleted but its KV data could not be removed: {e}"
+                "tenant {id} is deleted but its {what} could not be removed: {e}"
             ))
         })?;
-        tracing::info!(tenant = %id, kv_keys = purged, "tenant deleted");
+        tracing::info!(tenant = %id, ?purged, "tenant deleted");
         Ok(())
     }
 

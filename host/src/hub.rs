@@ -65,6 +65,18 @@ pub struct PublishReport {
     pub dropped: usize,
 }
 
+/// What [`HubConnection::release_held`] did with the held events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// Held events passed on to the connection.
+    pub forwarded: usize,
+    /// Held events the replay had already sent (seq not above `after`).
+    pub duplicates: usize,
+    /// More than [`MAX_HELD_EVENTS`] arrived while held: the connection
+    /// missed some.
+    pub overflowed: bool,
+}
+
 /// Why a subscription was not added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
@@ -76,10 +88,29 @@ pub enum SubscribeError {
     Closed,
 }
 
+/// Most events held for one connection while its replay is being sent
+/// ([`HubConnection::subscribe_held`]); later ones are dropped for it.
+pub const MAX_HELD_EVENTS: usize = 1024;
+
+/// Where a topic's events go for one subscriber.
+enum Sink {
+    /// Straight to the connection's outbound queue.
+    Live(mpsc::Sender<Outbound>),
+    /// Held, with their seqs, until the connection's replay has been sent
+    /// ([`HubConnection::release_held`]).
+    Held(Box<Held>),
+}
+
+struct Held {
+    queue: mpsc::Sender<Outbound>,
+    events: Vec<(u64, Utf8Bytes)>,
+    overflowed: bool,
+}
+
 /// One topic's subscribers and its last seq.
 struct Topic {
     seq: u64,
-    subscribers: HashMap<ConnectionId, mpsc::Sender<Outbound>>,
+    subscribers: HashMap<ConnectionId, Sink>,
 }
 
 type TopicMap = HashMap<TenantId, HashMap<Box<str>, Arc<Mutex<Topic>>>>;
@@ -199,12 +230,23 @@ impl Hub {
             delivered: 0,
             dropped: 0,
         };
-        for queue in t.subscribers.values() {
-            match queue.try_send(Outbound::Text(frame.clone())) {
-                Ok(()) => report.delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => report.dropped += 1,
-                // The connection is going away; its cleanup removes it.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+        for sink in t.subscribers.values_mut() {
+            match sink {
+                Sink::Live(queue) => match queue.try_send(Outbound::Text(frame.clone())) {
+                    Ok(()) => report.delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => report.dropped += 1,
+                    // The connection is going away; its cleanup removes it.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                },
+                Sink::Held(held) => {
+                    if held.events.len() < MAX_HELD_EVENTS {
+                        held.events.push((seq, frame.clone()));
+                        report.delivered += 1;
+                    } else {
+                        held.overflowed = true;
+                        report.dropped += 1;
+                    }
+                }
             }
         }
         drop(t);
@@ -251,14 +293,9 @@ impl Hub {
             .sum()
     }
 
-    /// Add `id` to the subscribers of `topic`; `false` if it already was one.
-    fn add(
-        &self,
-        tenant: &TenantId,
-        topic: &str,
-        id: ConnectionId,
-        queue: &mpsc::Sender<Outbound>,
-    ) -> bool {
+    /// Add `id` to the subscribers of `topic` with `sink`; `false` if it
+    /// already was one.
+    fn add(&self, tenant: &TenantId, topic: &str, id: ConnectionId, sink: Sink) -> bool {
         let mut shard = self.shard(tenant, topic).write();
         let topics = shard.entry(tenant.clone()).or_default();
         let entry = match topics.get(topic) {
@@ -273,7 +310,50 @@ impl Hub {
             }
         };
         let mut t = entry.lock();
-        t.subscribers.insert(id, queue.clone()).is_none()
+        t.subscribers.insert(id, sink).is_none()
+    }
+
+    /// Turn `id`'s held subscription of `topic` live: forward the held
+    /// events with a seq above `after` to its queue (dropping them for it if
+    /// the queue is full), under the topic's lock so no live event
+    /// overtakes them. `None` if `id` holds no held subscription there.
+    fn release(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        id: ConnectionId,
+        after: u64,
+    ) -> Option<Released> {
+        let entry = self.lookup(tenant, topic)?;
+        let mut t = entry.lock();
+        let sink = t.subscribers.get_mut(&id)?;
+        let queue = match sink {
+            Sink::Held(held) => held.queue.clone(),
+            Sink::Live(_) => return None,
+        };
+        let Sink::Held(held) = std::mem::replace(sink, Sink::Live(queue.clone())) else {
+            return None;
+        };
+        let mut released = Released {
+            forwarded: 0,
+            duplicates: 0,
+            overflowed: held.overflowed,
+        };
+        let mut dropped = 0u64;
+        for (seq, frame) in held.events {
+            if seq <= after {
+                released.duplicates += 1;
+            } else if queue.try_send(Outbound::Text(frame)).is_ok() {
+                released.forwarded += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        drop(t);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        Some(released)
     }
 
     /// Remove `id` from the subscribers of `topic`, dropping an emptied topic.
@@ -336,8 +416,51 @@ impl HubConnection {
         }
         topics.insert(Box::from(topic));
         // Lock order is always connection topics → shard → topic.
-        self.hub.add(&self.tenant, topic, self.id, &self.queue);
+        self.hub
+            .add(&self.tenant, topic, self.id, Sink::Live(self.queue.clone()));
         Ok(true)
+    }
+
+    /// Subscribe to `topic` with its events **held** (at most
+    /// [`MAX_HELD_EVENTS`]) instead of queued, while the caller sends the
+    /// connection a replay of what it missed; then
+    /// [`release_held`](Self::release_held) forwards the held events the
+    /// replay did not cover and makes the subscription live. This is how a
+    /// client catches up without a gap or a duplicate between the replay
+    /// and the live events. `Ok(false)` (nothing held) if it was already
+    /// subscribed.
+    pub fn subscribe_held(&self, topic: &str) -> Result<bool, SubscribeError> {
+        let mut guard = self.topics.lock();
+        let topics = guard.as_mut().ok_or(SubscribeError::Closed)?;
+        if topics.contains(topic) {
+            return Ok(false);
+        }
+        if topics.len() >= self.max_subscriptions {
+            return Err(SubscribeError::TooMany(self.max_subscriptions));
+        }
+        topics.insert(Box::from(topic));
+        let held = Held {
+            queue: self.queue.clone(),
+            events: Vec::new(),
+            overflowed: false,
+        };
+        self.hub
+            .add(&self.tenant, topic, self.id, Sink::Held(Box::new(held)));
+        Ok(true)
+    }
+
+    /// Make a [`subscribe_held`](Self::subscribe_held) subscription live,
+    /// forwarding the held events with a seq above `after` (the last seq
+    /// the replay sent). `None` if `topic` is not held (never was, already
+    /// released, or unsubscribed meanwhile).
+    pub fn release_held(&self, topic: &str, after: u64) -> Option<Released> {
+        // Holding the connection's topic set keeps a concurrent unsubscribe
+        // out (same lock order as subscribe).
+        let guard = self.topics.lock();
+        if !guard.as_ref().is_some_and(|t| t.contains(topic)) {
+            return None;
+        }
+        self.hub.release(&self.tenant, topic, self.id, after)
     }
 
     /// Unsubscribe from `topic`; `false` if it was not subscribed.
@@ -618,5 +741,59 @@ mod tests {
         // Generous bound so debug builds on a loaded CI machine pass; the
         // release number is reported by the bench.
         assert!(publish < std::time::Duration::from_secs(1), "{publish:?}");
+    }
+
+    #[tokio::test]
+    async fn held_events_follow_the_replay_without_gap_or_duplicate() {
+        let hub = Hub::new();
+        let t = tid("acme");
+        let (tx, mut rx) = mpsc::channel(64);
+        let conn = hub.connect(t.clone(), tx.clone(), 10);
+        assert_eq!(conn.subscribe_held("room"), Ok(true));
+        assert_eq!(conn.subscribe_held("room"), Ok(false), "already subscribed");
+        for seq in 1..=4 {
+            hub.deliver(&t, "room", "m", "1", seq);
+        }
+        assert!(rx.try_recv().is_err(), "held, not queued");
+        // The replay the caller sent covered up to seq 2.
+        tx.send(Outbound::Text("replay".into())).await.unwrap();
+        let r = conn.release_held("room", 2).unwrap();
+        assert_eq!(
+            r,
+            Released {
+                forwarded: 2,
+                duplicates: 2,
+                overflowed: false
+            }
+        );
+        hub.deliver(&t, "room", "m", "1", 5);
+        assert_eq!(text(rx.recv().await.unwrap()), "replay");
+        let seqs: Vec<u64> = (0..3)
+            .map(|_| seq_of(&text(rx.try_recv().unwrap())))
+            .collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        assert_eq!(conn.release_held("room", 0), None, "already live");
+        assert_eq!(conn.release_held("other", 0), None, "not subscribed");
+    }
+
+    #[tokio::test]
+    async fn holding_is_bounded() {
+        let hub = Hub::new();
+        let t = tid("acme");
+        let (tx, mut rx) = mpsc::channel(2 * MAX_HELD_EVENTS);
+        let conn = hub.connect(t.clone(), tx, 10);
+        conn.subscribe_held("room").unwrap();
+        for seq in 1..=(MAX_HELD_EVENTS as u64 + 10) {
+            hub.deliver(&t, "room", "m", "1", seq);
+        }
+        let r = conn.release_held("room", 0).unwrap();
+        assert!(r.overflowed);
+        assert_eq!(r.forwarded, MAX_HELD_EVENTS);
+        assert_eq!(seq_of(&text(rx.recv().await.unwrap())), 1);
+        // Unsubscribing a held topic drops what was held.
+        conn.subscribe_held("other").unwrap();
+        hub.deliver(&t, "other", "m", "1", 1);
+        assert!(conn.unsubscribe("other"));
+        assert_eq!(conn.release_held("other", 0), None);
     }
 }

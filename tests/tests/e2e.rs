@@ -497,12 +497,18 @@ async fn health_endpoint_answers() {
 }
 
 #[tokio::test]
-async fn resume_is_acknowledged_without_replay() {
+async fn resume_after_a_host_restart_reports_truncation_then_resumed() {
+    // A client claims seq 3 of a topic this (fresh) host never saw: the
+    // events are gone, which it is told before `resumed`.
     let h = two_fixture_tenants();
     let mut c = client(&h, "/t/alpha/ws").await;
     c.send_json(&json!({"type": "resume", "sessionId": "00000000-0000-0000-0000-000000000000", "lastSeenSeqs": {"news": 3}}))
         .await
         .unwrap();
+    assert_eq!(
+        c.next_frame().await.unwrap(),
+        json!({"topic": "__replay:news", "event": "truncated", "data": null})
+    );
     assert_eq!(c.next_frame().await.unwrap(), json!({"type": "resumed"}));
 }
 

@@ -7,8 +7,13 @@
 //! plugin can never choose it.
 
 pub mod breaker;
+pub mod idempotency;
+pub mod lock;
 pub mod memory;
+pub mod presence;
+pub mod ratelimit;
 pub mod redis;
+pub mod replay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,8 +123,78 @@ pub trait Kv: Send + Sync + 'static {
 /// The set of backends a host process uses.
 #[derive(Clone)]
 pub struct Backends {
-    /// Pub/sub bus.
+    /// Pub/sub bus (it appends every event to `replay`).
     pub bus: Arc<dyn Bus>,
+    /// The replay buffers the bus appends to (memory with the memory bus,
+    /// Redis with the Redis bus: one seq source).
+    pub replay: Arc<dyn replay::ReplayBuffer>,
     /// Key-value store.
     pub kv: Arc<dyn Kv>,
+    /// Token-bucket rate limits.
+    pub ratelimit: Arc<dyn ratelimit::RateLimiter>,
+    /// Distributed locks.
+    pub lock: Arc<dyn lock::DistributedLock>,
+    /// Idempotency records.
+    pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
+    /// Presence (who is on which topic).
+    pub presence: Arc<dyn presence::PresenceStore>,
+}
+
+impl Backends {
+    /// Remove every piece of `tenant`'s data from every backend (the tenant
+    /// is being deleted). Stops at the first backend that fails, naming it.
+    pub async fn purge_tenant(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<PurgeReport, (&'static str, BackendError)> {
+        Ok(PurgeReport {
+            kv_keys: self
+                .kv
+                .purge_tenant(tenant)
+                .await
+                .map_err(|e| ("KV data", e))?,
+            replay_topics: self
+                .replay
+                .purge_tenant(tenant)
+                .await
+                .map_err(|e| ("replay buffers", e))?,
+            rate_limit_keys: self
+                .ratelimit
+                .purge_tenant(tenant)
+                .await
+                .map_err(|e| ("rate limits", e))?,
+            locks: self
+                .lock
+                .purge_tenant(tenant)
+                .await
+                .map_err(|e| ("locks", e))?,
+            idempotency_keys: self
+                .idempotency
+                .purge_tenant(tenant)
+                .await
+                .map_err(|e| ("idempotency records", e))?,
+            presence_connections: self
+                .presence
+                .purge_tenant(tenant)
+                .await
+                .map_err(|e| ("presence", e))?,
+        })
+    }
+}
+
+/// What [`Backends::purge_tenant`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PurgeReport {
+    /// KV keys.
+    pub kv_keys: u64,
+    /// Replay topics.
+    pub replay_topics: u64,
+    /// Rate-limit buckets and bans.
+    pub rate_limit_keys: u64,
+    /// Held locks.
+    pub locks: u64,
+    /// Idempotency records.
+    pub idempotency_keys: u64,
+    /// Presence connections.
+    pub presence_connections: u64,
 }

@@ -3,9 +3,13 @@
 //! never on anything the guest names, and refuses oversized or malformed input
 //! before it reaches a backend.
 
+mod idempotency;
 mod kv;
+mod lock;
 mod log;
 mod pubsub;
+mod ratelimit;
+mod replay;
 
 pub use log::{LogLevel, emit_plugin_log};
 

@@ -127,6 +127,34 @@ fn decode_control(frame: &str) -> Result<ClientFrame, ProtocolError> {
                 last_seen_seqs,
             })
         }
+        "replay" => {
+            let Some(Value::String(topic)) = msg.get("topic") else {
+                return Err(ProtocolError::invalid("replay: topic must be a string"));
+            };
+            let since = match msg.get("since") {
+                None | Some(Value::Null) => 0,
+                Some(v) => v.as_u64().ok_or_else(|| {
+                    ProtocolError::invalid("replay: since must be a non-negative integer")
+                })?,
+            };
+            let req_id = match msg.get("reqId") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => Some(Ref::Num(n.as_i64().ok_or_else(|| {
+                    ProtocolError::invalid("replay: reqId must be an integer or a string")
+                })?)),
+                Some(Value::String(s)) if s.len() <= MAX_REF_BYTES => Some(Ref::Str(s.clone())),
+                Some(_) => {
+                    return Err(ProtocolError::invalid(
+                        "replay: reqId must be an integer or a string of at most 256 bytes",
+                    ));
+                }
+            };
+            Ok(ClientFrame::Replay {
+                topic: topic.clone(),
+                since,
+                req_id,
+            })
+        }
         "subscribe" => {
             let Some(Value::String(topic)) = msg.get("topic") else {
                 return Err(ProtocolError::invalid("subscribe: topic must be a string"));

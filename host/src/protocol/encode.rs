@@ -68,7 +68,8 @@ pub fn welcome(session_id: &str) -> String {
     out
 }
 
-/// `{"type":"resumed"}`: the answer to a `resume` frame (we replay nothing yet).
+/// `{"type":"resumed"}`: the answer to a `resume` frame, sent after the
+/// replay of every resumed topic.
 pub fn resumed() -> &'static str {
     "{\"type\":\"resumed\"}"
 }
@@ -214,4 +215,80 @@ pub fn protocol_error(err: &ProtocolError) -> String {
     push_json_str(&mut out, &err.message);
     out.push_str("}}");
     out
+}
+
+/// The reserved topic prefix replay answers travel on: `__replay:{topic}`.
+pub const REPLAY_TOPIC_PREFIX: &str = "__replay:";
+
+/// An event on `__replay:{topic}`.
+fn replay_frame(topic: &str, event: &str, data_json: &str) -> String {
+    let mut channel = String::with_capacity(REPLAY_TOPIC_PREFIX.len() + topic.len());
+    channel.push_str(REPLAY_TOPIC_PREFIX);
+    channel.push_str(topic);
+    envelope(&channel, event, data_json, None)
+}
+
+/// `{"reqId":<ref>,` or `{` (the opening of a replay payload).
+fn open_replay_data(req_id: Option<&Ref>) -> String {
+    let mut data = String::from("{");
+    if let Some(r) = req_id {
+        data.push_str("\"reqId\":");
+        push_ref(&mut data, r);
+        data.push(',');
+    }
+    data
+}
+
+/// `truncated` (data `null`) on `__replay:{topic}`: some events the client
+/// asked for are gone; sent before the `msg`s.
+pub fn replay_truncated(topic: &str) -> String {
+    replay_frame(topic, "truncated", "null")
+}
+
+/// `msg` `{"reqId"?,"seq","event","data"}` on `__replay:{topic}`: one
+/// replayed event (`data_json` is the event's JSON data).
+pub fn replay_msg(
+    topic: &str,
+    req_id: Option<&Ref>,
+    seq: u64,
+    event: &str,
+    data_json: &str,
+) -> String {
+    let mut data = open_replay_data(req_id);
+    let _ = write!(data, "\"seq\":{seq},\"event\":");
+    push_json_str(&mut data, event);
+    data.push_str(",\"data\":");
+    data.push_str(json_or_null(data_json));
+    data.push('}');
+    replay_frame(topic, "msg", &data)
+}
+
+/// `end` on `__replay:{topic}` after the `msg`s: `{"reqId"?,"truncated"?:true}`,
+/// or `null` when there is neither (as the core replay plugin sends).
+pub fn replay_end(topic: &str, req_id: Option<&Ref>, truncated: bool) -> String {
+    if req_id.is_none() && !truncated {
+        return replay_frame(topic, "end", "null");
+    }
+    let mut data = open_replay_data(req_id);
+    if truncated {
+        data.push_str("\"truncated\":true");
+    } else {
+        data.pop();
+    }
+    data.push('}');
+    replay_frame(topic, "end", &data)
+}
+
+/// `denied` `{"code","reqId"?}` on `__replay:{topic}`: the subscribe gate
+/// refused the topic (or, with `SERVICE_UNAVAILABLE`, the buffer could
+/// not be read).
+pub fn replay_denied(topic: &str, code: &str, req_id: Option<&Ref>) -> String {
+    let mut data = String::from("{\"code\":");
+    push_json_str(&mut data, code);
+    if let Some(r) = req_id {
+        data.push_str(",\"reqId\":");
+        push_ref(&mut data, r);
+    }
+    data.push('}');
+    replay_frame(topic, "denied", &data)
 }

@@ -52,6 +52,17 @@ pub enum ClientFrame {
         /// The highest `seq` the client saw, per topic.
         last_seen_seqs: BTreeMap<String, u64>,
     },
+    /// `{"type":"replay","topic","since","reqId"?}` (the seeds' replay
+    /// client): send the buffered events of `topic` after `since` on
+    /// `__replay:{topic}`. The topic is NOT validated (as for `Subscribe`).
+    Replay {
+        /// The topic as sent.
+        topic: String,
+        /// The last seq the client saw (0: everything buffered).
+        since: u64,
+        /// Echoed in the answer frames; `None` when absent.
+        req_id: Option<Ref>,
+    },
     /// `{"type":"subscribe","topic","ref"?}`. The topic is NOT validated: the
     /// server calls [`super::validate_topic`] and answers `subscribe-denied`
     /// with reason `INVALID_TOPIC`.

@@ -24,8 +24,9 @@ mod tests;
 
 pub use decode::{decode_binary, decode_text};
 pub use encode::{
-    BATCH_EVENT, ERROR_TOPIC, RPC_TOPIC, envelope, protocol_error, resumed, rpc_batch, rpc_error,
-    rpc_ok, subscribe_denied, subscribed, welcome,
+    BATCH_EVENT, ERROR_TOPIC, REPLAY_TOPIC_PREFIX, RPC_TOPIC, envelope, protocol_error,
+    replay_denied, replay_end, replay_msg, replay_truncated, resumed, rpc_batch, rpc_error, rpc_ok,
+    subscribe_denied, subscribed, welcome,
 };
 pub use error::{INTERNAL_ERROR_MESSAGE, ProtocolError, RpcErrorBody, codes};
 pub use frames::{ClientFrame, Ref, RpcCall};

@@ -357,9 +357,8 @@ fn decode_unsubscribe_and_reply() {
 
 #[test]
 fn decode_control_edge_cases() {
-    // Unknown types (plugin frames such as replay and cursor) are ignored.
+    // Unknown types (plugin frames such as cursor) are ignored.
     for ignored in [
-        r#"{"type":"replay","topic":"chat","since":42,"reqId":1}"#,
         r#"{"type":"cursor-snapshot","topic":"canvas"}"#,
         r#"{"type":5}"#,
         r#"{"type":null}"#,
@@ -910,6 +909,10 @@ fn documented_server_frames() -> Vec<String> {
             "PAYLOAD_TOO_LARGE",
             "control frames must be under 8192 bytes",
         )),
+        replay_truncated("chat"),
+        replay_msg("chat", Some(&Ref::Num(1)), 43, "created", r#"{"id":"m1"}"#),
+        replay_end("chat", Some(&Ref::Num(1)), true),
+        replay_denied("chat", "FORBIDDEN", Some(&Ref::Num(1))),
     ]
 }
 
@@ -939,6 +942,7 @@ fn docs_examples_match_the_codec() {
             "subscribe-batch",
             "unsubscribe",
             "reply",
+            "replay",
         ];
         let client = value["type"]
             .as_str()
@@ -959,4 +963,80 @@ fn docs_examples_match_the_codec() {
         }
     }
     assert!(seen >= 30, "only {seen} examples found");
+}
+
+#[test]
+fn replay_frames_decode() {
+    assert_eq!(
+        decode_text(r#"{"type":"replay","topic":"chat","since":42,"reqId":1}"#),
+        Ok(ClientFrame::Replay {
+            topic: "chat".into(),
+            since: 42,
+            req_id: Some(Ref::Num(1)),
+        })
+    );
+    assert_eq!(
+        decode_text(r#"{"type":"replay","topic":"chat","reqId":"r1"}"#),
+        Ok(ClientFrame::Replay {
+            topic: "chat".into(),
+            since: 0,
+            req_id: Some(Ref::Str("r1".into())),
+        }),
+        "since defaults to 0"
+    );
+    for bad in [
+        r#"{"type":"replay","since":1}"#,
+        r#"{"type":"replay","topic":"chat","since":-1}"#,
+        r#"{"type":"replay","topic":"chat","since":"1"}"#,
+        r#"{"type":"replay","topic":"chat","reqId":{}}"#,
+    ] {
+        assert_eq!(
+            decode_text(bad).unwrap_err().code,
+            "INVALID_REQUEST",
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn replay_answers_have_the_seed_shapes() {
+    let r = Ref::Num(7);
+    assert_eq!(
+        replay_truncated("chat"),
+        r#"{"topic":"__replay:chat","event":"truncated","data":null}"#
+    );
+    assert_eq!(
+        replay_msg("chat", Some(&r), 3, "created", r#"{"a":1}"#),
+        r#"{"topic":"__replay:chat","event":"msg","data":{"reqId":7,"seq":3,"event":"created","data":{"a":1}}}"#
+    );
+    assert_eq!(
+        replay_msg("chat", None, 3, "e", "null"),
+        r#"{"topic":"__replay:chat","event":"msg","data":{"seq":3,"event":"e","data":null}}"#
+    );
+    assert_eq!(
+        replay_end("chat", Some(&r), true),
+        r#"{"topic":"__replay:chat","event":"end","data":{"reqId":7,"truncated":true}}"#
+    );
+    assert_eq!(
+        replay_end("chat", Some(&r), false),
+        r#"{"topic":"__replay:chat","event":"end","data":{"reqId":7}}"#
+    );
+    assert_eq!(
+        replay_end("chat", None, true),
+        r#"{"topic":"__replay:chat","event":"end","data":{"truncated":true}}"#
+    );
+    assert_eq!(
+        replay_end("chat", None, false),
+        r#"{"topic":"__replay:chat","event":"end","data":null}"#
+    );
+    assert_eq!(
+        replay_denied("chat", "FORBIDDEN", Some(&Ref::Str("x".into()))),
+        r#"{"topic":"__replay:chat","event":"denied","data":{"code":"FORBIDDEN","reqId":"x"}}"#
+    );
+    for frame in [
+        replay_msg("a\"b", Some(&r), 1, "e", "1"),
+        replay_denied("t", "A\"B", None),
+    ] {
+        serde_json::from_str::<serde_json::Value>(&frame).unwrap();
+    }
 }

@@ -32,7 +32,16 @@ const CONTRACT: (u64, u64) = (0, 1);
 const HANDLER_FUNCS: &[&str] = &["authenticate", "call", "authorize-subscribe"];
 
 /// The `tenantry:plugin` interfaces the host provides to plugins.
-const HOST_INTERFACES: &[&str] = &["types", "pubsub", "kv", "log"];
+const HOST_INTERFACES: &[&str] = &[
+    "types",
+    "pubsub",
+    "kv",
+    "replay",
+    "ratelimit",
+    "lock",
+    "idempotency",
+    "log",
+];
 
 /// `(major, minor)` of the WASI preview 2 interfaces the host links
 /// (wasmtime-wasi; any 0.2.x import links to them).

@@ -25,6 +25,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::backend::replay::ReplayBuffer;
 use crate::config::{Config, Limits};
 use crate::hub::Hub;
 use crate::tenant::Registry;
@@ -56,6 +57,7 @@ impl ServerSettings {
 struct Shared {
     registry: Arc<Registry>,
     hub: Arc<Hub>,
+    replay: Arc<dyn ReplayBuffer>,
     settings: ServerSettings,
     /// `true` once shutdown started; every connection watches it.
     shutdown: watch::Sender<bool>,
@@ -71,12 +73,19 @@ pub struct AppState {
 
 impl AppState {
     /// State serving the tenants of `registry`, fanning out through `hub`
-    /// (the same hub the backends' bus publishes into).
-    pub fn new(registry: Arc<Registry>, hub: Arc<Hub>, settings: ServerSettings) -> Self {
+    /// (the same hub the backends' bus publishes into) and answering
+    /// `replay` / `resume` from `replay` (the buffers that bus appends to).
+    pub fn new(
+        registry: Arc<Registry>,
+        hub: Arc<Hub>,
+        replay: Arc<dyn ReplayBuffer>,
+        settings: ServerSettings,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 registry,
                 hub,
+                replay,
                 settings,
                 shutdown: watch::Sender::new(false),
                 connections: watch::Sender::new(0),
@@ -92,6 +101,11 @@ impl AppState {
     /// The local fan-out hub.
     pub fn hub(&self) -> &Arc<Hub> {
         &self.shared.hub
+    }
+
+    /// The replay buffers.
+    pub fn replay(&self) -> &Arc<dyn ReplayBuffer> {
+        &self.shared.replay
     }
 
     /// The server settings.

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::hub::{HubConnection, SubscribeError};
+use crate::backend::replay::{ReplayBuffer, ReplayPage};
+use crate::hub::{HubConnection, Released, SubscribeError};
 use crate::protocol;
 use crate::runtime::Plugin;
 use crate::runtime::{CallContext, CallError, User};
@@ -37,6 +38,27 @@ impl Denied {
     }
 }
 
+/// What [`Session::catch_up`] found for one topic of a `resume`.
+#[derive(Debug)]
+pub enum CatchUp {
+    /// The connection was already subscribed: nothing to replay.
+    AlreadyLive,
+    /// Subscribed with live events held: send `page`, then call
+    /// [`Session::finish_catch_up`].
+    Replay(ReplayPage),
+    /// The buffer could not be read (backend down): subscribed live, with a
+    /// possible gap.
+    Unavailable,
+}
+
+/// The denial for a subscription the hub refused.
+fn denied(e: SubscribeError) -> Denied {
+    match e {
+        SubscribeError::TooMany(_) => Denied::new("RATE_LIMITED"),
+        SubscribeError::Closed => Denied::new("CONNECTION_CLOSED"),
+    }
+}
+
 /// Permission to run calls; the slots return to the session when dropped.
 pub struct CallPermit {
     _permit: OwnedSemaphorePermit,
@@ -48,6 +70,7 @@ pub struct Session {
     tenant: Arc<Tenant>,
     user: Option<User>,
     hub: HubConnection,
+    replay: Arc<dyn ReplayBuffer>,
     inflight: Arc<Semaphore>,
     caps: Mutex<Vec<String>>,
     /// Which canary bucket (0-99) this connection is in.
@@ -55,29 +78,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session of `tenant` for `user`, subscribed through `hub`, allowing
-    /// `max_inflight_calls` concurrent plugin calls. Gets a fresh UUID id.
+    /// A session `id` of `tenant` for `user`, subscribed through `hub`,
+    /// catching up from `replay`, allowing `max_inflight_calls` concurrent
+    /// plugin calls.
     pub fn new(
-        tenant: Arc<Tenant>,
-        user: Option<User>,
-        hub: HubConnection,
-        max_inflight_calls: usize,
-    ) -> Self {
-        Self::with_id(
-            uuid::Uuid::new_v4().to_string(),
-            tenant,
-            user,
-            hub,
-            max_inflight_calls,
-        )
-    }
-
-    /// Like [`Session::new`] with a given session id.
-    pub fn with_id(
         id: String,
         tenant: Arc<Tenant>,
         user: Option<User>,
         hub: HubConnection,
+        replay: Arc<dyn ReplayBuffer>,
         max_inflight_calls: usize,
     ) -> Self {
         Self {
@@ -86,6 +95,7 @@ impl Session {
             tenant,
             user,
             hub,
+            replay,
             inflight: Arc::new(Semaphore::new(max_inflight_calls)),
             caps: Mutex::new(Vec::new()),
         }
@@ -141,36 +151,90 @@ impl Session {
         if topic == protocol::SYSTEM_TOPIC {
             // The host's own notices (`degraded` / `recovered`): open to
             // every connection, never published by plugins.
-            return match self.hub.subscribe(topic) {
-                Ok(_) => Ok(()),
-                Err(SubscribeError::TooMany(_)) => Err(Denied::new("RATE_LIMITED")),
-                Err(SubscribeError::Closed) => Err(Denied::new("CONNECTION_CLOSED")),
-            };
-        }
-        if protocol::validate_topic(topic).is_err() {
-            return Err(Denied::new("INVALID_TOPIC"));
+            return self.hub.subscribe(topic).map(drop).map_err(denied);
         }
         if self.hub.is_subscribed(topic) {
             return Ok(());
+        }
+        self.authorize(topic).await?;
+        self.hub.subscribe(topic).map(drop).map_err(denied)
+    }
+
+    /// May this connection read `topic` (subscribe or replay)? The wire
+    /// topic rules, then the plugin's gate, which fails closed.
+    async fn authorize(&self, topic: &str) -> Result<(), Denied> {
+        if protocol::validate_topic(topic).is_err() {
+            return Err(Denied::new("INVALID_TOPIC"));
         }
         let gate = match self.plugin() {
             Ok(plugin) => plugin.authorize_subscribe(self.call_context(), topic).await,
             Err(e) => Err(e),
         };
         match gate {
-            Ok(()) => {}
-            Err(CallError::Live(e)) => return Err(Denied::new(e.code)),
-            Err(CallError::Overloaded) => return Err(Denied::new("OVERLOADED")),
+            Ok(()) => Ok(()),
+            Err(CallError::Live(e)) => Err(Denied::new(e.code)),
+            Err(CallError::Overloaded) => Err(Denied::new("OVERLOADED")),
             Err(e) => {
                 tracing::warn!(topic, error = %e, "subscribe gate failed; denying");
-                return Err(Denied::new("FORBIDDEN"));
+                Err(Denied::new("FORBIDDEN"))
             }
         }
-        match self.hub.subscribe(topic) {
-            Ok(_) => Ok(()),
-            Err(SubscribeError::TooMany(_)) => Err(Denied::new("RATE_LIMITED")),
-            Err(SubscribeError::Closed) => Err(Denied::new("CONNECTION_CLOSED")),
+    }
+
+    /// The buffered events of `topic` after `since` (the `replay` frame):
+    /// the same gate as [`Session::subscribe`] (not asked again for a topic
+    /// the connection holds); `SERVICE_UNAVAILABLE` if the buffer cannot be
+    /// read.
+    pub async fn replay(&self, topic: &str, since: u64) -> Result<ReplayPage, Denied> {
+        if !self.hub.is_subscribed(topic) {
+            self.authorize(topic).await?;
         }
+        self.read_replay(topic, since).await
+    }
+
+    async fn read_replay(&self, topic: &str, since: u64) -> Result<ReplayPage, Denied> {
+        self.replay
+            .since(&self.tenant.id, topic, since)
+            .await
+            .map_err(|e| {
+                tracing::warn!(topic, error = %e, "replay buffer unavailable");
+                Denied::new("SERVICE_UNAVAILABLE")
+            })
+    }
+
+    /// One topic of a `resume`: check it like [`Session::subscribe`],
+    /// subscribe with live events held, and read what the client missed
+    /// since `since`. After sending the page, call
+    /// [`Session::finish_catch_up`] so the held events follow it without a
+    /// gap or a duplicate.
+    pub async fn catch_up(&self, topic: &str, since: u64) -> Result<CatchUp, Denied> {
+        if self.hub.is_subscribed(topic) {
+            return Ok(CatchUp::AlreadyLive);
+        }
+        self.authorize(topic).await?;
+        if !self.hub.subscribe_held(topic).map_err(denied)? {
+            return Ok(CatchUp::AlreadyLive);
+        }
+        match self.read_replay(topic, since).await {
+            Ok(page) => Ok(CatchUp::Replay(page)),
+            Err(_) => {
+                self.hub.release_held(topic, since);
+                Ok(CatchUp::Unavailable)
+            }
+        }
+    }
+
+    /// Make a [`CatchUp::Replay`] subscription live: the held events with a
+    /// seq above `after` (the last seq sent) follow the replay.
+    pub fn finish_catch_up(&self, topic: &str, after: u64) -> Option<Released> {
+        let released = self.hub.release_held(topic, after);
+        if released.is_some_and(|r| r.overflowed) {
+            tracing::info!(
+                topic,
+                "catch-up outran the held-event bound; the client missed events"
+            );
+        }
+        released
     }
 
     /// Unsubscribe from `topic`; `false` if it was not subscribed.

@@ -10,9 +10,10 @@
 //! closes with 4401, `FORBIDDEN` with 4403, anything else with 1008); then
 //! `welcome{sessionId}` is sent.
 //!
-//! Frames the host accepts but does not act on (documented in
-//! `docs/protocol.md`): `resume` (no replay yet: answered `resumed` at once),
-//! `reply` (the host sends no server requests yet), unknown `type`s, custom
+//! `resume` and `replay` are answered from the replay buffers
+//! ([`crate::backend::replay`]). Frames the host accepts but does not act
+//! on (documented in `docs/protocol.md`): `reply` (the host sends no server
+//! requests yet), unknown `type`s, custom
 //! user messages and binary frames that are not RPC. Stream RPCs
 //! (`"stream":true`) are answered `INVALID_REQUEST`; `idempotencyKey` is
 //! accepted and ignored.
@@ -33,7 +34,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::connect::{connect_request, truncate_utf8};
-use super::session::Session;
+use super::session::{CatchUp, Session};
 use super::tenancy::{self, TENANT_HEADER, TenancyError};
 use crate::hub::Outbound;
 use crate::metrics::{self, RefusalKind};
@@ -41,6 +42,10 @@ use crate::protocol::{self, ClientFrame, ProtocolError, Ref, RpcCall, RpcErrorBo
 use crate::quota::{ConnectionQuota, MessageVerdict, Refusal};
 use crate::runtime::{CallError, ConnectRequest, Plugin};
 use crate::tenant::{Eviction, Tenant, canary_bucket};
+
+/// Most topics of one `resume` frame that are replayed (the rest are left
+/// to the client's resubscribe).
+pub const MAX_RESUME_TOPICS: usize = protocol::MAX_SUBSCRIBE_BATCH;
 
 /// Close code: normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -275,11 +280,12 @@ async fn connection(
         tx.clone(),
         as_usize(plan.max_subscriptions_per_connection),
     );
-    let session = Arc::new(Session::with_id(
+    let session = Arc::new(Session::new(
         session_id,
         tenant,
         user,
         hub,
+        Arc::clone(state.replay()),
         max_inflight,
     ));
     if socket
@@ -496,15 +502,19 @@ enum Admission {
 }
 
 /// Messages a frame counts for against the message rates: one per call or
-/// topic; 0 for frames that only lower load or are acknowledgements
-/// (`hello`, `unsubscribe`, `resume`, `reply`).
+/// topic (a `resume` counts its topics); 0 for frames that only lower load
+/// or are acknowledgements (`hello`, `unsubscribe`, `reply`).
 fn message_cost(frame: &Result<ClientFrame, ProtocolError>) -> u64 {
     let n = match frame {
         Ok(ClientFrame::Hello { .. } | ClientFrame::Unsubscribe { .. }) => 0,
-        Ok(ClientFrame::Resume { .. } | ClientFrame::Reply { .. }) => 0,
+        Ok(ClientFrame::Reply { .. }) => 0,
+        Ok(ClientFrame::Resume { last_seen_seqs, .. }) => {
+            last_seen_seqs.len().min(MAX_RESUME_TOPICS)
+        }
         Ok(ClientFrame::Batch { calls, .. }) => calls.len().max(1),
         Ok(ClientFrame::SubscribeBatch { topics, .. }) => topics.len().max(1),
         Ok(ClientFrame::Rpc(_) | ClientFrame::Subscribe { .. } | ClientFrame::Ignored) => 1,
+        Ok(ClientFrame::Replay { .. }) => 1,
         Err(_) => 1,
     };
     u64::try_from(n).unwrap_or(u64::MAX)
@@ -582,6 +592,16 @@ impl Connection {
                     .await;
                 }
             }
+            Ok(ClientFrame::Replay { topic, req_id, .. }) => {
+                self.send(protocol::replay_denied(
+                    &topic,
+                    "RATE_LIMITED",
+                    req_id.as_ref(),
+                ))
+                .await;
+            }
+            // The client waits for it; it resubscribes live either way.
+            Ok(ClientFrame::Resume { .. }) => self.send(protocol::resumed().to_owned()).await,
             _ => {}
         }
     }
@@ -608,9 +628,12 @@ impl Connection {
             }
             Ok(ClientFrame::Rpc(call)) => self.rpc(call).await,
             Ok(ClientFrame::Batch { calls, sequential }) => self.batch(calls, sequential).await,
-            // No replay yet: acknowledge at once, as svelte-adapter-uws does
-            // without a resume hook, so the client goes on to resubscribe.
-            Ok(ClientFrame::Resume { .. }) => self.send(protocol::resumed().to_owned()).await,
+            Ok(ClientFrame::Resume { last_seen_seqs, .. }) => self.resume(last_seen_seqs).await,
+            Ok(ClientFrame::Replay {
+                topic,
+                since,
+                req_id,
+            }) => self.replay(&topic, since, req_id.as_ref()).await,
             Ok(ClientFrame::Reply { .. } | ClientFrame::Ignored) => {}
             Err(e) => {
                 tracing::debug!(code = e.code, message = %e.message, "malformed frame");
@@ -631,6 +654,66 @@ impl Connection {
             Err(denied) => protocol::subscribe_denied(topic, reference, &denied.reason),
         };
         self.send(frame).await;
+    }
+
+    /// The `replay` frame: `truncated` (if events are gone), one `msg` per
+    /// buffered event after `since`, then `end`, all on `__replay:{topic}`;
+    /// or `denied` with the gate's code.
+    async fn replay(&self, topic: &str, since: u64, req_id: Option<&Ref>) {
+        match self.session.replay(topic, since).await {
+            Ok(page) => {
+                if page.truncated {
+                    self.send(protocol::replay_truncated(topic)).await;
+                }
+                for e in &page.events {
+                    self.send(protocol::replay_msg(
+                        topic, req_id, e.seq, &e.event, &e.data,
+                    ))
+                    .await;
+                }
+                self.send(protocol::replay_end(topic, req_id, page.truncated))
+                    .await;
+            }
+            Err(denied) => {
+                self.send(protocol::replay_denied(topic, &denied.reason, req_id))
+                    .await;
+            }
+        }
+    }
+
+    /// The `resume` frame after a reconnect: for each topic (at most
+    /// [`MAX_RESUME_TOPICS`]) the gate allows, subscribe and send the
+    /// missed events as ordinary envelopes with their seqs (preceded by
+    /// `truncated` on `__replay:{topic}` when some are gone), with live
+    /// events held until the replay is out; then `resumed`. A denied topic
+    /// is skipped (the client's own subscribe gets the denial).
+    async fn resume(&self, last_seen_seqs: std::collections::BTreeMap<String, u64>) {
+        for (topic, since) in last_seen_seqs.into_iter().take(MAX_RESUME_TOPICS) {
+            match self.session.catch_up(&topic, since).await {
+                Ok(CatchUp::Replay(page)) => {
+                    if page.truncated {
+                        self.send(protocol::replay_truncated(&topic)).await;
+                    }
+                    for e in &page.events {
+                        self.send(protocol::envelope(&topic, &e.event, &e.data, Some(e.seq)))
+                            .await;
+                    }
+                    let after = match page.events.last() {
+                        Some(e) => e.seq,
+                        // Nothing buffered: the client's own position, unless
+                        // the seq restarted below it.
+                        None if since > page.seq => 0,
+                        None => since,
+                    };
+                    self.session.finish_catch_up(&topic, after);
+                }
+                Ok(CatchUp::AlreadyLive | CatchUp::Unavailable) => {}
+                Err(denied) => {
+                    tracing::debug!(topic, reason = denied.reason, "resume: topic denied");
+                }
+            }
+        }
+        self.send(protocol::resumed().to_owned()).await;
     }
 
     /// Start one call concurrently; its answer is queued when it finishes.

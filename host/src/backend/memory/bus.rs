@@ -4,20 +4,29 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::backend::replay::{MemoryReplay, ReplaySettings};
 use crate::backend::{BackendError, Bus};
 use crate::hub::Hub;
 use crate::tenant::TenantId;
 
 /// A [`Bus`] that delivers to this process's subscribers only, through the
-/// local [`Hub`]. Slow subscribers miss frames; publishing never blocks.
+/// local [`Hub`]. Every event is first buffered in its [`MemoryReplay`],
+/// which assigns the topic's seq (one seq source: the wire seq is the
+/// replay seq). Slow subscribers miss frames; publishing never blocks.
 pub struct MemoryBus {
     hub: Arc<Hub>,
+    replay: Arc<MemoryReplay>,
 }
 
 impl MemoryBus {
-    /// A bus publishing into `hub`.
+    /// A bus publishing into `hub`, with replay buffers of default size.
     pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+        Self::with_replay(hub, Arc::new(MemoryReplay::new(ReplaySettings::default())))
+    }
+
+    /// A bus publishing into `hub` and buffering in `replay`.
+    pub fn with_replay(hub: Arc<Hub>, replay: Arc<MemoryReplay>) -> Self {
+        Self { hub, replay }
     }
 }
 
@@ -30,7 +39,9 @@ impl Bus for MemoryBus {
         event: &str,
         data: &str,
     ) -> Result<(), BackendError> {
-        self.hub.publish(tenant, topic, event, data);
+        self.replay.append_then(tenant, topic, event, data, |seq| {
+            self.hub.deliver(tenant, topic, event, data, seq);
+        });
         Ok(())
     }
 }

@@ -18,21 +18,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backends;
+use crate::backend::idempotency::memory::MemoryIdempotency;
+use crate::backend::lock::memory::MemoryLock;
+use crate::backend::presence::memory::MemoryPresence;
+use crate::backend::ratelimit::memory::MemoryRateLimiter;
+use crate::backend::replay::{MemoryReplay, ReplaySettings};
 use crate::hub::Hub;
 
 /// How often the KV sweeper started by [`backends`] purges expired keys.
 pub const KV_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The embedded default [`Backends`]: a [`MemoryBus`] on `hub` and a
-/// [`MemoryKv`] with default limits. Called inside a tokio runtime, it also
-/// starts the KV's periodic sweeper (every [`KV_SWEEP_INTERVAL`]).
+/// The embedded default [`Backends`], with replay buffers of default size
+/// (see [`backends_with_replay`]).
 pub fn backends(hub: Arc<Hub>) -> Backends {
+    backends_with_replay(hub, ReplaySettings::default())
+}
+
+/// The memory [`Backends`]: a [`MemoryBus`] on `hub` buffering
+/// in a [`MemoryReplay`] kept as `replay` says, and a [`MemoryKv`] with
+/// default limits. Called inside a tokio runtime, it also
+/// starts the KV's periodic sweeper (every [`KV_SWEEP_INTERVAL`]).
+pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
     let kv = Arc::new(MemoryKv::new());
     if tokio::runtime::Handle::try_current().is_ok() {
         kv.spawn_sweeper(KV_SWEEP_INTERVAL);
     }
+    let replay = Arc::new(MemoryReplay::new(replay));
     Backends {
-        bus: Arc::new(MemoryBus::new(hub)),
+        bus: Arc::new(MemoryBus::with_replay(hub, Arc::clone(&replay))),
+        replay,
         kv,
+        ratelimit: Arc::new(MemoryRateLimiter::new()),
+        lock: Arc::new(MemoryLock::new()),
+        idempotency: Arc::new(MemoryIdempotency::new()),
+        presence: Arc::new(MemoryPresence::new()),
     }
 }

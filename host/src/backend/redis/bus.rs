@@ -3,12 +3,17 @@
 //! once each, with the same seq everywhere, gap-free per topic, in seq order.
 //!
 //! **Publish** is one Lua script (EVALSHA, loaded on demand): `INCR` the
-//! topic's seq key (`TenantKeys::name("seq", topic)`, its TTL refreshed to
-//! [`SEQ_TTL`]) and `PUBLISH` to the tenant's channel
+//! topic's seq key (`TenantKeys::name("seq", topic)`), `ZADD` the event to
+//! the topic's replay buffer (`TenantKeys::name("replay", topic)`, a sorted
+//! set scored by seq, member `<seq>\n<event>\n<data>`) and trim it to
+//! [`ReplaySettings::size`], refresh both keys' TTL
+//! ([`ReplaySettings::ttl`]), and `PUBLISH` to the tenant's channel
 //! (`TenantKeys::fixed("bus")`) the payload `<seq>\n<topic>\n<event>\n<data>`
 //! (topics and events cannot contain `\n`; the data, last, may). Redis runs
 //! the script atomically, so the channel carries each topic's events in seq
-//! order. [`Bus::publish`] returns once the script has run; failures are
+//! order and the buffer ([`RedisReplay`](crate::backend::replay::RedisReplay)
+//! reads it) holds exactly the events with the seqs subscribers saw: one
+//! seq source. [`Bus::publish`] returns once the script has run; failures are
 //! [`BackendError::Unavailable`] or, after [`COMMAND_TIMEOUT`],
 //! [`BackendError::Timeout`] (then the event may or may not have been sent).
 //!
@@ -33,12 +38,14 @@
 //! or a health-check `PING` (every [`HEALTH_CHECK_INTERVAL`]) that fails or
 //! times out, and resubscribes with backoff ([`RECONNECT_BACKOFF_MIN`]
 //! doubling to [`RECONNECT_BACKOFF_MAX`]), logging both. **Known gap**:
-//! messages published while this host is not subscribed are lost to it; its
-//! subscribers see a jump in the topic's seq (to be closed by replay).
+//! messages published while this host is not subscribed are not delivered
+//! by it; its subscribers see a jump in the topic's seq, and the events are
+//! in the replay buffer for clients that ask (`replay`, `resume`).
 //!
-//! **Seq lifetime**: a topic's seq key expires [`SEQ_TTL`] after its last
-//! publish; the next publish then starts again at seq 1 (a subscriber that
-//! stayed subscribed through that idle day sees the seq go back).
+//! **Seq lifetime**: a topic's seq key and buffer expire
+//! [`ReplaySettings::ttl`] after its last publish (never without a TTL);
+//! the next publish then starts again at seq 1 (a subscriber that stayed
+//! subscribed through that idle time sees the seq go back).
 //!
 //! **Outages** (the seeds' degrade matrix): every publish script goes
 //! through the process's Redis [`CircuitBreaker`] (shared with the KV). While
@@ -79,12 +86,11 @@ use tokio::task::JoinHandle;
 use super::keys::{self, TenantKeys};
 use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT};
 use crate::backend::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use crate::backend::replay::ReplaySettings;
 use crate::backend::{BackendError, Bus};
 use crate::hub::Hub;
 use crate::tenant::TenantId;
 
-/// How long a topic's seq key lives after its last publish.
-pub const SEQ_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// First wait before resubscribing after the subscription was lost.
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between two resubscribe attempts.
@@ -94,13 +100,27 @@ pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 /// The reserved topic carrying the host's `degraded` / `recovered` notices.
 pub const REALTIME_TOPIC: &str = crate::protocol::SYSTEM_TOPIC;
 
-/// `KEYS[1]` the topic's seq key; `ARGV[1]` the tenant's bus channel,
-/// `ARGV[2]` the seq key's TTL in ms, `ARGV[3]` `<topic>\n<event>\n<data>`.
-/// `%d` keeps large seqs out of Lua's float notation.
+/// `KEYS[1]` the topic's seq key, `KEYS[2]` its replay buffer; `ARGV[1]`
+/// the tenant's bus channel, `ARGV[2]` the keys' TTL in ms (0: none),
+/// `ARGV[3]` the topic, `ARGV[4]` the buffer size (0: keep nothing),
+/// `ARGV[5]` `<event>\n<data>`. `%d` keeps large seqs out of Lua's float
+/// notation.
 const PUBLISH_SCRIPT: &str = r"
 local seq = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[1], string.format('%d', seq) .. '\n' .. ARGV[3])
+local ttl = tonumber(ARGV[2])
+local size = tonumber(ARGV[4])
+local id = string.format('%d', seq)
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+if size > 0 then
+  redis.call('ZADD', KEYS[2], seq, id .. '\n' .. ARGV[5])
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(size + 1))
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+end
+redis.call('PUBLISH', ARGV[1], id .. '\n' .. ARGV[3] .. '\n' .. ARGV[5])
 return seq
 ";
 
@@ -109,6 +129,7 @@ pub struct RedisBus {
     conn: ConnectionManager,
     namespace: String,
     script: Script,
+    replay: ReplaySettings,
     hub: Arc<Hub>,
     breaker: Arc<CircuitBreaker>,
     /// Whether the subscription is active (set by the subscriber task).
@@ -147,6 +168,28 @@ impl RedisBus {
         hub: Arc<Hub>,
         breaker: Arc<CircuitBreaker>,
     ) -> Result<Arc<RedisBus>, BackendError> {
+        Self::start_configured(
+            conn,
+            url,
+            namespace,
+            hub,
+            breaker,
+            ReplaySettings::default(),
+        )
+        .await
+    }
+
+    /// As [`RedisBus::start_with_breaker`], buffering events for replay as
+    /// `replay` says (its `size` and `ttl`; the memory-only bounds do not
+    /// apply).
+    pub async fn start_configured(
+        conn: ConnectionManager,
+        url: &str,
+        namespace: String,
+        hub: Arc<Hub>,
+        breaker: Arc<CircuitBreaker>,
+        replay: ReplaySettings,
+    ) -> Result<Arc<RedisBus>, BackendError> {
         let valid_namespace = !namespace.is_empty()
             && namespace
                 .bytes()
@@ -183,6 +226,7 @@ impl RedisBus {
             conn,
             namespace,
             script: Script::new(PUBLISH_SCRIPT),
+            replay,
             hub,
             breaker,
             subscribed,
@@ -293,17 +337,21 @@ impl Bus for RedisBus {
             ));
         }
         let keys = TenantKeys::new(&self.namespace, tenant);
-        let mut payload = String::with_capacity(topic.len() + event.len() + data.len() + 2);
-        payload.push_str(topic);
-        payload.push('\n');
+        let mut payload = String::with_capacity(event.len() + data.len() + 1);
         payload.push_str(event);
         payload.push('\n');
         payload.push_str(data);
+        let ttl_ms = self.replay.ttl.map_or(0, |t| {
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(keys.name("seq", topic))
+            .key(keys.name("replay", topic))
             .arg(keys.fixed("bus"))
-            .arg(u64::try_from(SEQ_TTL.as_millis()).unwrap_or(u64::MAX))
+            .arg(ttl_ms)
+            .arg(topic)
+            .arg(self.replay.size)
             .arg(payload);
         if let Err(open) = self.breaker.guard() {
             return self.publish_locally(tenant, topic, event, data, &open.into());

@@ -56,8 +56,8 @@ use redis::{RedisError, Script, ScriptInvocation};
 
 use crate::backend::breaker::{BreakerConfig, CircuitBreaker, OPEN_MESSAGE};
 use crate::backend::memory::MemoryKvLimits;
-use crate::backend::redis::COMMAND_TIMEOUT;
 use crate::backend::redis::keys::TenantKeys;
+use crate::backend::redis::{COMMAND_TIMEOUT, bounded};
 use crate::backend::{BackendError, Kv, KvQuota};
 use crate::tenant::TenantId;
 
@@ -455,46 +455,6 @@ impl RedisKv {
     }
 }
 
-/// `fut` bounded by `limit`, with Redis errors mapped.
-async fn bounded<T>(
-    what: &str,
-    limit: Duration,
-    fut: impl Future<Output = Result<T, RedisError>>,
-) -> Result<T, BackendError> {
-    match tokio::time::timeout(limit, fut).await {
-        Err(_) => Err(BackendError::Timeout),
-        Ok(Err(e)) => Err(redis_error(what, &e)),
-        Ok(Ok(v)) => Ok(v),
-    }
-}
-
-/// A Redis failure as a [`BackendError`]: timeouts are `Timeout`; a lost
-/// connection or a server that cannot serve now is `Unavailable`.
-fn redis_error(what: &str, e: &RedisError) -> BackendError {
-    if e.is_timeout() {
-        return BackendError::Timeout;
-    }
-    let transient = matches!(
-        e.code(),
-        Some(
-            "LOADING"
-                | "BUSY"
-                | "OOM"
-                | "TRYAGAIN"
-                | "CLUSTERDOWN"
-                | "MASTERDOWN"
-                | "READONLY"
-                | "NOREPLICAS"
-                | "MISCONF"
-        )
-    );
-    if transient || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-        BackendError::Unavailable(format!("{what}: {e}"))
-    } else {
-        BackendError::Other(format!("{what}: Redis error: {e}"))
-    }
-}
-
 /// A TTL as whole milliseconds for the scripts, rounded up.
 fn ttl_ms(ttl: Duration) -> Result<u64, BackendError> {
     if ttl.is_zero() {
@@ -646,7 +606,6 @@ impl RedisKv {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Instant;
 
     use redis::aio::ConnectionManagerConfig;

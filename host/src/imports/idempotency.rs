@@ -1,0 +1,52 @@
+//! `tenantry:plugin/idempotency`: run-once records of the calling tenant.
+
+use std::time::Duration;
+
+use serde::de::IgnoredAny;
+
+use crate::backend::idempotency::IdemAcquire;
+use crate::runtime::HostState;
+use crate::runtime::wit::idempotency::{Host, IdemState};
+use crate::runtime::wit::types::HostError;
+
+impl Host for HostState {
+    async fn acquire(&mut self, key: String, pending_ttl_ms: u64) -> Result<IdemState, HostError> {
+        self.cpu.pause();
+        let s = &self.scope;
+        let r = s
+            .backends
+            .idempotency
+            .acquire(&s.tenant, &key, Duration::from_millis(pending_ttl_ms))
+            .await;
+        self.cpu.resume();
+        Ok(match r.map_err(HostError::from)? {
+            IdemAcquire::Acquired => IdemState::Acquired,
+            IdemAcquire::Pending => IdemState::Pending,
+            IdemAcquire::Done(result) => IdemState::Done(result),
+        })
+    }
+
+    async fn commit(&mut self, key: String, value: String, ttl_ms: u64) -> Result<(), HostError> {
+        // Handed back verbatim as JSON later: it must be one JSON value.
+        if serde_json::from_str::<IgnoredAny>(&value).is_err() {
+            return Err(HostError::Invalid);
+        }
+        self.cpu.pause();
+        let s = &self.scope;
+        let r = s
+            .backends
+            .idempotency
+            .commit(&s.tenant, &key, &value, Duration::from_millis(ttl_ms))
+            .await;
+        self.cpu.resume();
+        r.map_err(HostError::from)
+    }
+
+    async fn abort(&mut self, key: String) -> Result<(), HostError> {
+        self.cpu.pause();
+        let s = &self.scope;
+        let r = s.backends.idempotency.abort(&s.tenant, &key).await;
+        self.cpu.resume();
+        r.map(drop).map_err(HostError::from)
+    }
+}

@@ -1,0 +1,210 @@
+//! The rate-limit, lock, idempotency and replay imports through a real
+//! plugin: on one host (memory backends) and shared by two hosts on Redis,
+//! with equal key names in two tenants kept apart.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use tenantry_tests::{Client, HostProcess, TenantSpec};
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tenantry-host"))
+}
+
+fn tenants() -> Vec<TenantSpec> {
+    vec![
+        TenantSpec::new("alpha", "fixture"),
+        TenantSpec::new("beta", "fixture"),
+    ]
+}
+
+/// A Redis namespace of its own; every key under it is deleted at the end.
+struct Namespace(String);
+
+impl Namespace {
+    fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self(format!("e2e-{name}-{}-{nanos}", std::process::id()))
+    }
+
+    fn toml(&self) -> String {
+        format!("[redis]\nurl = {REDIS_URL:?}\nnamespace = {:?}\n", self.0)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let pattern = format!("{}:*", self.0);
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = redis::Client::open(REDIS_URL) else {
+                return;
+            };
+            let Ok(mut conn) = client.get_connection() else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        })
+        .join();
+    }
+}
+
+/// Clients of tenant `alpha` on host A and host B (the same host twice on
+/// memory) and of tenant `beta` on host B.
+struct Clients {
+    a: Client,
+    b: Client,
+    other_tenant: Client,
+}
+
+async fn clients(a: &HostProcess, b: &HostProcess) -> Clients {
+    Clients {
+        a: Client::connect(&a.url("/t/alpha/ws")).await.unwrap(),
+        b: Client::connect(&b.url("/t/alpha/ws")).await.unwrap(),
+        other_tenant: Client::connect(&b.url("/t/beta/ws")).await.unwrap(),
+    }
+}
+
+/// The behaviour every deployment shows, run against one host or a fleet.
+async fn extensions_behave(c: &mut Clients) {
+    // Rate limit: 5 points shared by every host; the other tenant has its
+    // own bucket under the same key.
+    let mut allowed = 0;
+    for i in 0..10 {
+        let client = if i % 2 == 0 { &mut c.a } else { &mut c.b };
+        let d = client
+            .rpc("fixture/limit", json!(["send:ann", 5, 60_000, 0]))
+            .await
+            .unwrap();
+        if d["allowed"] == true {
+            allowed += 1;
+        } else {
+            assert!(d["retryAfterMs"].as_u64().unwrap() > 0, "{d}");
+        }
+    }
+    assert_eq!(allowed, 5, "one bucket across the fleet");
+    let theirs = c
+        .other_tenant
+        .rpc("fixture/limit", json!(["send:ann", 5, 60_000, 0]))
+        .await
+        .unwrap();
+    assert_eq!(theirs["allowed"], true, "another tenant's bucket: {theirs}");
+
+    // Lock: held on A, busy on B, free again after release; fencing tokens grow.
+    let t1 =
+        c.a.rpc("fixture/lock", json!(["order:1", 10_000, 0]))
+            .await
+            .unwrap();
+    assert!(t1.is_u64(), "{t1}");
+    assert_eq!(
+        c.b.rpc("fixture/lock", json!(["order:1", 10_000, 50]))
+            .await
+            .unwrap(),
+        Value::Null,
+        "held by A"
+    );
+    let other = c
+        .other_tenant
+        .rpc("fixture/lock", json!(["order:1", 10_000, 0]))
+        .await
+        .unwrap();
+    assert!(
+        other.is_u64(),
+        "another tenant's lock of the same name is free"
+    );
+    assert_eq!(
+        c.b.rpc("fixture/unlock", json!(["order:1", 999_999]))
+            .await
+            .unwrap(),
+        json!(false),
+        "a stale token cannot release"
+    );
+    assert_eq!(
+        c.a.rpc("fixture/unlock", json!(["order:1", t1]))
+            .await
+            .unwrap(),
+        json!(true)
+    );
+    let t2 =
+        c.b.rpc("fixture/lock", json!(["order:1", 10_000, 0]))
+            .await
+            .unwrap();
+    assert!(
+        t2.as_u64().unwrap() > t1.as_u64().unwrap(),
+        "{t1} then {t2}"
+    );
+
+    // Idempotency: the first call's result wins on every host.
+    assert_eq!(
+        c.a.rpc("fixture/once", json!(["pay:7", "first"]))
+            .await
+            .unwrap(),
+        json!("first")
+    );
+    assert_eq!(
+        c.b.rpc("fixture/once", json!(["pay:7", "second"]))
+            .await
+            .unwrap(),
+        json!("first")
+    );
+    assert_eq!(
+        c.other_tenant
+            .rpc("fixture/once", json!(["pay:7", "theirs"]))
+            .await
+            .unwrap(),
+        json!("theirs")
+    );
+
+    // Replay import: what was published, with the wire seqs.
+    for n in 1..=3 {
+        c.a.rpc("fixture/publish", json!(["feed", "item", {"n": n}]))
+            .await
+            .unwrap();
+    }
+    let page = c.b.rpc("fixture/replay", json!(["feed", 1])).await.unwrap();
+    assert_eq!(page["seq"], 3);
+    assert_eq!(page["truncated"], false);
+    assert_eq!(
+        page["events"],
+        json!([
+            {"seq": 2, "event": "item", "data": {"n": 2}},
+            {"seq": 3, "event": "item", "data": {"n": 3}},
+        ])
+    );
+    let theirs = c
+        .other_tenant
+        .rpc("fixture/replay", json!(["feed", 0]))
+        .await
+        .unwrap();
+    assert_eq!(theirs["events"], json!([]), "another tenant's feed");
+    let reserved =
+        c.a.rpc_raw("fixture/replay", json!(["__rpc", 0]))
+            .await
+            .unwrap();
+    assert_eq!(reserved["code"], "FORBIDDEN", "{reserved}");
+}
+
+#[tokio::test]
+async fn extensions_work_on_one_host() {
+    let h = HostProcess::start_with(bin(), &tenants(), "").unwrap();
+    let mut c = clients(&h, &h).await;
+    extensions_behave(&mut c).await;
+}
+
+#[tokio::test]
+async fn extensions_are_shared_by_a_redis_fleet() {
+    let ns = Namespace::new("ext");
+    let a = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
+    let b = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
+    let mut c = clients(&a, &b).await;
+    extensions_behave(&mut c).await;
+}
