@@ -12,7 +12,7 @@ use crate::log::Level;
 mod imp {
     use super::{Error, Level};
     use crate::bindings::tenantry::plugin::{
-        idempotency, kv, lock, log, pubsub, ratelimit, replay, types::HostError,
+        idempotency, kv, lock, log, presence, pubsub, ratelimit, replay, types::HostError,
     };
     use crate::idempotency::State;
     use crate::replay::{ReplayEvent, ReplayPage};
@@ -133,6 +133,28 @@ mod imp {
         idempotency::abort(key).map_err(convert)
     }
 
+    pub fn presence_join(topic: &str, data: &str) -> Result<(), Error> {
+        presence::join(topic, data).map_err(convert)
+    }
+
+    pub fn presence_leave(topic: &str) -> Result<(), Error> {
+        presence::leave(topic).map_err(convert)
+    }
+
+    pub fn presence_members(topic: &str) -> Result<Vec<crate::presence::Member>, Error> {
+        presence::members(topic)
+            .map_err(convert)?
+            .into_iter()
+            .map(|m| {
+                Ok(crate::presence::Member {
+                    key: m.key,
+                    data: serde_json::from_str(&m.data)
+                        .map_err(|err| Error::Decode(err.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
     pub fn log(level: Level, message: &str) {
         let level = match level {
             Level::Trace => log::Level::Trace,
@@ -200,6 +222,8 @@ pub(crate) mod imp {
         pub locks: BTreeMap<String, (u64, Instant)>,
         pub lock_seq: u64,
         pub idem: BTreeMap<String, Idem>,
+        /// Presence joins (`Some(data)`) and leaves (`None`) asked for.
+        pub presence: Vec<(String, Option<serde_json::Value>)>,
         pub logs: Vec<(Level, String)>,
     }
 
@@ -530,6 +554,25 @@ pub(crate) mod imp {
         Ok(())
     }
 
+    pub fn presence_join(topic: &str, data: &str) -> Result<(), Error> {
+        check_replay_topic(topic)?;
+        let data: serde_json::Value = serde_json::from_str(data).map_err(|_| Error::Invalid)?;
+        STATE.with_borrow_mut(|s| s.presence.push((topic.to_owned(), Some(data))));
+        Ok(())
+    }
+
+    pub fn presence_leave(topic: &str) -> Result<(), Error> {
+        check_replay_topic(topic)?;
+        STATE.with_borrow_mut(|s| s.presence.push((topic.to_owned(), None)));
+        Ok(())
+    }
+
+    pub fn presence_members(topic: &str) -> Result<Vec<crate::presence::Member>, Error> {
+        // The stand-in has no other connections: nobody is present.
+        check_replay_topic(topic)?;
+        Ok(Vec::new())
+    }
+
     pub fn log(level: Level, message: &str) {
         STATE.with_borrow_mut(|s| s.logs.push((level, message.to_owned())));
     }
@@ -628,6 +671,21 @@ pub(crate) fn idempotency_commit(key: &str, value: &str, ttl_ms: u64) -> Result<
 /// Give an idempotency key up.
 pub(crate) fn idempotency_abort(key: &str) -> Result<(), Error> {
     imp::idempotency_abort(key)
+}
+
+/// Join a topic's presence (when the hook returns).
+pub(crate) fn presence_join(topic: &str, data: &str) -> Result<(), Error> {
+    imp::presence_join(topic, data)
+}
+
+/// Leave a topic's presence (when the hook returns).
+pub(crate) fn presence_leave(topic: &str) -> Result<(), Error> {
+    imp::presence_leave(topic)
+}
+
+/// Who is present on a topic.
+pub(crate) fn presence_members(topic: &str) -> Result<Vec<crate::presence::Member>, Error> {
+    imp::presence_members(topic)
 }
 
 /// Write a log entry.

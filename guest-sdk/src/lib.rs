@@ -125,6 +125,7 @@ pub mod kv;
 pub mod lock;
 pub mod log;
 mod plugin;
+pub mod presence;
 pub mod ratelimit;
 pub mod replay;
 mod router;

@@ -48,6 +48,12 @@ pub fn take_published() -> Vec<Published> {
     STATE.with_borrow_mut(|s| std::mem::take(&mut s.published))
 }
 
+/// Take (and clear) the presence joins (`Some(data)`) and leaves (`None`)
+/// asked for so far on this thread, with their topics.
+pub fn take_presence() -> Vec<(String, Option<serde_json::Value>)> {
+    STATE.with_borrow_mut(|s| std::mem::take(&mut s.presence))
+}
+
 /// Take (and clear) the log entries written so far on this thread.
 pub fn take_logs() -> Vec<(Level, String)> {
     STATE.with_borrow_mut(|s| std::mem::take(&mut s.logs))

@@ -42,6 +42,7 @@ use crate::catalog::postgres::PostgresCatalog;
 use crate::config::{Config, ConfigError, PluginSource};
 use crate::control::{Control, ControlError, ControlSettings};
 use crate::hub::Hub;
+use crate::presence::Presence;
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
 use crate::server::{self, AppState, ServerSettings};
 use crate::tenant::{Registry, TenantId};
@@ -256,6 +257,11 @@ pub async fn serve_config(
     let backends = build_backends(&config, &hub).await?;
     let purgeable = backends.clone();
     let replay = Arc::clone(&backends.replay);
+    let presence = Presence::new(
+        Arc::clone(&backends.presence),
+        Arc::clone(&backends.bus),
+        config.presence.settings(),
+    );
     // Every plan a tenant could be given, including their own overrides.
     let plans = || {
         config
@@ -369,7 +375,17 @@ pub async fn serve_config(
         None => None,
     };
     print_line(&format!("tenantry listening on http://{addr}"));
-    let state = AppState::new(registry, hub, replay, ServerSettings::from_config(&config));
+    let presence_maintenance = {
+        let registry = Arc::clone(&registry);
+        presence.spawn_maintenance(move || registry.ids())
+    };
+    let state = AppState::new(
+        registry,
+        hub,
+        replay,
+        presence,
+        ServerSettings::from_config(&config),
+    );
     let served = server::serve(listener, state, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -386,6 +402,7 @@ pub async fn serve_config(
     if let Some(f) = follower {
         f.abort();
     }
+    presence_maintenance.abort();
     served.map_err(CliError::Serve)?;
     tracing::info!("stopped");
     Ok(())

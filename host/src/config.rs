@@ -61,6 +61,7 @@ use serde::Deserialize;
 
 use crate::backend::replay::ReplaySettings;
 use crate::plan::{DEFAULT_PLAN, Plan, PlanOverrides, resolve_plans};
+use crate::presence::PresenceSettings;
 use crate::tenant::{InvalidTenantId, TenantId};
 
 /// The listen address used when nothing else is configured.
@@ -266,6 +267,52 @@ impl ReplayTable {
     }
 }
 
+/// The `[presence]` table: how presence notices users of a host that died.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceTable {
+    /// How often a host refreshes its connections' presence and sweeps
+    /// expired ones, ms. Default 30000 (the seeds' `heartbeat`).
+    pub heartbeat_ms: u64,
+    /// How long a connection stays present without a refresh, ms: a dead
+    /// host's users leave about this long after it died. Default 90000.
+    pub ttl_ms: u64,
+}
+
+impl Default for PresenceTable {
+    fn default() -> Self {
+        let d = PresenceSettings::default();
+        Self {
+            heartbeat_ms: u64::try_from(d.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            ttl_ms: u64::try_from(d.ttl.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl PresenceTable {
+    /// The presence settings.
+    pub fn settings(&self) -> PresenceSettings {
+        PresenceSettings {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            ttl: Duration::from_millis(self.ttl_ms),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_ms == 0 || self.ttl_ms <= self.heartbeat_ms {
+            return Err(ConfigError::Invalid(
+                "presence: heartbeat_ms must be above 0 and ttl_ms above heartbeat_ms".into(),
+            ));
+        }
+        if self.ttl_ms > 24 * 60 * 60 * 1000 {
+            return Err(ConfigError::Invalid(
+                "presence.ttl_ms must be at most a day".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Largest `replay.size`: one `replay` answer sends at most this many events.
 pub const MAX_REPLAY_SIZE: usize = 100_000;
 
@@ -434,6 +481,8 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     /// Replay buffer sizes.
     pub replay: ReplayTable,
+    /// Presence heartbeat and TTL.
+    pub presence: PresenceTable,
     /// Process-wide limits.
     pub limits: Limits,
     /// Every plan by name (built-ins, changed and added ones).
@@ -462,6 +511,7 @@ impl Default for Config {
                 postgres: None,
                 redis: None,
                 replay: ReplayTable::default(),
+                presence: PresenceTable::default(),
                 limits: Limits::default(),
                 plans: BTreeMap::new(),
                 default_plan: DEFAULT_PLAN.to_owned(),
@@ -489,6 +539,8 @@ struct FileConfig {
     redis: Option<RedisSettings>,
     #[serde(default)]
     replay: ReplayTable,
+    #[serde(default)]
+    presence: PresenceTable,
     #[serde(default)]
     limits: Limits,
     default_plan: Option<String>,
@@ -577,6 +629,7 @@ impl Config {
         file.limits.validate()?;
         file.admin.validate()?;
         file.replay.validate()?;
+        file.presence.validate()?;
         if let Some(r) = &file.redis {
             let ns = r.namespace.as_bytes();
             if ns.is_empty()
@@ -730,6 +783,7 @@ impl Config {
             postgres: file.postgres,
             redis: file.redis,
             replay: file.replay,
+            presence: file.presence,
             limits: file.limits,
             plans,
             default_plan,

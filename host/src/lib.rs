@@ -32,6 +32,7 @@ pub mod hub;
 pub mod imports;
 pub mod metrics;
 pub mod plan;
+pub mod presence;
 pub mod protocol;
 pub mod quota;
 pub mod runtime;

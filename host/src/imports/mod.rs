@@ -7,6 +7,7 @@ mod idempotency;
 mod kv;
 mod lock;
 mod log;
+mod presence;
 mod pubsub;
 mod ratelimit;
 mod replay;

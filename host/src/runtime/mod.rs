@@ -29,7 +29,10 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 pub(crate) use bindings::tenantry::plugin as wit;
 pub use store::{HostState, Scope};
-pub use types::{CallContext, CallError, ConnectRequest, LiveError, User, ValidationIssue};
+pub use types::{
+    CallContext, CallError, ConnectRequest, Effect, LiveError, MAX_EFFECTS_PER_CALL, User,
+    ValidationIssue,
+};
 pub use validate::{PluginInfo, PluginRejection};
 
 use crate::backend::Backends;
@@ -361,8 +364,8 @@ impl Plugin {
             remote_address: req.remote_address,
             path: req.path,
         };
-        let r = self
-            .run(async |inst, store| {
+        let (r, _) = self
+            .run(false, async |inst, store| {
                 inst.tenantry_plugin_handler()
                     .call_authenticate(store, &req)
                     .await
@@ -375,17 +378,31 @@ impl Plugin {
     }
 
     /// Run one RPC: `path` is `module/fn`, `args_json` a JSON array. Returns
-    /// the result as JSON text (validated).
+    /// the result as JSON text (validated). Any [`Effect`]s the call asked
+    /// for are dropped; see [`Plugin::call_with_effects`].
     pub async fn call(
         &self,
         ctx: CallContext,
         path: &str,
         args_json: &str,
     ) -> Result<String, CallError> {
+        self.call_with_effects(ctx, path, args_json)
+            .await
+            .map(|(json, _)| json)
+    }
+
+    /// [`Plugin::call`], also returning the [`Effect`]s on its connection the
+    /// call asked for (to apply now that it succeeded).
+    pub async fn call_with_effects(
+        &self,
+        ctx: CallContext,
+        path: &str,
+        args_json: &str,
+    ) -> Result<(String, Vec<Effect>), CallError> {
         let ctx = ctx_to_wit(ctx);
         let args = args_json.to_owned();
-        let r = self
-            .run(async |inst, store| {
+        let (r, effects) = self
+            .run(true, async |inst, store| {
                 inst.tenantry_plugin_handler()
                     .call_call(store, &ctx, path, &args)
                     .await
@@ -404,37 +421,43 @@ impl Plugin {
                     return Err(e);
                 }
                 check_json(&json, "call result")?;
-                Ok(json)
+                Ok((json, effects))
             }
             Err(e) => Err(CallError::Live(live_error_from_wit(e))),
         }
     }
 
-    /// Ask the plugin's gate whether this connection may subscribe to `topic`.
+    /// Ask the plugin's gate whether this connection may subscribe to
+    /// `topic`. When it may, returns the [`Effect`]s the gate asked for (to
+    /// apply once the subscription is made).
     pub async fn authorize_subscribe(
         &self,
         ctx: CallContext,
         topic: &str,
-    ) -> Result<(), CallError> {
+    ) -> Result<Vec<Effect>, CallError> {
         let ctx = ctx_to_wit(ctx);
-        let r = self
-            .run(async |inst, store| {
+        let (r, effects) = self
+            .run(true, async |inst, store| {
                 inst.tenantry_plugin_handler()
                     .call_authorize_subscribe(store, &ctx, topic)
                     .await
             })
             .await?;
-        r.map_err(|e| CallError::Live(live_error_from_wit(e)))
+        r.map(|()| effects)
+            .map_err(|e| CallError::Live(live_error_from_wit(e)))
     }
 
     /// Run `f` in a sandbox (a fresh one, or a warm one when the plan
     /// reuses instances) under the tenant's plan, and classify any failure.
     /// A failed call always drops its instance. Refused with `Overloaded`
-    /// when the tenant already runs `max_concurrent_calls` calls.
+    /// when the tenant already runs `max_concurrent_calls` calls. With
+    /// `effects`, the hook serves a connection and may ask for
+    /// [`Effect`]s, returned with its result.
     async fn run<R>(
         &self,
+        effects: bool,
         f: impl AsyncFnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
+    ) -> Result<(R, Vec<Effect>), CallError> {
         let rt = &self.runtime;
         let quota = &self.scope.quota;
         let Ok(_slot) = quota.try_begin_call() else {
@@ -463,11 +486,13 @@ impl Plugin {
                     }
                 }
             };
+            store.data_mut().effects = effects.then(Vec::new);
             let result = f(&instance, &mut store).await;
             store.data_mut().cpu.release_slot();
+            let asked = store.data_mut().effects.take().unwrap_or_default();
             match result {
                 Ok(r) => Ok((
-                    r,
+                    (r, asked),
                     Warm {
                         store,
                         instance,

@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limiter::Limiter;
 use super::stdio::LogSink;
+use super::types::Effect;
 use crate::backend::Backends;
 use crate::quota::TenantQuota;
 use crate::tenant::TenantId;
@@ -42,6 +43,10 @@ pub struct HostState {
     pub limiter: Limiter,
     /// CPU accounting for the epoch callback.
     pub cpu: CpuBudget,
+    /// What the running hook asked the host to do to its connection once
+    /// it returns; `None` while serving a hook with no connection yet
+    /// (`authenticate`), where such imports are refused.
+    pub effects: Option<Vec<Effect>>,
 }
 
 impl HostState {
@@ -62,6 +67,7 @@ impl HostState {
             table,
             limiter: Limiter::new(memory_limit),
             cpu: CpuBudget::new(cpu_budget, slots),
+            effects: None,
         }
     }
 }

@@ -103,3 +103,25 @@ pub enum CallError {
     #[error("host error running plugin: {0}")]
     Host(String),
 }
+
+/// Most [`Effect`]s one hook may ask for; more fail with `quota-exceeded`.
+pub const MAX_EFFECTS_PER_CALL: usize = 16;
+
+/// A change to its own connection a hook asks for (through a host import)
+/// that the host applies once the hook has returned successfully; a hook
+/// that fails or traps changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Make the connection present on `topic` with JSON `data`.
+    PresenceJoin {
+        /// The topic.
+        topic: String,
+        /// What others see of the user (JSON).
+        data: String,
+    },
+    /// Make the connection leave `topic`'s presence.
+    PresenceLeave {
+        /// The topic.
+        topic: String,
+    },
+}

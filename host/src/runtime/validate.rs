@@ -40,6 +40,7 @@ const HOST_INTERFACES: &[&str] = &[
     "ratelimit",
     "lock",
     "idempotency",
+    "presence",
     "log",
 ];
 

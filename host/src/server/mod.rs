@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::backend::replay::ReplayBuffer;
 use crate::config::{Config, Limits};
 use crate::hub::Hub;
+use crate::presence::Presence;
 use crate::tenant::Registry;
 use tenancy::TenancySettings;
 
@@ -58,6 +59,7 @@ struct Shared {
     registry: Arc<Registry>,
     hub: Arc<Hub>,
     replay: Arc<dyn ReplayBuffer>,
+    presence: Arc<Presence>,
     settings: ServerSettings,
     /// `true` once shutdown started; every connection watches it.
     shutdown: watch::Sender<bool>,
@@ -73,12 +75,14 @@ pub struct AppState {
 
 impl AppState {
     /// State serving the tenants of `registry`, fanning out through `hub`
-    /// (the same hub the backends' bus publishes into) and answering
-    /// `replay` / `resume` from `replay` (the buffers that bus appends to).
+    /// (the same hub the backends' bus publishes into), answering `replay`
+    /// / `resume` from `replay` (the buffers that bus appends to) and
+    /// keeping connections present through `presence`.
     pub fn new(
         registry: Arc<Registry>,
         hub: Arc<Hub>,
         replay: Arc<dyn ReplayBuffer>,
+        presence: Arc<Presence>,
         settings: ServerSettings,
     ) -> Self {
         Self {
@@ -86,6 +90,7 @@ impl AppState {
                 registry,
                 hub,
                 replay,
+                presence,
                 settings,
                 shutdown: watch::Sender::new(false),
                 connections: watch::Sender::new(0),
@@ -106,6 +111,11 @@ impl AppState {
     /// The replay buffers.
     pub fn replay(&self) -> &Arc<dyn ReplayBuffer> {
         &self.shared.replay
+    }
+
+    /// This host's presence.
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.shared.presence
     }
 
     /// The server settings.

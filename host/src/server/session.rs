@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::backend::presence::Member;
 use crate::backend::replay::{ReplayBuffer, ReplayPage};
 use crate::hub::{HubConnection, Released, SubscribeError};
+use crate::presence::{self, Presence};
 use crate::protocol;
 use crate::runtime::Plugin;
-use crate::runtime::{CallContext, CallError, User};
+use crate::runtime::{CallContext, CallError, Effect, User};
 use crate::tenant::{Tenant, canary_bucket};
 
 /// Process-wide counter behind [`CallContext::request_id`].
@@ -36,6 +38,16 @@ impl Denied {
             reason: reason.into(),
         }
     }
+}
+
+/// Who is present on a topic the connection just joined: send it as
+/// `presence_state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceSnapshot {
+    /// The topic joined.
+    pub topic: String,
+    /// Everyone present, the connection's user included.
+    pub members: Vec<Member>,
 }
 
 /// What [`Session::catch_up`] found for one topic of a `resume`.
@@ -71,6 +83,7 @@ pub struct Session {
     user: Option<User>,
     hub: HubConnection,
     replay: Arc<dyn ReplayBuffer>,
+    presence: Arc<Presence>,
     inflight: Arc<Semaphore>,
     caps: Mutex<Vec<String>>,
     /// Which canary bucket (0-99) this connection is in.
@@ -79,14 +92,15 @@ pub struct Session {
 
 impl Session {
     /// A session `id` of `tenant` for `user`, subscribed through `hub`,
-    /// catching up from `replay`, allowing `max_inflight_calls` concurrent
-    /// plugin calls.
+    /// catching up from `replay`, present through `presence`, allowing
+    /// `max_inflight_calls` concurrent plugin calls.
     pub fn new(
         id: String,
         tenant: Arc<Tenant>,
         user: Option<User>,
         hub: HubConnection,
         replay: Arc<dyn ReplayBuffer>,
+        presence: Arc<Presence>,
         max_inflight_calls: usize,
     ) -> Self {
         Self {
@@ -96,6 +110,7 @@ impl Session {
             user,
             hub,
             replay,
+            presence,
             inflight: Arc::new(Semaphore::new(max_inflight_calls)),
             caps: Mutex::new(Vec::new()),
         }
@@ -145,24 +160,32 @@ impl Session {
 
     /// Subscribe to `topic`: the wire topic rules, then the plugin's gate
     /// (which fails closed: any error other than a live error denies with
-    /// `FORBIDDEN`), then the per-connection subscription limit. Subscribing
-    /// to a topic already held succeeds without asking the gate again.
-    pub async fn subscribe(&self, topic: &str) -> Result<(), Denied> {
+    /// `FORBIDDEN`), then the per-connection subscription limit; then what
+    /// the gate asked for (presence joins, whose snapshots are returned).
+    /// Subscribing to a topic already held succeeds without asking the gate
+    /// again.
+    pub async fn subscribe(&self, topic: &str) -> Result<Vec<PresenceSnapshot>, Denied> {
         if topic == protocol::SYSTEM_TOPIC {
             // The host's own notices (`degraded` / `recovered`): open to
             // every connection, never published by plugins.
-            return self.hub.subscribe(topic).map(drop).map_err(denied);
+            return self
+                .hub
+                .subscribe(topic)
+                .map(|_| Vec::new())
+                .map_err(denied);
         }
         if self.hub.is_subscribed(topic) {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        self.authorize(topic).await?;
-        self.hub.subscribe(topic).map(drop).map_err(denied)
+        let effects = self.authorize(topic).await?;
+        self.hub.subscribe(topic).map_err(denied)?;
+        Ok(self.apply(effects).await)
     }
 
     /// May this connection read `topic` (subscribe or replay)? The wire
-    /// topic rules, then the plugin's gate, which fails closed.
-    async fn authorize(&self, topic: &str) -> Result<(), Denied> {
+    /// topic rules, then the plugin's gate, which fails closed. Returns
+    /// what the gate asked for, to apply once subscribed.
+    async fn authorize(&self, topic: &str) -> Result<Vec<Effect>, Denied> {
         if protocol::validate_topic(topic).is_err() {
             return Err(Denied::new("INVALID_TOPIC"));
         }
@@ -171,7 +194,7 @@ impl Session {
             Err(e) => Err(e),
         };
         match gate {
-            Ok(()) => Ok(()),
+            Ok(effects) => Ok(effects),
             Err(CallError::Live(e)) => Err(Denied::new(e.code)),
             Err(CallError::Overloaded) => Err(Denied::new("OVERLOADED")),
             Err(e) => {
@@ -181,12 +204,76 @@ impl Session {
         }
     }
 
+    /// The key presence knows this connection's user by: its user id, or
+    /// the connection id when anonymous.
+    pub fn user_key(&self) -> &str {
+        self.user
+            .as_ref()
+            .map_or(self.id.as_str(), |u| u.id.as_str())
+    }
+
+    /// Apply what a hook asked for on this connection, in order; returns
+    /// the presence snapshots of the topics joined, to send as
+    /// `presence_state` before calling [`Session::release_presence`]. A
+    /// failed step is logged and skipped (the hook already succeeded).
+    pub async fn apply(&self, effects: Vec<Effect>) -> Vec<PresenceSnapshot> {
+        let mut snapshots = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::PresenceJoin { topic, data } => {
+                    // Held until the caller has sent the snapshot
+                    // ([`Session::release_presence`]): `presence_state`
+                    // comes before any diff, the user's own join included.
+                    let channel = presence::channel(&topic);
+                    if let Err(e) = self.hub.subscribe_held(&channel) {
+                        tracing::info!(topic, error = %e, "presence join skipped");
+                        continue;
+                    }
+                    let tenant = &self.tenant.id;
+                    match self
+                        .presence
+                        .join(tenant, &self.id, self.user_key(), &topic, &data)
+                        .await
+                    {
+                        Ok(members) => snapshots.push(PresenceSnapshot { topic, members }),
+                        Err(e) => {
+                            tracing::warn!(topic, error = %e, "presence join failed");
+                            self.hub.unsubscribe(&channel);
+                        }
+                    }
+                }
+                Effect::PresenceLeave { topic } => self.leave_presence(&topic).await,
+            }
+        }
+        snapshots
+    }
+
+    /// Let the `presence_diff`s of the topics in `snapshots` through, now
+    /// that their `presence_state` has been queued.
+    pub fn release_presence(&self, snapshots: &[PresenceSnapshot]) {
+        for s in snapshots {
+            self.hub.release_held(&presence::channel(&s.topic), 0);
+        }
+    }
+
+    /// Leave `topic`'s presence if the connection is on it.
+    async fn leave_presence(&self, topic: &str) {
+        if !self.presence.is_joined(&self.id, topic) {
+            return;
+        }
+        self.hub.unsubscribe(&presence::channel(topic));
+        if let Err(e) = self.presence.leave(&self.id, topic).await {
+            tracing::warn!(topic, error = %e, "presence leave failed; it will expire");
+        }
+    }
+
     /// The buffered events of `topic` after `since` (the `replay` frame):
     /// the same gate as [`Session::subscribe`] (not asked again for a topic
     /// the connection holds); `SERVICE_UNAVAILABLE` if the buffer cannot be
     /// read.
     pub async fn replay(&self, topic: &str, since: u64) -> Result<ReplayPage, Denied> {
         if !self.hub.is_subscribed(topic) {
+            // A replay does not subscribe: what the gate asked for is not applied.
             self.authorize(topic).await?;
         }
         self.read_replay(topic, since).await
@@ -206,20 +293,25 @@ impl Session {
     /// subscribe with live events held, and read what the client missed
     /// since `since`. After sending the page, call
     /// [`Session::finish_catch_up`] so the held events follow it without a
-    /// gap or a duplicate.
-    pub async fn catch_up(&self, topic: &str, since: u64) -> Result<CatchUp, Denied> {
+    /// gap or a duplicate, then [`Session::apply`] the returned effects
+    /// (what the gate asked for).
+    pub async fn catch_up(
+        &self,
+        topic: &str,
+        since: u64,
+    ) -> Result<(CatchUp, Vec<Effect>), Denied> {
         if self.hub.is_subscribed(topic) {
-            return Ok(CatchUp::AlreadyLive);
+            return Ok((CatchUp::AlreadyLive, Vec::new()));
         }
-        self.authorize(topic).await?;
+        let effects = self.authorize(topic).await?;
         if !self.hub.subscribe_held(topic).map_err(denied)? {
-            return Ok(CatchUp::AlreadyLive);
+            return Ok((CatchUp::AlreadyLive, Vec::new()));
         }
         match self.read_replay(topic, since).await {
-            Ok(page) => Ok(CatchUp::Replay(page)),
+            Ok(page) => Ok((CatchUp::Replay(page), effects)),
             Err(_) => {
                 self.hub.release_held(topic, since);
-                Ok(CatchUp::Unavailable)
+                Ok((CatchUp::Unavailable, effects))
             }
         }
     }
@@ -237,9 +329,12 @@ impl Session {
         released
     }
 
-    /// Unsubscribe from `topic`; `false` if it was not subscribed.
-    pub fn unsubscribe(&self, topic: &str) -> bool {
-        self.hub.unsubscribe(topic)
+    /// Unsubscribe from `topic` (leaving its presence, if joined); `false`
+    /// if it was not subscribed.
+    pub async fn unsubscribe(&self, topic: &str) -> bool {
+        let was = self.hub.unsubscribe(topic);
+        self.leave_presence(topic).await;
+        was
     }
 
     /// Number of topics held.
@@ -256,14 +351,20 @@ impl Session {
             .map(|p| CallPermit { _permit: p })
     }
 
-    /// Run the RPC `path` with JSON array `args_json` in the tenant's plugin.
-    /// Failures that are not live errors are logged here with their real
-    /// message (the client only sees a generic one).
-    pub async fn call(&self, path: &str, args_json: &str) -> Result<String, CallError> {
+    /// Run the RPC `path` with JSON array `args_json` in the tenant's plugin,
+    /// then apply what it asked for on this connection (presence joins,
+    /// whose snapshots are returned with the result). Failures that are not
+    /// live errors are logged here with their real message (the client
+    /// only sees a generic one).
+    pub async fn call(
+        &self,
+        path: &str,
+        args_json: &str,
+    ) -> Result<(String, Vec<PresenceSnapshot>), CallError> {
         let ctx = self.call_context();
         let request_id = ctx.request_id.clone();
         let result = match self.plugin() {
-            Ok(plugin) => plugin.call(ctx, path, args_json).await,
+            Ok(plugin) => plugin.call_with_effects(ctx, path, args_json).await,
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
@@ -286,11 +387,18 @@ impl Session {
                 }
             }
         }
-        result
+        let (json, effects) = result?;
+        Ok((json, self.apply(effects).await))
     }
 
     /// Drop every subscription; later subscribes are denied. Idempotent.
+    /// Call [`Session::leave_all_presence`] too when the connection ends.
     pub fn close(&self) {
         self.hub.close();
+    }
+
+    /// Leave every topic's presence (the connection ended).
+    pub async fn leave_all_presence(&self) {
+        self.presence.leave_all(&self.id).await;
     }
 }

@@ -34,10 +34,11 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::connect::{connect_request, truncate_utf8};
-use super::session::{CatchUp, Session};
+use super::session::{CatchUp, PresenceSnapshot, Session};
 use super::tenancy::{self, TENANT_HEADER, TenancyError};
 use crate::hub::Outbound;
 use crate::metrics::{self, RefusalKind};
+use crate::presence;
 use crate::protocol::{self, ClientFrame, ProtocolError, Ref, RpcCall, RpcErrorBody};
 use crate::quota::{ConnectionQuota, MessageVerdict, Refusal};
 use crate::runtime::{CallError, ConnectRequest, Plugin};
@@ -286,6 +287,7 @@ async fn connection(
         user,
         hub,
         Arc::clone(state.replay()),
+        Arc::clone(state.presence()),
         max_inflight,
     ));
     if socket
@@ -311,6 +313,8 @@ async fn connection(
     let (stream, close) = read_loop(stream, &conn, &state, &ping).await;
     session.close();
     drop(conn);
+    // Presence leaves go out (to other connections) whatever the close.
+    session.leave_all_presence().await;
 
     match close {
         Some((code, reason)) => {
@@ -624,7 +628,7 @@ impl Connection {
                 }
             }
             Ok(ClientFrame::Unsubscribe { topic }) => {
-                self.session.unsubscribe(&topic);
+                self.session.unsubscribe(&topic).await;
             }
             Ok(ClientFrame::Rpc(call)) => self.rpc(call).await,
             Ok(ClientFrame::Batch { calls, sequential }) => self.batch(calls, sequential).await,
@@ -648,12 +652,16 @@ impl Connection {
 
     async fn subscribe(&self, topic: &str, reference: Option<&Ref>) {
         let result = self.session.subscribe(topic).await;
-        let Some(reference) = reference else { return };
-        let frame = match result {
-            Ok(()) => protocol::subscribed(topic, reference),
-            Err(denied) => protocol::subscribe_denied(topic, reference, &denied.reason),
-        };
-        self.send(frame).await;
+        if let Some(reference) = reference {
+            let frame = match &result {
+                Ok(_) => protocol::subscribed(topic, reference),
+                Err(denied) => protocol::subscribe_denied(topic, reference, &denied.reason),
+            };
+            self.send(frame).await;
+        }
+        if let Ok(snapshots) = result {
+            send_presence_states(&self.session, &self.tx, &snapshots).await;
+        }
     }
 
     /// The `replay` frame: `truncated` (if events are gone), one `msg` per
@@ -689,8 +697,8 @@ impl Connection {
     /// is skipped (the client's own subscribe gets the denial).
     async fn resume(&self, last_seen_seqs: std::collections::BTreeMap<String, u64>) {
         for (topic, since) in last_seen_seqs.into_iter().take(MAX_RESUME_TOPICS) {
-            match self.session.catch_up(&topic, since).await {
-                Ok(CatchUp::Replay(page)) => {
+            let effects = match self.session.catch_up(&topic, since).await {
+                Ok((CatchUp::Replay(page), effects)) => {
                     if page.truncated {
                         self.send(protocol::replay_truncated(&topic)).await;
                     }
@@ -706,12 +714,16 @@ impl Connection {
                         None => since,
                     };
                     self.session.finish_catch_up(&topic, after);
+                    effects
                 }
-                Ok(CatchUp::AlreadyLive | CatchUp::Unavailable) => {}
+                Ok((CatchUp::AlreadyLive | CatchUp::Unavailable, effects)) => effects,
                 Err(denied) => {
                     tracing::debug!(topic, reason = denied.reason, "resume: topic denied");
+                    continue;
                 }
-            }
+            };
+            let snapshots = self.session.apply(effects).await;
+            send_presence_states(&self.session, &self.tx, &snapshots).await;
         }
         self.send(protocol::resumed().to_owned()).await;
     }
@@ -728,7 +740,7 @@ impl Connection {
         let tx = self.tx.clone();
         tokio::spawn(
             async move {
-                let result = run_call(&session, &call).await;
+                let (result, snapshots) = run_call(&session, &call).await;
                 if let Some(id) = &call.id {
                     let frame = match result {
                         Ok(json) => protocol::rpc_ok(id, &json),
@@ -736,6 +748,7 @@ impl Connection {
                     };
                     let _ = tx.send(Outbound::Text(frame.into())).await;
                 }
+                send_presence_states(&session, &tx, &snapshots).await;
                 drop(permit);
             }
             .in_current_span(),
@@ -766,25 +779,34 @@ impl Connection {
         let tx = self.tx.clone();
         tokio::spawn(
             async move {
-                let results: Vec<(Ref, Result<String, RpcErrorBody>)> =
+                let answers: Vec<(Ref, Result<String, RpcErrorBody>, Vec<PresenceSnapshot>)> =
                     futures_util::stream::iter(calls)
                         .map(|entry| {
                             let session = &session;
                             let id = id_of(&entry);
                             async move {
-                                let result = match entry {
+                                let (result, snapshots) = match entry {
                                     Ok(call) => run_call(session, &call).await,
-                                    Err(e) => Err(RpcErrorBody::from(&e)),
+                                    Err(e) => (Err(RpcErrorBody::from(&e)), Vec::new()),
                                 };
-                                (id, result)
+                                (id, result, snapshots)
                             }
                         })
                         .buffered(width)
                         .collect()
                         .await;
+                let mut snapshots = Vec::new();
+                let results: Vec<(Ref, Result<String, RpcErrorBody>)> = answers
+                    .into_iter()
+                    .map(|(id, result, s)| {
+                        snapshots.extend(s);
+                        (id, result)
+                    })
+                    .collect();
                 let _ = tx
                     .send(Outbound::Text(protocol::rpc_batch(&results).into()))
                     .await;
+                send_presence_states(&session, &tx, &snapshots).await;
                 drop(permit);
             }
             .in_current_span(),
@@ -805,15 +827,44 @@ fn overloaded() -> RpcErrorBody {
     RpcErrorBody::new("OVERLOADED", "Too many calls in flight on this connection")
 }
 
-/// Run one call and map its failure to what the client may see.
-async fn run_call(session: &Session, call: &RpcCall) -> Result<String, RpcErrorBody> {
+/// Run one call and map its failure to what the client may see; also the
+/// presence snapshots of topics the call joined.
+async fn run_call(
+    session: &Session,
+    call: &RpcCall,
+) -> (Result<String, RpcErrorBody>, Vec<PresenceSnapshot>) {
     if call.stream {
-        return Err(RpcErrorBody::new("INVALID_REQUEST", STREAM_UNSUPPORTED));
+        return (
+            Err(RpcErrorBody::new("INVALID_REQUEST", STREAM_UNSUPPORTED)),
+            Vec::new(),
+        );
     }
-    session
-        .call(&call.path, &call.args_json)
-        .await
-        .map_err(|e| RpcErrorBody::from(&e))
+    match session.call(&call.path, &call.args_json).await {
+        Ok((json, snapshots)) => (Ok(json), snapshots),
+        Err(e) => (Err(RpcErrorBody::from(&e)), Vec::new()),
+    }
+}
+
+/// Send each snapshot as `presence_state` `{key: data, …}` on
+/// `__presence:{topic}` (not dropped when the queue is full), then let the
+/// topics' diffs through.
+async fn send_presence_states(
+    session: &Session,
+    tx: &mpsc::Sender<Outbound>,
+    snapshots: &[PresenceSnapshot],
+) {
+    for s in snapshots {
+        let members =
+            presence::members_json(s.members.iter().map(|m| (m.key.as_str(), m.data.as_str())));
+        let frame = protocol::envelope(
+            &presence::channel(&s.topic),
+            "presence_state",
+            &members,
+            None,
+        );
+        let _ = tx.send(Outbound::Text(frame.into())).await;
+    }
+    session.release_presence(snapshots);
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! * `authenticate`: the user id is the query parameter `?user=NAME` (a demo:
 //!   it is trusted as is), else `guest-N` with N from a per-tenant counter.
 //! * Subscribe gate: topics `room:*` are allowed, any other is `FORBIDDEN`.
+//!   Subscribing to a room makes the user present in it with data
+//!   `{"name": user}` (clients see it on `__presence:room:*`).
 //! * `chat/send` `[room, text]`: publishes event `message` with data
 //!   `{id, user, text}` on topic `room:{room}` and returns `{id}`. The id comes
 //!   from a per-tenant counter. Empty text, or text over 2000 characters, is
@@ -142,8 +144,13 @@ impl Plugin for Chat {
         }
     }
 
-    fn authorize_subscribe(_ctx: &Ctx, topic: &str) -> Result<(), LiveError> {
+    fn authorize_subscribe(ctx: &Ctx, topic: &str) -> Result<(), LiveError> {
         if topic.starts_with("room:") {
+            // Who is in the room: the user's name only (the seeds' `select`).
+            tenantry_sdk::presence::join(
+                topic,
+                &tenantry_sdk::serde_json::json!({ "name": ctx.user_id() }),
+            )?;
             Ok(())
         } else {
             Err(LiveError::forbidden(
@@ -249,12 +256,20 @@ mod tests {
     }
 
     #[test]
-    fn gate_allows_rooms_only() {
+    fn gate_allows_rooms_only_and_joins_their_presence() {
+        testing::reset();
         let ctx = testing::ctx(Some("ann"));
         assert!(Chat::authorize_subscribe(&ctx, "room:lobby").is_ok());
         assert_eq!(
             Chat::authorize_subscribe(&ctx, "lobby").unwrap_err().code,
             "FORBIDDEN"
+        );
+        assert_eq!(
+            testing::take_presence(),
+            [(
+                "room:lobby".to_owned(),
+                Some(tenantry_sdk::serde_json::json!({"name": "ann"}))
+            )]
         );
     }
 

@@ -1,0 +1,428 @@
+//! Presence on the wire: which users are on a topic, fleet-wide, as the
+//! seeds' `createPresence` shows it to clients.
+//!
+//! A plugin makes a connection present on a topic with the `presence.join`
+//! import (typically from its subscribe gate, the seeds' `presence.hooks`);
+//! the host then, for that connection:
+//!
+//! 1. records it in the [`PresenceStore`] (memory, or Redis for a fleet)
+//!    under the user's key — its user id, or its connection id when
+//!    anonymous — so three tabs of one user are one member;
+//! 2. subscribes the connection to `__presence:{topic}` (a reserved topic
+//!    no client may subscribe to itself);
+//! 3. if the user was not present before, publishes
+//!    `presence_diff` `{"joins":{key:data},"leaves":{}}` there through the
+//!    bus, so every host's members of the topic hear it;
+//! 4. sends the connection `presence_state` `{key:data,…}` (everyone
+//!    present, itself included).
+//!
+//! The connection leaves when it unsubscribes from the topic, when the
+//! plugin calls `presence.leave`, or when it closes; `presence_diff`
+//! `{"joins":{},"leaves":{key:data}}` goes out only when the user's last
+//! connection anywhere in the fleet has left.
+//!
+//! Crashed hosts: every [`PresenceSettings::heartbeat`] this host refreshes
+//! the deadlines of its connections (each lives [`PresenceSettings::ttl`]
+//! without one) and expires every tenant's connections whose deadline
+//! passed — those of a host that died without saying goodbye — publishing
+//! their users' leaves (each exactly once, whichever host expires it).
+//!
+//! Diffs are not coalesced (one frame per join or leave); a `presence_diff`
+//! carries a `seq` like any event, which clients may ignore.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use tokio::task::JoinHandle;
+
+use crate::backend::presence::{ConnRef, Member, PresenceStore};
+use crate::backend::{BackendError, Bus};
+use crate::tenant::TenantId;
+
+/// The reserved topic prefix presence frames travel on: `__presence:{topic}`.
+pub const PRESENCE_TOPIC_PREFIX: &str = "__presence:";
+/// Connections expired per store call in one sweep.
+const EXPIRE_BATCH: usize = 512;
+
+/// How presence keeps crashed hosts' users from lingering (the `[presence]`
+/// table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceSettings {
+    /// How often this host refreshes its connections and sweeps expired
+    /// ones (the seeds' `heartbeat`, 30 s).
+    pub heartbeat: Duration,
+    /// How long a connection stays present without a heartbeat (the seeds'
+    /// `ttl`, 90 s).
+    pub ttl: Duration,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: crate::backend::presence::DEFAULT_HEARTBEAT,
+            ttl: crate::backend::presence::DEFAULT_TTL,
+        }
+    }
+}
+
+/// `__presence:{topic}`.
+pub fn channel(topic: &str) -> String {
+    let mut c = String::with_capacity(PRESENCE_TOPIC_PREFIX.len() + topic.len());
+    c.push_str(PRESENCE_TOPIC_PREFIX);
+    c.push_str(topic);
+    c
+}
+
+/// `{key: data, …}` as JSON text (each data is already JSON).
+pub fn members_json<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let map: BTreeMap<&str, &RawValue> = members
+        .into_iter()
+        .filter_map(|(k, d)| {
+            // Stored data came from a plugin through a JSON check; skip
+            // anything else rather than break the frame.
+            serde_json::from_str::<&RawValue>(d)
+                .ok()
+                .map(|raw| (k, raw))
+        })
+        .collect();
+    serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn diff(joins: Option<(&str, &str)>, leaves: Option<(&str, &str)>) -> String {
+    format!(
+        "{{\"joins\":{},\"leaves\":{}}}",
+        members_json(joins),
+        members_json(leaves)
+    )
+}
+
+/// One connection's presence on this host.
+struct Tracked {
+    tenant: TenantId,
+    user_key: String,
+    topics: HashSet<String>,
+}
+
+/// This host's presence: the store, the bus the diffs go out on, and the
+/// connections it holds present. Share it as `Arc<Presence>`.
+pub struct Presence {
+    store: Arc<dyn PresenceStore>,
+    bus: Arc<dyn Bus>,
+    instance: String,
+    settings: PresenceSettings,
+    tracked: Mutex<HashMap<String, Tracked>>,
+}
+
+impl Presence {
+    /// Presence kept in `store`, announced through `bus`, for this host
+    /// (a fresh instance id).
+    pub fn new(
+        store: Arc<dyn PresenceStore>,
+        bus: Arc<dyn Bus>,
+        settings: PresenceSettings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            bus,
+            instance: uuid::Uuid::new_v4().to_string(),
+            settings,
+            tracked: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This host's instance id in the store.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Whether connection `conn` is present on `topic` through this host.
+    pub fn is_joined(&self, conn: &str, topic: &str) -> bool {
+        self.tracked
+            .lock()
+            .get(conn)
+            .is_some_and(|t| t.topics.contains(topic))
+    }
+
+    /// Make `conn` (of user `user_key`) present on `topic` with `data`;
+    /// returns everyone present (for `presence_state`). A join of a topic
+    /// the connection is already on updates its data without a diff.
+    pub async fn join(
+        &self,
+        tenant: &TenantId,
+        conn: &str,
+        user_key: &str,
+        topic: &str,
+        data: &str,
+    ) -> Result<Vec<Member>, BackendError> {
+        let joined = self
+            .store
+            .join(
+                tenant,
+                topic,
+                user_key,
+                &self.instance,
+                conn,
+                data,
+                self.settings.ttl,
+            )
+            .await?;
+        self.tracked
+            .lock()
+            .entry(conn.to_owned())
+            .or_insert_with(|| Tracked {
+                tenant: tenant.clone(),
+                user_key: user_key.to_owned(),
+                topics: HashSet::new(),
+            })
+            .topics
+            .insert(topic.to_owned());
+        if joined.first {
+            self.announce(tenant, topic, diff(Some((user_key, data)), None))
+                .await;
+        }
+        self.store.members(tenant, topic).await
+    }
+
+    /// Make `conn` leave `topic`; `false` if it was not present there.
+    pub async fn leave(&self, conn: &str, topic: &str) -> Result<bool, BackendError> {
+        let (tenant, user_key) = {
+            let mut tracked = self.tracked.lock();
+            let Some(t) = tracked.get_mut(conn) else {
+                return Ok(false);
+            };
+            if !t.topics.remove(topic) {
+                return Ok(false);
+            }
+            let found = (t.tenant.clone(), t.user_key.clone());
+            if t.topics.is_empty() {
+                tracked.remove(conn);
+            }
+            found
+        };
+        let left = self.store.leave(&tenant, topic, &user_key, conn).await?;
+        if let (true, Some(data)) = (left.last, left.data.as_deref()) {
+            self.announce(&tenant, topic, diff(None, Some((&user_key, data))))
+                .await;
+        }
+        Ok(true)
+    }
+
+    /// Make `conn` leave every topic (it closed). Failures are logged; the
+    /// store's expiry removes what could not be.
+    pub async fn leave_all(&self, conn: &str) {
+        let topics: Vec<String> = self
+            .tracked
+            .lock()
+            .get(conn)
+            .map(|t| t.topics.iter().cloned().collect())
+            .unwrap_or_default();
+        for topic in topics {
+            if let Err(e) = self.leave(conn, &topic).await {
+                tracing::warn!(topic, error = %e, "presence leave failed; it will expire");
+            }
+        }
+    }
+
+    /// Publish a diff on `__presence:{topic}` (logged, not returned, on
+    /// failure: the state is in the store either way).
+    async fn announce(&self, tenant: &TenantId, topic: &str, data: String) {
+        if let Err(e) = self
+            .bus
+            .publish(tenant, &channel(topic), "presence_diff", &data)
+            .await
+        {
+            tracing::warn!(%tenant, topic, error = %e, "presence diff not published");
+        }
+    }
+
+    /// One heartbeat: refresh this host's connections, then expire every
+    /// tenant's dead ones (announcing their users' leaves).
+    pub async fn maintain(&self, tenants: &[TenantId]) {
+        let conns: Vec<ConnRef> = self
+            .tracked
+            .lock()
+            .iter()
+            .flat_map(|(conn, t)| {
+                t.topics.iter().map(move |topic| ConnRef {
+                    tenant: t.tenant.clone(),
+                    topic: topic.clone(),
+                    user_key: t.user_key.clone(),
+                    conn: conn.clone(),
+                })
+            })
+            .collect();
+        if !conns.is_empty()
+            && let Err(e) = self
+                .store
+                .heartbeat(&self.instance, &conns, self.settings.ttl)
+                .await
+        {
+            tracing::warn!(error = %e, "presence heartbeat failed");
+        }
+        for tenant in tenants {
+            loop {
+                let expired = match self.store.expire(tenant, EXPIRE_BATCH).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(%tenant, error = %e, "presence expiry failed");
+                        break;
+                    }
+                };
+                for e in &expired {
+                    self.announce(tenant, &e.topic, diff(None, Some((&e.user_key, &e.data))))
+                        .await;
+                }
+                if expired.len() < EXPIRE_BATCH {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Run [`Presence::maintain`] every heartbeat over the tenants `tenants`
+    /// lists, until the returned task is aborted.
+    pub fn spawn_maintenance(
+        self: &Arc<Self>,
+        tenants: impl Fn() -> Vec<TenantId> + Send + Sync + 'static,
+    ) -> JoinHandle<()> {
+        let presence = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(presence.settings.heartbeat);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                presence.maintain(&tenants()).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBus;
+    use crate::backend::presence::memory::MemoryPresence;
+    use crate::hub::{Hub, Outbound};
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+
+    fn tid(s: &str) -> TenantId {
+        TenantId::parse(s).unwrap()
+    }
+
+    fn frame(o: Outbound) -> Value {
+        let Outbound::Text(t) = o;
+        serde_json::from_str(t.as_str()).unwrap()
+    }
+
+    struct Host {
+        presence: Arc<Presence>,
+        hub: Arc<Hub>,
+    }
+
+    fn host(store: Arc<MemoryPresence>, ttl: Duration) -> Host {
+        let hub = Hub::new();
+        let bus = Arc::new(MemoryBus::new(Arc::clone(&hub)));
+        let presence = Presence::new(
+            store,
+            bus,
+            PresenceSettings {
+                heartbeat: ttl / 3,
+                ttl,
+            },
+        );
+        Host { presence, hub }
+    }
+
+    #[tokio::test]
+    async fn tabs_of_one_user_are_one_member_and_leave_once() {
+        let h = host(Arc::new(MemoryPresence::new()), Duration::from_secs(90));
+        let t = tid("acme");
+        let (tx, mut rx) = mpsc::channel(16);
+        let watcher = h.hub.connect(t.clone(), tx, 10);
+        watcher.subscribe(&channel("room:1")).unwrap();
+
+        let state = h
+            .presence
+            .join(&t, "c1", "ann", "room:1", r#"{"name":"Ann"}"#)
+            .await
+            .unwrap();
+        assert_eq!(state.len(), 1);
+        let d = frame(rx.recv().await.unwrap());
+        assert_eq!(d["event"], "presence_diff");
+        assert_eq!(
+            d["data"],
+            json!({"joins":{"ann":{"name":"Ann"}},"leaves":{}})
+        );
+        // Second tab: no diff.
+        h.presence
+            .join(&t, "c2", "ann", "room:1", r#"{"name":"Ann"}"#)
+            .await
+            .unwrap();
+        assert!(h.presence.is_joined("c2", "room:1"));
+        assert!(h.presence.leave("c1", "room:1").await.unwrap());
+        assert!(
+            !h.presence.leave("c1", "room:1").await.unwrap(),
+            "already left"
+        );
+        assert!(rx.try_recv().is_err(), "one tab left: nobody hears it");
+        h.presence.leave_all("c2").await;
+        let d = frame(rx.recv().await.unwrap());
+        assert_eq!(
+            d["data"],
+            json!({"joins":{},"leaves":{"ann":{"name":"Ann"}}})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crashed_hosts_users_leave_after_the_ttl() {
+        let store = Arc::new(MemoryPresence::new());
+        let ttl = Duration::from_millis(300);
+        let crashed = host(Arc::clone(&store), ttl);
+        let alive = host(store, ttl);
+        let t = tid("acme");
+        let (tx, mut rx) = mpsc::channel(16);
+        let watcher = alive.hub.connect(t.clone(), tx, 10);
+        watcher.subscribe(&channel("room:1")).unwrap();
+        crashed
+            .presence
+            .join(&t, "c1", "ann", "room:1", "1")
+            .await
+            .unwrap();
+        alive
+            .presence
+            .join(&t, "c2", "bob", "room:1", "2")
+            .await
+            .unwrap();
+        // (The memory bus is per host: only `alive`'s own join reached the watcher.)
+        let joined = frame(rx.recv().await.unwrap());
+        assert_eq!(joined["data"]["joins"], json!({"bob": 2}));
+        // `crashed` stops heartbeating; `alive` keeps its own connection alive.
+        for _ in 0..5 {
+            tokio::time::sleep(ttl / 3).await;
+            alive.presence.maintain(std::slice::from_ref(&t)).await;
+        }
+        let left = frame(rx.recv().await.unwrap());
+        assert_eq!(left["data"], json!({"joins":{},"leaves":{"ann":1}}));
+        assert!(rx.try_recv().is_err(), "reported once; bob stays");
+        let members = alive
+            .presence
+            .join(&t, "c2", "bob", "room:1", "2")
+            .await
+            .unwrap();
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].key, "bob");
+    }
+
+    #[test]
+    fn members_json_keeps_data_verbatim() {
+        assert_eq!(
+            members_json([("b", "{\"x\":1}"), ("a", "null")]),
+            r#"{"a":null,"b":{"x":1}}"#
+        );
+        assert_eq!(members_json([("bad", "{not json")]), "{}");
+    }
+}
