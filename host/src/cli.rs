@@ -44,6 +44,7 @@ use crate::control::{Control, ControlError, ControlSettings};
 use crate::hub::Hub;
 use crate::presence::Presence;
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
+use crate::server::session::Services;
 use crate::server::{self, AppState, ServerSettings};
 use crate::tenant::{Registry, TenantId};
 
@@ -257,6 +258,7 @@ pub async fn serve_config(
     let backends = build_backends(&config, &hub).await?;
     let purgeable = backends.clone();
     let replay = Arc::clone(&backends.replay);
+    let idempotency = Arc::clone(&backends.idempotency);
     let presence = Presence::new(
         Arc::clone(&backends.presence),
         Arc::clone(&backends.bus),
@@ -379,11 +381,15 @@ pub async fn serve_config(
         let registry = Arc::clone(&registry);
         presence.spawn_maintenance(move || registry.ids())
     };
+    let services = Arc::new(Services {
+        replay,
+        presence,
+        idempotency,
+    });
     let state = AppState::new(
         registry,
         hub,
-        replay,
-        presence,
+        services,
         ServerSettings::from_config(&config),
     );
     let served = server::serve(listener, state, async move {

@@ -58,20 +58,44 @@ impl Drop for Namespace {
     }
 }
 
-/// Clients of tenant `alpha` on host A and host B (the same host twice on
-/// memory) and of tenant `beta` on host B.
+/// Clients of user ann of tenant `alpha` on host A and host B (the same
+/// host twice on memory), of user bob of `alpha` on host B, and of a user
+/// ann of tenant `beta` on host B.
 struct Clients {
     a: Client,
     b: Client,
+    bob: Client,
     other_tenant: Client,
 }
 
 async fn clients(a: &HostProcess, b: &HostProcess) -> Clients {
     Clients {
-        a: Client::connect(&a.url("/t/alpha/ws")).await.unwrap(),
-        b: Client::connect(&b.url("/t/alpha/ws")).await.unwrap(),
-        other_tenant: Client::connect(&b.url("/t/beta/ws")).await.unwrap(),
+        a: Client::connect(&a.url("/t/alpha/ws?user=ann"))
+            .await
+            .unwrap(),
+        b: Client::connect(&b.url("/t/alpha/ws?user=ann"))
+            .await
+            .unwrap(),
+        bob: Client::connect(&b.url("/t/alpha/ws?user=bob"))
+            .await
+            .unwrap(),
+        other_tenant: Client::connect(&b.url("/t/beta/ws?user=ann"))
+            .await
+            .unwrap(),
     }
+}
+
+/// An RPC sent with an `idempotencyKey`; the `data` of its answer.
+async fn rpc_once(c: &mut Client, path: &str, args: Value, key: &str) -> Value {
+    let id = c.new_id();
+    c.send_json(&json!({"rpc": path, "id": id, "args": args, "idempotencyKey": key}))
+        .await
+        .unwrap();
+    let reply = c
+        .wait_for(|f| f["topic"] == "__rpc" && f["event"] == id.as_str())
+        .await
+        .unwrap();
+    reply["data"].clone()
 }
 
 /// The behaviour every deployment shows, run against one host or a fleet.
@@ -162,6 +186,38 @@ async fn extensions_behave(c: &mut Clients) {
             .await
             .unwrap(),
         json!("theirs")
+    );
+
+    // RPCs with an idempotencyKey run once per user and key, fleet-wide.
+    let first = rpc_once(&mut c.a, "fixture/kv_incr", json!(["orders", 1]), "k1").await;
+    assert_eq!(first["data"], 1, "{first}");
+    let retry = rpc_once(&mut c.b, "fixture/kv_incr", json!(["orders", 1]), "k1").await;
+    assert_eq!(retry["data"], 1, "the retry gets the first result: {retry}");
+    let bobs = rpc_once(&mut c.bob, "fixture/kv_incr", json!(["orders", 1]), "k1").await;
+    assert_eq!(
+        bobs["data"], 2,
+        "another user's key is another call: {bobs}"
+    );
+    c.a.rpc("fixture/kv_set", json!(["bad", "x", null]))
+        .await
+        .unwrap();
+    let failed = rpc_once(&mut c.a, "fixture/kv_incr", json!(["bad", 1]), "k2").await;
+    assert_eq!(failed["ok"], false, "{failed}");
+    c.a.rpc("fixture/kv_set", json!(["bad", 5, null]))
+        .await
+        .unwrap();
+    let again = rpc_once(&mut c.b, "fixture/kv_incr", json!(["bad", 1]), "k2").await;
+    assert_eq!(
+        again["data"], 6,
+        "a failed call keeps nothing, the retry runs: {again}"
+    );
+    let reserved =
+        c.a.rpc_raw("fixture/once", json!(["__rpc:x", 1]))
+            .await
+            .unwrap();
+    assert_eq!(
+        reserved["code"], "FORBIDDEN",
+        "plugins cannot read the host's records"
     );
 
     // Replay import: what was published, with the wire seqs.

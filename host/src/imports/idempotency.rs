@@ -1,4 +1,6 @@
 //! `tenantry:plugin/idempotency`: run-once records of the calling tenant.
+//! Keys starting `__` are reserved for the host's own records (RPCs sent
+//! with an `idempotencyKey`): `access-denied`.
 
 use std::time::Duration;
 
@@ -9,8 +11,18 @@ use crate::runtime::HostState;
 use crate::runtime::wit::idempotency::{Host, IdemState};
 use crate::runtime::wit::types::HostError;
 
+/// Keys starting `__` are the host's (RPCs sent with an `idempotencyKey`).
+fn check_key(key: &str) -> Result<(), HostError> {
+    if key.starts_with("__") {
+        Err(HostError::AccessDenied)
+    } else {
+        Ok(())
+    }
+}
+
 impl Host for HostState {
     async fn acquire(&mut self, key: String, pending_ttl_ms: u64) -> Result<IdemState, HostError> {
+        check_key(&key)?;
         self.cpu.pause();
         let s = &self.scope;
         let r = s
@@ -27,6 +39,7 @@ impl Host for HostState {
     }
 
     async fn commit(&mut self, key: String, value: String, ttl_ms: u64) -> Result<(), HostError> {
+        check_key(&key)?;
         // Handed back verbatim as JSON later: it must be one JSON value.
         if serde_json::from_str::<IgnoredAny>(&value).is_err() {
             return Err(HostError::Invalid);
@@ -43,6 +56,7 @@ impl Host for HostState {
     }
 
     async fn abort(&mut self, key: String) -> Result<(), HostError> {
+        check_key(&key)?;
         self.cpu.pause();
         let s = &self.scope;
         let r = s.backends.idempotency.abort(&s.tenant, &key).await;

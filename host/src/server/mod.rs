@@ -25,11 +25,10 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::backend::replay::ReplayBuffer;
 use crate::config::{Config, Limits};
 use crate::hub::Hub;
-use crate::presence::Presence;
 use crate::tenant::Registry;
+use session::Services;
 use tenancy::TenancySettings;
 
 /// How long [`serve`] waits for WebSocket connections to finish their close
@@ -58,8 +57,7 @@ impl ServerSettings {
 struct Shared {
     registry: Arc<Registry>,
     hub: Arc<Hub>,
-    replay: Arc<dyn ReplayBuffer>,
-    presence: Arc<Presence>,
+    services: Arc<Services>,
     settings: ServerSettings,
     /// `true` once shutdown started; every connection watches it.
     shutdown: watch::Sender<bool>,
@@ -75,22 +73,19 @@ pub struct AppState {
 
 impl AppState {
     /// State serving the tenants of `registry`, fanning out through `hub`
-    /// (the same hub the backends' bus publishes into), answering `replay`
-    /// / `resume` from `replay` (the buffers that bus appends to) and
-    /// keeping connections present through `presence`.
+    /// (the same hub the backends' bus publishes into), with the sessions'
+    /// `services` (replay buffers of that bus, presence, idempotency).
     pub fn new(
         registry: Arc<Registry>,
         hub: Arc<Hub>,
-        replay: Arc<dyn ReplayBuffer>,
-        presence: Arc<Presence>,
+        services: Arc<Services>,
         settings: ServerSettings,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 registry,
                 hub,
-                replay,
-                presence,
+                services,
                 settings,
                 shutdown: watch::Sender::new(false),
                 connections: watch::Sender::new(0),
@@ -108,14 +103,9 @@ impl AppState {
         &self.shared.hub
     }
 
-    /// The replay buffers.
-    pub fn replay(&self) -> &Arc<dyn ReplayBuffer> {
-        &self.shared.replay
-    }
-
-    /// This host's presence.
-    pub fn presence(&self) -> &Arc<Presence> {
-        &self.shared.presence
+    /// The services every session uses.
+    pub fn services(&self) -> &Arc<Services> {
+        &self.shared.services
     }
 
     /// The server settings.

@@ -7,17 +7,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::backend::idempotency::{IdemAcquire, IdempotencyStore};
 use crate::backend::presence::Member;
 use crate::backend::replay::{ReplayBuffer, ReplayPage};
 use crate::hub::{HubConnection, Released, SubscribeError};
 use crate::presence::{self, Presence};
 use crate::protocol;
 use crate::runtime::Plugin;
-use crate::runtime::{CallContext, CallError, Effect, User};
+use crate::runtime::{CallContext, CallError, Effect, LiveError, User};
 use crate::tenant::{Tenant, canary_bucket};
 
 /// Process-wide counter behind [`CallContext::request_id`].
@@ -38,6 +40,24 @@ impl Denied {
             reason: reason.into(),
         }
     }
+}
+
+/// How long the result of an RPC sent with an `idempotencyKey` is kept
+/// (the seeds' idempotency `ttl`, 48 h).
+pub const RPC_IDEMPOTENCY_TTL: Duration = Duration::from_secs(48 * 60 * 60);
+/// How long an RPC sent with an `idempotencyKey` holds its key while it
+/// runs (the seeds' `acquireTtl`).
+pub const RPC_IDEMPOTENCY_PENDING_TTL: Duration = Duration::from_secs(60);
+
+/// The host services every session of the process uses beyond its own
+/// tenant and plugin. Share it as `Arc<Services>`.
+pub struct Services {
+    /// Replay buffers (`replay`, `resume`).
+    pub replay: Arc<dyn ReplayBuffer>,
+    /// Presence.
+    pub presence: Arc<Presence>,
+    /// Idempotency records (RPCs sent with an `idempotencyKey`).
+    pub idempotency: Arc<dyn IdempotencyStore>,
 }
 
 /// Who is present on a topic the connection just joined: send it as
@@ -82,8 +102,7 @@ pub struct Session {
     tenant: Arc<Tenant>,
     user: Option<User>,
     hub: HubConnection,
-    replay: Arc<dyn ReplayBuffer>,
-    presence: Arc<Presence>,
+    services: Arc<Services>,
     inflight: Arc<Semaphore>,
     caps: Mutex<Vec<String>>,
     /// Which canary bucket (0-99) this connection is in.
@@ -92,15 +111,14 @@ pub struct Session {
 
 impl Session {
     /// A session `id` of `tenant` for `user`, subscribed through `hub`,
-    /// catching up from `replay`, present through `presence`, allowing
-    /// `max_inflight_calls` concurrent plugin calls.
+    /// using `services`, allowing `max_inflight_calls` concurrent plugin
+    /// calls.
     pub fn new(
         id: String,
         tenant: Arc<Tenant>,
         user: Option<User>,
         hub: HubConnection,
-        replay: Arc<dyn ReplayBuffer>,
-        presence: Arc<Presence>,
+        services: Arc<Services>,
         max_inflight_calls: usize,
     ) -> Self {
         Self {
@@ -109,8 +127,7 @@ impl Session {
             tenant,
             user,
             hub,
-            replay,
-            presence,
+            services,
             inflight: Arc::new(Semaphore::new(max_inflight_calls)),
             caps: Mutex::new(Vec::new()),
         }
@@ -231,6 +248,7 @@ impl Session {
                     }
                     let tenant = &self.tenant.id;
                     match self
+                        .services
                         .presence
                         .join(tenant, &self.id, self.user_key(), &topic, &data)
                         .await
@@ -258,11 +276,11 @@ impl Session {
 
     /// Leave `topic`'s presence if the connection is on it.
     async fn leave_presence(&self, topic: &str) {
-        if !self.presence.is_joined(&self.id, topic) {
+        if !self.services.presence.is_joined(&self.id, topic) {
             return;
         }
         self.hub.unsubscribe(&presence::channel(topic));
-        if let Err(e) = self.presence.leave(&self.id, topic).await {
+        if let Err(e) = self.services.presence.leave(&self.id, topic).await {
             tracing::warn!(topic, error = %e, "presence leave failed; it will expire");
         }
     }
@@ -280,7 +298,8 @@ impl Session {
     }
 
     async fn read_replay(&self, topic: &str, since: u64) -> Result<ReplayPage, Denied> {
-        self.replay
+        self.services
+            .replay
             .since(&self.tenant.id, topic, since)
             .await
             .map_err(|e| {
@@ -351,12 +370,59 @@ impl Session {
             .map(|p| CallPermit { _permit: p })
     }
 
+    /// Run the RPC `path` with JSON array `args_json` in the tenant's
+    /// plugin (see [`Session::call_once`]); with an `idempotency_key` (the
+    /// client's `idempotencyKey`), at most once per key and user.
+    pub async fn call(
+        &self,
+        path: &str,
+        args_json: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<(String, Vec<PresenceSnapshot>), CallError> {
+        let Some(client_key) = idempotency_key else {
+            return self.call_once(path, args_json).await;
+        };
+        // Scoped by path and user (a key never returns another user's
+        // result); length-prefixed so no two (user, key) pairs collide, and
+        // under `__`, which plugins cannot use.
+        let user = self.user_key();
+        let key = format!("__rpc:{path}:{}:{user}:{client_key}", user.len());
+        let tenant = &self.tenant.id;
+        let store = &self.services.idempotency;
+        let unavailable = |e: crate::backend::BackendError| {
+            tracing::warn!(path, error = %e, "idempotency store unavailable; call refused");
+            CallError::Live(LiveError::new("SERVICE_UNAVAILABLE", "Service unavailable"))
+        };
+        match store
+            .acquire(tenant, &key, RPC_IDEMPOTENCY_PENDING_TTL)
+            .await
+            .map_err(unavailable)?
+        {
+            IdemAcquire::Done(json) => Ok((json, Vec::new())),
+            IdemAcquire::Pending => Err(CallError::Live(LiveError::new(
+                "CONFLICT",
+                "A call with this idempotency key is in progress",
+            ))),
+            IdemAcquire::Acquired => {
+                let result = self.call_once(path, args_json).await;
+                let kept = match &result {
+                    Ok((json, _)) => store.commit(tenant, &key, json, RPC_IDEMPOTENCY_TTL).await,
+                    Err(_) => store.abort(tenant, &key).await.map(drop),
+                };
+                if let Err(e) = kept {
+                    tracing::warn!(path, error = %e, "idempotency record not updated");
+                }
+                result
+            }
+        }
+    }
+
     /// Run the RPC `path` with JSON array `args_json` in the tenant's plugin,
     /// then apply what it asked for on this connection (presence joins,
     /// whose snapshots are returned with the result). Failures that are not
     /// live errors are logged here with their real message (the client
     /// only sees a generic one).
-    pub async fn call(
+    async fn call_once(
         &self,
         path: &str,
         args_json: &str,
@@ -399,6 +465,6 @@ impl Session {
 
     /// Leave every topic's presence (the connection ended).
     pub async fn leave_all_presence(&self) {
-        self.presence.leave_all(&self.id).await;
+        self.services.presence.leave_all(&self.id).await;
     }
 }

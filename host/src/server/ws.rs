@@ -15,8 +15,9 @@
 //! on (documented in `docs/protocol.md`): `reply` (the host sends no server
 //! requests yet), unknown `type`s, custom
 //! user messages and binary frames that are not RPC. Stream RPCs
-//! (`"stream":true`) are answered `INVALID_REQUEST`; `idempotencyKey` is
-//! accepted and ignored.
+//! (`"stream":true`) are answered `INVALID_REQUEST`. A call's
+//! `idempotencyKey` makes it run at most once per key, path and user
+//! ([`Session::call`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -286,8 +287,7 @@ async fn connection(
         tenant,
         user,
         hub,
-        Arc::clone(state.replay()),
-        Arc::clone(state.presence()),
+        Arc::clone(state.services()),
         max_inflight,
     ));
     if socket
@@ -839,7 +839,10 @@ async fn run_call(
             Vec::new(),
         );
     }
-    match session.call(&call.path, &call.args_json).await {
+    match session
+        .call(&call.path, &call.args_json, call.idempotency_key.as_deref())
+        .await
+    {
         Ok((json, snapshots)) => (Ok(json), snapshots),
         Err(e) => (Err(RpcErrorBody::from(&e)), Vec::new()),
     }
