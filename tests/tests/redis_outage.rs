@@ -148,6 +148,34 @@ async fn hosts_survive_a_redis_outage() {
     }
     let last = kv_times[kv_times.len() - 1];
     assert!(last < Duration::from_millis(200), "fail fast: {kv_times:?}");
+    // With the breaker open the other Redis extensions fail fast too: a
+    // rate limit refuses (fails closed), locks and run-once records are
+    // unavailable, and a replay request is denied SERVICE_UNAVAILABLE.
+    for (path, args) in [
+        ("fixture/limit", json!(["k", 100, 1000, 0])),
+        ("fixture/lock", json!(["k", 1000, 0])),
+        ("fixture/once", json!(["k", 1])),
+        ("fixture/replay", json!(["news", 0])),
+    ] {
+        let started = Instant::now();
+        let r = caller.rpc_raw(path, args).await.unwrap();
+        assert_eq!(
+            (path, &r["code"]),
+            (path, &json!("SERVICE_UNAVAILABLE")),
+            "{r}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{path} fails fast"
+        );
+    }
+    watcher
+        .send_json(&json!({"type": "replay", "topic": "news", "since": 0, "reqId": 1}))
+        .await
+        .unwrap();
+    let denied = watcher.next_event("__replay:news").await.unwrap();
+    assert_eq!(denied["event"], "denied", "{denied}");
+    assert_eq!(denied["data"]["code"], "SERVICE_UNAVAILABLE", "{denied}");
     // B got none of A's outage publishes.
     assert!(
         event_within(&mut on_b, "news", Duration::from_millis(200))
