@@ -29,6 +29,8 @@ use crate::backend::idempotency::redis::RedisIdempotency;
 use crate::backend::lock::redis::RedisLock;
 use crate::backend::memory;
 use crate::backend::presence::redis::RedisPresence;
+use crate::backend::publish_rate::PublishRates;
+use crate::backend::publish_rate::redis::RedisRateBoard;
 use crate::backend::ratelimit::redis::RedisRateLimiter;
 use crate::backend::redis::bus::RedisBus;
 use crate::backend::redis::kv::RedisKv;
@@ -257,6 +259,7 @@ pub async fn serve_config(
     let hub = Hub::new();
     let backends = build_backends(&config, &hub).await?;
     let purgeable = backends.clone();
+    let publish_rates = Arc::clone(&backends.publish_rates);
     let replay = Arc::clone(&backends.replay);
     let idempotency = Arc::clone(&backends.idempotency);
     let presence = Presence::new(
@@ -377,6 +380,7 @@ pub async fn serve_config(
         None => None,
     };
     print_line(&format!("tenantry listening on http://{addr}"));
+    let rate_reports = publish_rates.spawn();
     let presence_maintenance = {
         let registry = Arc::clone(&registry);
         presence.spawn_maintenance(move || registry.ids())
@@ -409,6 +413,7 @@ pub async fn serve_config(
         f.abort();
     }
     presence_maintenance.abort();
+    rate_reports.abort();
     served.map_err(CliError::Serve)?;
     tracing::info!("stopped");
     Ok(())
@@ -474,7 +479,14 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
         ));
     }
     if r.presence {
-        backends.presence = Arc::new(RedisPresence::new(conn, ns(), breaker));
+        backends.presence = Arc::new(RedisPresence::new(conn.clone(), ns(), Arc::clone(&breaker)));
+    }
+    if r.publish_rates {
+        backends.publish_rates = Arc::new(PublishRates::new(Arc::new(RedisRateBoard::new(
+            conn,
+            ns(),
+            breaker,
+        ))));
     }
     tracing::info!(
         namespace = %r.namespace,
@@ -484,6 +496,7 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
         lock = r.lock,
         idempotency = r.idempotency,
         presence = r.presence,
+        publish_rates = r.publish_rates,
         "Redis backends connected"
     );
     Ok(backends)

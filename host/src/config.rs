@@ -186,6 +186,9 @@ pub struct RedisSettings {
     /// Per-extension override: presence on Redis. Default true.
     #[serde(default = "yes")]
     pub presence: bool,
+    /// Per-extension override: fleet-wide publish rates on Redis. Default true.
+    #[serde(default = "yes")]
+    pub publish_rates: bool,
 }
 
 fn default_redis_namespace() -> String {
@@ -208,6 +211,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("lock", &self.lock)
             .field("idempotency", &self.idempotency)
             .field("presence", &self.presence)
+            .field("publish_rates", &self.publish_rates)
             .finish()
     }
 }

@@ -560,6 +560,11 @@ impl Control {
         Ok(rec)
     }
 
+    /// The backends (for reads the admin API serves, e.g. publish rates).
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
     /// Let connections of `id` in again.
     pub async fn resume(&self, id: &TenantId) -> Result<TenantRecord, ControlError> {
         let (rec, ()) = self

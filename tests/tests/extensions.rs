@@ -264,3 +264,50 @@ async fn extensions_are_shared_by_a_redis_fleet() {
     let mut c = clients(&a, &b).await;
     extensions_behave(&mut c).await;
 }
+
+#[tokio::test]
+async fn publish_rates_are_merged_across_the_fleet() {
+    let ns = Namespace::new("rates");
+    let a = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
+    let b = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
+    let mut on_a = Client::connect(&a.url("/t/alpha/ws")).await.unwrap();
+    let mut on_b = Client::connect(&b.url("/t/alpha/ws")).await.unwrap();
+    for _ in 0..20 {
+        on_a.rpc("fixture/publish", json!(["hot", "e", 1]))
+            .await
+            .unwrap();
+        on_b.rpc("fixture/publish", json!(["hot", "e", 1]))
+            .await
+            .unwrap();
+    }
+    on_b.rpc("fixture/publish", json!(["cold", "e", 1]))
+        .await
+        .unwrap();
+    // Hosts report every 5 s; ask until both have.
+    let started = std::time::Instant::now();
+    let top = loop {
+        let (status, body) = a
+            .admin("GET", "/admin/tenants/alpha/publish-rates", b"")
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let top = body["topPublishers"].clone();
+        if top[0]["contributingInstances"] == 2 {
+            break top;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!(top[0]["topic"], "hot", "{top}");
+    assert!(top[0]["messagesPerSec"].as_f64().unwrap() > 0.0, "{top}");
+    assert_eq!(top[1]["topic"], "cold", "{top}");
+    assert_eq!(top[1]["contributingInstances"], 1, "{top}");
+    let (_, other) = b
+        .admin("GET", "/admin/tenants/beta/publish-rates", b"")
+        .await
+        .unwrap();
+    assert_eq!(other["topPublishers"], json!([]), "another tenant: {other}");
+}

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::catalog::TenantRecord;
-use crate::control::Control;
+use crate::control::{Control, ControlError};
 use crate::plan::PlanOverrides;
 use crate::tenant::TenantId;
 use auth::Caller;
@@ -64,6 +64,7 @@ pub fn router(state: AdminState) -> Router {
             "/admin/tenants/{id}",
             get(get_tenant).patch(update_tenant).delete(delete_tenant),
         )
+        .route("/admin/tenants/{id}/publish-rates", get(publish_rates))
         .route("/admin/tenants/{id}/suspend", post(suspend))
         .route("/admin/tenants/{id}/resume", post(resume))
         .route("/admin/tenants/{id}/keys", post(create_key).get(list_keys))
@@ -244,6 +245,30 @@ async fn get_tenant(
     let id = tenant_id(&id)?;
     caller.for_tenant(&id)?;
     ok(StatusCode::OK, tenant_view(&s.control.get(&id).await?))
+}
+
+/// `GET /admin/tenants/{id}/publish-rates`: the tenant's busiest topics
+/// over the whole fleet (the seeds' `topPublishers`).
+async fn publish_rates(
+    State(s): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = tenant_id(&id)?;
+    caller.for_tenant(&id)?;
+    s.control.get(&id).await?;
+    let top = s
+        .control
+        .backends()
+        .publish_rates
+        .board()
+        .merged(&id)
+        .await
+        .map_err(|e| ControlError::Backend(format!("publish rates unavailable: {e}")))?;
+    ok(
+        StatusCode::OK,
+        json!({ "tenant": id.as_str(), "topPublishers": top }),
+    )
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod lock;
 pub mod memory;
 pub mod presence;
+pub mod publish_rate;
 pub mod ratelimit;
 pub mod redis;
 pub mod replay;
@@ -138,6 +139,8 @@ pub struct Backends {
     pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
     /// Presence (who is on which topic).
     pub presence: Arc<dyn presence::PresenceStore>,
+    /// This host's publish-rate sampler and the board it reports to.
+    pub publish_rates: Arc<publish_rate::PublishRates>,
 }
 
 impl Backends {
@@ -178,6 +181,12 @@ impl Backends {
                 .purge_tenant(tenant)
                 .await
                 .map_err(|e| ("presence", e))?,
+            publish_rate_reports: self
+                .publish_rates
+                .board()
+                .purge_tenant(tenant)
+                .await
+                .map_err(|e| ("publish rates", e))?,
         })
     }
 }
@@ -197,4 +206,6 @@ pub struct PurgeReport {
     pub idempotency_keys: u64,
     /// Presence connections.
     pub presence_connections: u64,
+    /// Publish-rate reports.
+    pub publish_rate_reports: u64,
 }

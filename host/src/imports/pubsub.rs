@@ -50,6 +50,12 @@ impl Host for HostState {
             .publish(&scope.tenant, &topic, &event, &data)
             .await;
         self.cpu.resume();
+        if r.is_ok() {
+            scope
+                .backends
+                .publish_rates
+                .record(&scope.tenant, &topic, data.len());
+        }
         r.map_err(HostError::from)
     }
 }

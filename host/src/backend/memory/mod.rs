@@ -21,6 +21,8 @@ use crate::backend::Backends;
 use crate::backend::idempotency::memory::MemoryIdempotency;
 use crate::backend::lock::memory::MemoryLock;
 use crate::backend::presence::memory::MemoryPresence;
+use crate::backend::publish_rate::PublishRates;
+use crate::backend::publish_rate::memory::MemoryRateBoard;
 use crate::backend::ratelimit::memory::MemoryRateLimiter;
 use crate::backend::replay::{MemoryReplay, ReplaySettings};
 use crate::hub::Hub;
@@ -52,5 +54,6 @@ pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
         lock: Arc::new(MemoryLock::new()),
         idempotency: Arc::new(MemoryIdempotency::new()),
         presence: Arc::new(MemoryPresence::new()),
+        publish_rates: Arc::new(PublishRates::new(Arc::new(MemoryRateBoard::new()))),
     }
 }
