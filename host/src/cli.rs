@@ -25,6 +25,8 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
 use crate::admin_client::{self, AdminCommand};
+use crate::backend::cursor::redis::RedisCursors;
+use crate::backend::groups::redis::RedisGroups;
 use crate::backend::idempotency::redis::RedisIdempotency;
 use crate::backend::lock::redis::RedisLock;
 use crate::backend::memory;
@@ -481,6 +483,12 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
     if r.presence {
         backends.presence = Arc::new(RedisPresence::new(conn.clone(), ns(), Arc::clone(&breaker)));
     }
+    if r.groups {
+        backends.groups = Arc::new(RedisGroups::new(conn.clone(), ns(), Arc::clone(&breaker)));
+    }
+    if r.cursors {
+        backends.cursors = Arc::new(RedisCursors::new(conn.clone(), ns(), Arc::clone(&breaker)));
+    }
     if r.publish_rates {
         backends.publish_rates = Arc::new(PublishRates::new(Arc::new(RedisRateBoard::new(
             conn,
@@ -497,6 +505,8 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
         idempotency = r.idempotency,
         presence = r.presence,
         publish_rates = r.publish_rates,
+        groups = r.groups,
+        cursors = r.cursors,
         "Redis backends connected"
     );
     Ok(backends)

@@ -189,6 +189,12 @@ pub struct RedisSettings {
     /// Per-extension override: fleet-wide publish rates on Redis. Default true.
     #[serde(default = "yes")]
     pub publish_rates: bool,
+    /// Per-extension override: broadcast groups on Redis. Default true.
+    #[serde(default = "yes")]
+    pub groups: bool,
+    /// Per-extension override: cursors on Redis. Default true.
+    #[serde(default = "yes")]
+    pub cursors: bool,
 }
 
 fn default_redis_namespace() -> String {
@@ -212,6 +218,8 @@ impl std::fmt::Debug for RedisSettings {
             .field("idempotency", &self.idempotency)
             .field("presence", &self.presence)
             .field("publish_rates", &self.publish_rates)
+            .field("groups", &self.groups)
+            .field("cursors", &self.cursors)
             .finish()
     }
 }

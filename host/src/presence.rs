@@ -27,8 +27,12 @@
 //! passed — those of a host that died without saying goodbye — publishing
 //! their users' leaves (each exactly once, whichever host expires it).
 //!
-//! Diffs are not coalesced (one frame per join or leave); a `presence_diff`
-//! carries a `seq` like any event, which clients may ignore.
+//! Diffs are coalesced per topic over [`COALESCE`]: the joins and leaves
+//! of that window go out as one `presence_diff` (a user who joined and left
+//! within it is only in `leaves`; clients apply `leaves` before `joins`, so
+//! one who left and came back ends up present). Without this a burst of
+//! joins to a topic with N members would cost N frames per join. A
+//! `presence_diff` carries a `seq` like any event, which clients may ignore.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -46,6 +50,8 @@ use crate::tenant::TenantId;
 pub const PRESENCE_TOPIC_PREFIX: &str = "__presence:";
 /// Connections expired per store call in one sweep.
 const EXPIRE_BATCH: usize = 512;
+/// How long joins and leaves of one topic are gathered into one diff.
+pub const COALESCE: Duration = Duration::from_millis(20);
 
 /// How presence keeps crashed hosts' users from lingering (the `[presence]`
 /// table).
@@ -91,12 +97,30 @@ pub fn members_json<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>) -
     serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned())
 }
 
-fn diff(joins: Option<(&str, &str)>, leaves: Option<(&str, &str)>) -> String {
-    format!(
-        "{{\"joins\":{},\"leaves\":{}}}",
-        members_json(joins),
-        members_json(leaves)
-    )
+/// The joins and leaves of one topic waiting for their diff.
+#[derive(Default)]
+struct PendingDiff {
+    joins: BTreeMap<String, String>,
+    leaves: BTreeMap<String, String>,
+}
+
+impl PendingDiff {
+    fn json(&self) -> String {
+        let pairs = |m: &BTreeMap<String, String>| {
+            members_json(m.iter().map(|(k, d)| (k.as_str(), d.as_str())))
+        };
+        format!(
+            "{{\"joins\":{},\"leaves\":{}}}",
+            pairs(&self.joins),
+            pairs(&self.leaves)
+        )
+    }
+}
+
+/// A join or a leave to announce.
+enum Change<'a> {
+    Join(&'a str, &'a str),
+    Leave(&'a str, &'a str),
 }
 
 /// One connection's presence on this host.
@@ -114,6 +138,10 @@ pub struct Presence {
     instance: String,
     settings: PresenceSettings,
     tracked: Mutex<HashMap<String, Tracked>>,
+    /// Diffs being gathered, per tenant and topic (see [`COALESCE`]).
+    pending: Mutex<HashMap<(TenantId, String), PendingDiff>>,
+    /// This presence itself, for the flush tasks.
+    me: std::sync::Weak<Presence>,
 }
 
 impl Presence {
@@ -124,12 +152,14 @@ impl Presence {
         bus: Arc<dyn Bus>,
         settings: PresenceSettings,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             store,
             bus,
             instance: uuid::Uuid::new_v4().to_string(),
             settings,
             tracked: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            me: me.clone(),
         })
     }
 
@@ -180,8 +210,7 @@ impl Presence {
             .topics
             .insert(topic.to_owned());
         if joined.first {
-            self.announce(tenant, topic, diff(Some((user_key, data)), None))
-                .await;
+            self.announce(tenant, topic, Change::Join(user_key, data));
         }
         self.store.members(tenant, topic).await
     }
@@ -204,8 +233,7 @@ impl Presence {
         };
         let left = self.store.leave(&tenant, topic, &user_key, conn).await?;
         if let (true, Some(data)) = (left.last, left.data.as_deref()) {
-            self.announce(&tenant, topic, diff(None, Some((&user_key, data))))
-                .await;
+            self.announce(&tenant, topic, Change::Leave(&user_key, data));
         }
         Ok(true)
     }
@@ -226,12 +254,48 @@ impl Presence {
         }
     }
 
-    /// Publish a diff on `__presence:{topic}` (logged, not returned, on
-    /// failure: the state is in the store either way).
-    async fn announce(&self, tenant: &TenantId, topic: &str, data: String) {
+    /// Add a change to `topic`'s next diff, scheduling its publication in
+    /// [`COALESCE`] if it is the first.
+    fn announce(&self, tenant: &TenantId, topic: &str, change: Change<'_>) {
+        let first = {
+            let mut pending = self.pending.lock();
+            let key = (tenant.clone(), topic.to_owned());
+            let first = !pending.contains_key(&key);
+            let diff = pending.entry(key).or_default();
+            match change {
+                Change::Join(user, data) => {
+                    diff.joins.insert(user.to_owned(), data.to_owned());
+                }
+                Change::Leave(user, data) => {
+                    // Joined and left within the window: only the leave.
+                    diff.joins.remove(user);
+                    diff.leaves.insert(user.to_owned(), data.to_owned());
+                }
+            }
+            first
+        };
+        if first && let Some(me) = self.me.upgrade() {
+            let (tenant, topic) = (tenant.clone(), topic.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(COALESCE).await;
+                me.flush(&tenant, &topic).await;
+            });
+        }
+    }
+
+    /// Publish `topic`'s gathered diff on `__presence:{topic}` (logged, not
+    /// returned, on failure: the state is in the store either way).
+    async fn flush(&self, tenant: &TenantId, topic: &str) {
+        let Some(diff) = self
+            .pending
+            .lock()
+            .remove(&(tenant.clone(), topic.to_owned()))
+        else {
+            return;
+        };
         if let Err(e) = self
             .bus
-            .publish(tenant, &channel(topic), "presence_diff", &data)
+            .publish(tenant, &channel(topic), "presence_diff", &diff.json())
             .await
         {
             tracing::warn!(%tenant, topic, error = %e, "presence diff not published");
@@ -272,8 +336,7 @@ impl Presence {
                     }
                 };
                 for e in &expired {
-                    self.announce(tenant, &e.topic, diff(None, Some((&e.user_key, &e.data))))
-                        .await;
+                    self.announce(tenant, &e.topic, Change::Leave(&e.user_key, &e.data));
                 }
                 if expired.len() < EXPIRE_BATCH {
                     break;
@@ -415,6 +478,30 @@ mod tests {
             .unwrap();
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].key, "bob");
+    }
+
+    #[tokio::test]
+    async fn changes_within_the_window_go_out_as_one_diff() {
+        let h = host(Arc::new(MemoryPresence::new()), Duration::from_secs(90));
+        let t = tid("acme");
+        let (tx, mut rx) = mpsc::channel(16);
+        let watcher = h.hub.connect(t.clone(), tx, 10);
+        watcher.subscribe(&channel("room:1")).unwrap();
+        for (conn, user) in [("c1", "ann"), ("c2", "bob"), ("c3", "cid")] {
+            h.presence
+                .join(&t, conn, user, "room:1", "1")
+                .await
+                .unwrap();
+        }
+        h.presence.leave("c3", "room:1").await.unwrap();
+        let d = frame(rx.recv().await.unwrap());
+        assert_eq!(
+            d["data"],
+            json!({"joins":{"ann":1,"bob":1},"leaves":{"cid":1}}),
+            "cid joined and left within the window: only its leave"
+        );
+        tokio::time::sleep(COALESCE * 3).await;
+        assert!(rx.try_recv().is_err(), "one diff");
     }
 
     #[test]

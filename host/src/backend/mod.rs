@@ -7,6 +7,8 @@
 //! plugin can never choose it.
 
 pub mod breaker;
+pub mod cursor;
+pub mod groups;
 pub mod idempotency;
 pub mod lock;
 pub mod memory;
@@ -141,6 +143,10 @@ pub struct Backends {
     pub presence: Arc<dyn presence::PresenceStore>,
     /// This host's publish-rate sampler and the board it reports to.
     pub publish_rates: Arc<publish_rate::PublishRates>,
+    /// Broadcast groups (membership, roles, capacity).
+    pub groups: Arc<dyn groups::GroupStore>,
+    /// Live cursors.
+    pub cursors: Arc<dyn cursor::CursorStore>,
 }
 
 impl Backends {
@@ -187,6 +193,16 @@ impl Backends {
                 .purge_tenant(tenant)
                 .await
                 .map_err(|e| ("publish rates", e))?,
+            groups: self
+                .groups
+                .purge_tenant(tenant)
+                .await
+                .map_err(|e| ("groups", e))?,
+            cursors: self
+                .cursors
+                .purge_tenant(tenant)
+                .await
+                .map_err(|e| ("cursors", e))?,
         })
     }
 }
@@ -208,4 +224,8 @@ pub struct PurgeReport {
     pub presence_connections: u64,
     /// Publish-rate reports.
     pub publish_rate_reports: u64,
+    /// Broadcast groups.
+    pub groups: u64,
+    /// Live cursors.
+    pub cursors: u64,
 }

@@ -97,6 +97,23 @@ enum Mode {
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
     },
+    /// Presence at scale: N users (plugin `chat`) join R rooms' presence
+    /// by subscribing (one observer per room first), then all leave.
+    /// Reports join latency (subscribe -> presence_state), joins/s, host
+    /// CPU per join, RSS per present connection, and how fast the leaves
+    /// reach the observers. With `--redis` the presence store is Redis.
+    Presence {
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        /// Joins in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Redis URL (default: in-memory presence).
+        #[arg(long)]
+        redis: Option<String>,
+    },
     /// Open N idle connections and report the host's RSS per connection.
     Idle {
         #[arg(long, default_value_t = 10_000)]
@@ -166,6 +183,7 @@ fn main() -> Result<()> {
             TenantSpec::new(NOISY_TENANT, "hostile"),
             TenantSpec::new(STEADY_TENANT, "fixture").plan("bench"),
         ],
+        Mode::Presence { .. } => vec![TenantSpec::new("bench", "chat").plan("bench")],
         _ => vec![TenantSpec::new("bench", "fixture").plan("bench")],
     };
     if let Mode::Fleet {
@@ -185,7 +203,16 @@ fn main() -> Result<()> {
             *seconds,
         ));
     }
-    let host = start_host(&host_bin, pin, cli.reuse, &tenants)?;
+    let extra = match &cli.mode {
+        Mode::Presence {
+            redis: Some(url), ..
+        } => format!(
+            "\n[redis]\nurl = {url:?}\nnamespace = \"bench-presence-{}\"\n",
+            std::process::id()
+        ),
+        _ => String::new(),
+    };
+    let host = start_host(&host_bin, pin, cli.reuse, &tenants, &extra)?;
     eprintln!("host pid {} on {}", host.pid(), host.addr);
     rt.block_on(async {
         match cli.mode {
@@ -197,6 +224,26 @@ fn main() -> Result<()> {
                 seconds,
             } => fanout(&host, subs, rate, seconds).await,
             Mode::Idle { conns } => idle(&host, conns).await,
+            Mode::Presence {
+                conns,
+                rooms,
+                concurrency,
+                redis,
+            } => {
+                let result = presence(&host, conns, rooms, concurrency, redis.is_some()).await;
+                if let Some(url) = redis {
+                    // The observers' entries outlive the host: remove the run's keys.
+                    let client = redis::Client::open(url.as_str())?;
+                    let mut conn = client.get_connection()?;
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("bench-presence-{}:*", std::process::id()))
+                        .query(&mut conn)?;
+                    for chunk in keys.chunks(500) {
+                        let _: () = redis::cmd("DEL").arg(chunk).query(&mut conn)?;
+                    }
+                }
+                result
+            }
             Mode::Noisy {
                 connections,
                 rate,
@@ -242,8 +289,9 @@ fn start_host(
     pin: bool,
     reuse: u32,
     tenants: &[TenantSpec],
+    more_toml: &str,
 ) -> Result<HostProcess> {
-    let extra = format!("{BENCH_PLAN}instance_reuse = {reuse}\n");
+    let extra = format!("{BENCH_PLAN}instance_reuse = {reuse}\n{more_toml}");
     // Started while this process is on core 0, the host inherits that
     // affinity, so its runtime sizes itself for one core (one worker
     // thread) instead of being squeezed onto one core after the fact.
@@ -615,6 +663,131 @@ async fn idle(host: &HostProcess, conns: usize) -> Result<()> {
     );
     drop(warm);
     drop(sockets);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// presence: joins and leaves at scale
+// ---------------------------------------------------------------------------
+
+type WsSink = futures_util::stream::SplitSink<Ws, Message>;
+
+/// Open a connection as `user`, subscribe it to `room` (the chat plugin then
+/// joins the room's presence) and wait for its `presence_state`; returns
+/// the sink, the stream and the subscribe -> state latency.
+async fn join_room(
+    host: &HostProcess,
+    user: &str,
+    room: usize,
+) -> Result<(WsSink, futures_util::stream::SplitStream<Ws>, Duration)> {
+    let ws = open(&host.url(&format!("/t/bench/ws?user={user}"))).await?;
+    let (mut sink, mut stream) = ws.split();
+    let t0 = Instant::now();
+    sink.send(Message::text(format!(
+        r#"{{"type":"subscribe","topic":"room:{room}","ref":1}}"#
+    )))
+    .await?;
+    loop {
+        match stream.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("\"presence_state\"") => break,
+            Some(Ok(_)) => {}
+            other => bail!("join of {user} failed: {other:?}"),
+        }
+    }
+    Ok((sink, stream, t0.elapsed()))
+}
+
+/// Read and discard frames until the connection ends.
+fn drain(mut stream: futures_util::stream::SplitStream<Ws>) {
+    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+}
+
+async fn presence(
+    host: &HostProcess,
+    conns: usize,
+    rooms: usize,
+    concurrency: usize,
+    on_redis: bool,
+) -> Result<()> {
+    if rooms == 0 || conns < rooms {
+        bail!("--rooms must be between 1 and --conns");
+    }
+    // One observer per room counts the leaves it hears.
+    let left = Arc::new(AtomicU64::new(0));
+    let mut observers = Vec::new();
+    for r in 0..rooms {
+        let (sink, mut stream, _) = join_room(host, &format!("obs{r}"), r).await?;
+        let left = Arc::clone(&left);
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                if let Message::Text(t) = msg {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                    if v["event"] == "presence_diff"
+                        && let Some(l) = v["data"]["leaves"].as_object()
+                    {
+                        left.fetch_add(l.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        observers.push(sink);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (cpu0, rss0) = (cpu_micros(host.pid())?, rss_kib(host.pid())?);
+    let t0 = Instant::now();
+    let results: Vec<Result<(WsSink, Duration)>> = futures_util::stream::iter(0..conns)
+        .map(|i| async move {
+            let (sink, stream, latency) = join_room(host, &format!("u{i}"), i % rooms).await?;
+            drain(stream);
+            Ok((sink, latency))
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let join_elapsed = t0.elapsed();
+    let (cpu1, rss1) = (cpu_micros(host.pid())?, rss_kib(host.pid())?);
+    let mut sinks = Vec::with_capacity(conns);
+    let mut latencies = Vec::with_capacity(conns);
+    for r in results {
+        let (sink, latency) = r?;
+        sinks.push(sink);
+        latencies.push(latency.as_micros() as u64);
+    }
+    latencies.sort_unstable();
+    // Everyone leaves; the observers must hear every leave.
+    let t1 = Instant::now();
+    futures_util::stream::iter(sinks)
+        .for_each_concurrent(concurrency.max(1), |mut sink| async move {
+            let _ = sink.close().await;
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while left.load(Ordering::Relaxed) < conns as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leave_elapsed = t1.elapsed();
+    let cpu2 = cpu_micros(host.pid())?;
+    let heard = left.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        json!({
+            "mode": "presence", "store": if on_redis { "redis" } else { "memory" },
+            "connections": conns, "rooms": rooms, "concurrency": concurrency,
+            "join_p50_ms": percentile(&latencies, 0.50) as f64 / 1000.0,
+            "join_p99_ms": percentile(&latencies, 0.99) as f64 / 1000.0,
+            "join_max_ms": latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
+            "joins_per_s": (conns as f64 / join_elapsed.as_secs_f64()).round(),
+            "host_cpu_us_per_join": (cpu1 - cpu0) / conns as u64,
+            "rss_kib_per_present_connection": ((rss1.saturating_sub(rss0)) as f64 / conns as f64 * 100.0).round() / 100.0,
+            "leaves_heard": heard,
+            "leaves_per_s": (heard as f64 / leave_elapsed.as_secs_f64()).round(),
+            "host_cpu_us_per_leave": (cpu2 - cpu1) / conns as u64,
+        })
+    );
+    drop(observers);
+    if heard < conns as u64 {
+        bail!("observers heard {heard} of {conns} leaves");
+    }
     Ok(())
 }
 

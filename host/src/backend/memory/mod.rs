@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backends;
+use crate::backend::cursor::memory::MemoryCursors;
+use crate::backend::groups::memory::MemoryGroups;
 use crate::backend::idempotency::memory::MemoryIdempotency;
 use crate::backend::lock::memory::MemoryLock;
 use crate::backend::presence::memory::MemoryPresence;
@@ -55,5 +57,7 @@ pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
         idempotency: Arc::new(MemoryIdempotency::new()),
         presence: Arc::new(MemoryPresence::new()),
         publish_rates: Arc::new(PublishRates::new(Arc::new(MemoryRateBoard::new()))),
+        groups: Arc::new(MemoryGroups::new()),
+        cursors: Arc::new(MemoryCursors::new()),
     }
 }
