@@ -45,6 +45,7 @@ use crate::catalog::memory::MemoryCatalog;
 use crate::catalog::postgres::PostgresCatalog;
 use crate::config::{Config, ConfigError, PluginSource};
 use crate::control::{Control, ControlError, ControlSettings};
+use crate::cursors::Cursors;
 use crate::hub::Hub;
 use crate::presence::Presence;
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
@@ -264,6 +265,8 @@ pub async fn serve_config(
     let publish_rates = Arc::clone(&backends.publish_rates);
     let replay = Arc::clone(&backends.replay);
     let idempotency = Arc::clone(&backends.idempotency);
+    let cursor_store = Arc::clone(&backends.cursors);
+    let cursor_bus = Arc::clone(&backends.bus);
     let presence = Presence::new(
         Arc::clone(&backends.presence),
         Arc::clone(&backends.bus),
@@ -387,10 +390,13 @@ pub async fn serve_config(
         let registry = Arc::clone(&registry);
         presence.spawn_maintenance(move || registry.ids())
     };
+    let cursors = Cursors::new(Arc::clone(&cursor_store), Arc::clone(&cursor_bus));
+    let cursor_flusher = cursors.spawn_flusher();
     let services = Arc::new(Services {
         replay,
         presence,
         idempotency,
+        cursors,
     });
     let state = AppState::new(
         registry,
@@ -416,6 +422,9 @@ pub async fn serve_config(
     }
     presence_maintenance.abort();
     rate_reports.abort();
+    if let Some(f) = cursor_flusher {
+        f.abort();
+    }
     served.map_err(CliError::Serve)?;
     tracing::info!("stopped");
     Ok(())

@@ -28,6 +28,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cursors;
 pub mod hub;
 pub mod imports;
 pub mod metrics;

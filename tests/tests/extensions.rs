@@ -311,3 +311,72 @@ async fn publish_rates_are_merged_across_the_fleet() {
         .unwrap();
     assert_eq!(other["topPublishers"], json!([]), "another tenant: {other}");
 }
+
+#[tokio::test]
+async fn cursors_are_relayed_across_the_fleet_with_a_snapshot_on_attach() {
+    let ns = Namespace::new("cursor");
+    let a = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
+    let b = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
+    let attach = |h: &HostProcess, tenant: &str, user: &str| {
+        let url = h.url(&format!("/t/{tenant}/ws?user={user}"));
+        async move {
+            let mut c = Client::connect(&url).await.unwrap();
+            c.subscribe("canvas").await.unwrap();
+            c.send_json(&json!({"type": "cursor-snapshot", "topic": "canvas"}))
+                .await
+                .unwrap();
+            let snap = c.next_event("__cursor:canvas").await.unwrap();
+            assert_eq!(snap["event"], "snapshot", "{snap}");
+            (c, snap["data"].clone())
+        }
+    };
+    let (mut ann, snap) = attach(&a, "alpha", "ann").await;
+    assert_eq!(snap, json!([]));
+    let (mut bob, _) = attach(&b, "alpha", "bob").await;
+    let (mut other, _) = attach(&b, "beta", "ann").await;
+    let whoami = ann.rpc("fixture/whoami", json!([])).await.unwrap();
+    let ann_key = whoami["connectionId"].clone();
+
+    ann.send_json(&json!({"type": "cursor", "topic": "canvas", "data": {"x": 1, "y": 2}}))
+        .await
+        .unwrap();
+    let update = bob.next_event("__cursor:canvas").await.unwrap();
+    assert_eq!(update["event"], "update", "{update}");
+    assert_eq!(
+        update["data"],
+        json!({"key": ann_key, "user": "ann", "data": {"x": 1, "y": 2}})
+    );
+    // A later viewer gets the snapshot; a connection not on the topic
+    // cannot move a cursor there.
+    let (mut carol, snap) = attach(&b, "alpha", "carol").await;
+    assert_eq!(
+        snap,
+        json!([{"key": ann_key, "user": "ann", "data": {"x": 1, "y": 2}}])
+    );
+    let mut outsider = Client::connect(&a.url("/t/alpha/ws?user=eve"))
+        .await
+        .unwrap();
+    outsider
+        .send_json(&json!({"type": "cursor", "topic": "canvas", "data": {"x": 9}}))
+        .await
+        .unwrap();
+    // Leaving the topic removes the cursor.
+    ann.send_json(&json!({"type": "unsubscribe", "topic": "canvas"}))
+        .await
+        .unwrap();
+    let gone = loop {
+        let f = carol.next_event("__cursor:canvas").await.unwrap();
+        if f["event"] != "update" {
+            break f;
+        }
+        assert_ne!(f["data"]["user"], "eve", "{f}");
+    };
+    assert_eq!(
+        (gone["event"].as_str(), &gone["data"]),
+        (Some("remove"), &json!({"key": ann_key}))
+    );
+    other
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await
+        .unwrap();
+}

@@ -155,6 +155,30 @@ fn decode_control(frame: &str) -> Result<ClientFrame, ProtocolError> {
                 req_id,
             })
         }
+        "cursor" => {
+            let Some(Value::String(topic)) = msg.get("topic") else {
+                return Err(ProtocolError::invalid("cursor: topic must be a string"));
+            };
+            let data = msg
+                .get("data")
+                .or_else(|| msg.get("position"))
+                .unwrap_or(&Value::Null)
+                .to_string();
+            Ok(ClientFrame::Cursor {
+                topic: topic.clone(),
+                data,
+            })
+        }
+        "cursor-snapshot" => {
+            let Some(Value::String(topic)) = msg.get("topic") else {
+                return Err(ProtocolError::invalid(
+                    "cursor-snapshot: topic must be a string",
+                ));
+            };
+            Ok(ClientFrame::CursorSnapshot {
+                topic: topic.clone(),
+            })
+        }
         "subscribe" => {
             let Some(Value::String(topic)) = msg.get("topic") else {
                 return Err(ProtocolError::invalid("subscribe: topic must be a string"));

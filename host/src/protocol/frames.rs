@@ -63,6 +63,20 @@ pub enum ClientFrame {
         /// Echoed in the answer frames; `None` when absent.
         req_id: Option<Ref>,
     },
+    /// `{"type":"cursor","topic","data"|"position"}` (the seeds' cursor
+    /// client): the connection's pointer on `topic` moved.
+    Cursor {
+        /// The topic as sent (not validated).
+        topic: String,
+        /// The position, JSON text (`null` when absent).
+        data: String,
+    },
+    /// `{"type":"cursor-snapshot","topic"}`: attach to `topic`'s cursors
+    /// and get every live one.
+    CursorSnapshot {
+        /// The topic as sent (not validated).
+        topic: String,
+    },
     /// `{"type":"subscribe","topic","ref"?}`. The topic is NOT validated: the
     /// server calls [`super::validate_topic`] and answers `subscribe-denied`
     /// with reason `INVALID_TOPIC`.

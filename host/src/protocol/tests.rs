@@ -357,9 +357,9 @@ fn decode_unsubscribe_and_reply() {
 
 #[test]
 fn decode_control_edge_cases() {
-    // Unknown types (plugin frames such as cursor) are ignored.
+    // Unknown types are ignored.
     for ignored in [
-        r#"{"type":"cursor-snapshot","topic":"canvas"}"#,
+        r#"{"type":"typing","topic":"canvas"}"#,
         r#"{"type":5}"#,
         r#"{"type":null}"#,
     ] {
@@ -927,6 +927,24 @@ fn documented_server_frames() -> Vec<String> {
             r#"{"joins":{},"leaves":{"ann":{"name":"ann"}}}"#,
             Some(8),
         ),
+        envelope(
+            "__cursor:canvas",
+            "snapshot",
+            r#"[{"data":{"x":120,"y":48},"key":"0b0c2a52-59a6-4a8e-9b8e-6f0b1c2d3e4f","user":"ann"}]"#,
+            None,
+        ),
+        envelope(
+            "__cursor:canvas",
+            "update",
+            r#"{"data":{"x":121,"y":50},"key":"0b0c2a52-59a6-4a8e-9b8e-6f0b1c2d3e4f","user":"ann"}"#,
+            Some(12),
+        ),
+        envelope(
+            "__cursor:canvas",
+            "remove",
+            r#"{"key":"0b0c2a52-59a6-4a8e-9b8e-6f0b1c2d3e4f"}"#,
+            Some(13),
+        ),
         replay_truncated("chat"),
         replay_msg("chat", Some(&Ref::Num(1)), 43, "created", r#"{"id":"m1"}"#),
         replay_end("chat", Some(&Ref::Num(1)), true),
@@ -961,6 +979,8 @@ fn docs_examples_match_the_codec() {
             "unsubscribe",
             "reply",
             "replay",
+            "cursor",
+            "cursor-snapshot",
         ];
         let client = value["type"]
             .as_str()
@@ -1056,5 +1076,39 @@ fn replay_answers_have_the_seed_shapes() {
         replay_denied("t", "A\"B", None),
     ] {
         serde_json::from_str::<serde_json::Value>(&frame).unwrap();
+    }
+}
+
+#[test]
+fn cursor_frames_decode() {
+    assert_eq!(
+        decode_text(r#"{"type":"cursor","topic":"canvas","data":{"x":1,"y":2}}"#),
+        Ok(ClientFrame::Cursor {
+            topic: "canvas".into(),
+            data: r#"{"x":1,"y":2}"#.into(),
+        })
+    );
+    assert_eq!(
+        decode_text(r#"{"type":"cursor","topic":"canvas","position":[3,4]}"#),
+        Ok(ClientFrame::Cursor {
+            topic: "canvas".into(),
+            data: "[3,4]".into(),
+        })
+    );
+    assert_eq!(
+        decode_text(r#"{"type":"cursor-snapshot","topic":"canvas"}"#),
+        Ok(ClientFrame::CursorSnapshot {
+            topic: "canvas".into()
+        })
+    );
+    for bad in [
+        r#"{"type":"cursor","data":1}"#,
+        r#"{"type":"cursor-snapshot","topic":5}"#,
+    ] {
+        assert_eq!(
+            decode_text(bad).unwrap_err().code,
+            "INVALID_REQUEST",
+            "{bad}"
+        );
     }
 }

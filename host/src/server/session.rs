@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::backend::idempotency::{IdemAcquire, IdempotencyStore};
 use crate::backend::presence::Member;
 use crate::backend::replay::{ReplayBuffer, ReplayPage};
+use crate::cursors::{self, Cursors};
 use crate::hub::{HubConnection, Released, SubscribeError};
 use crate::presence::{self, Presence};
 use crate::protocol;
@@ -58,6 +59,8 @@ pub struct Services {
     pub presence: Arc<Presence>,
     /// Idempotency records (RPCs sent with an `idempotencyKey`).
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Live cursors.
+    pub cursors: Arc<Cursors>,
 }
 
 /// Who is present on a topic the connection just joined: send it as
@@ -348,12 +351,46 @@ impl Session {
         released
     }
 
-    /// Unsubscribe from `topic` (leaving its presence, if joined); `false`
-    /// if it was not subscribed.
+    /// Unsubscribe from `topic` (leaving its presence and removing its
+    /// cursor, if any); `false` if it was not subscribed.
     pub async fn unsubscribe(&self, topic: &str) -> bool {
         let was = self.hub.unsubscribe(topic);
         self.leave_presence(topic).await;
+        self.hub.unsubscribe(&cursors::channel(topic));
+        self.services.cursors.remove(&self.id, topic).await;
         was
+    }
+
+    /// The connection's cursor on `topic` moved to `data` (JSON). Ignored
+    /// unless the connection is subscribed to `topic` (its gate decided who
+    /// may be there). `false` if ignored.
+    pub async fn move_cursor(&self, topic: &str, data: &str) -> bool {
+        if topic.starts_with("__") || !self.hub.is_subscribed(topic) {
+            return false;
+        }
+        let user = self.user.as_ref().map(|u| u.id.as_str());
+        self.services
+            .cursors
+            .update(&self.tenant.id, &self.id, user, topic, data)
+            .await;
+        true
+    }
+
+    /// Attach to `topic`'s cursors: subscribe to `__cursor:{topic}` and
+    /// return every live cursor (JSON array). `None` unless subscribed to
+    /// `topic`, or when the cursors cannot be read.
+    pub async fn attach_cursors(&self, topic: &str) -> Option<String> {
+        if topic.starts_with("__") || !self.hub.is_subscribed(topic) {
+            return None;
+        }
+        self.hub.subscribe(&cursors::channel(topic)).ok()?;
+        match self.services.cursors.snapshot(&self.tenant.id, topic).await {
+            Ok(json) => Some(json),
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "cursor snapshot unavailable");
+                None
+            }
+        }
     }
 
     /// Number of topics held.
@@ -463,8 +500,10 @@ impl Session {
         self.hub.close();
     }
 
-    /// Leave every topic's presence (the connection ended).
+    /// Leave every topic's presence and remove every cursor (the
+    /// connection ended).
     pub async fn leave_all_presence(&self) {
         self.services.presence.leave_all(&self.id).await;
+        self.services.cursors.remove_all(&self.id).await;
     }
 }

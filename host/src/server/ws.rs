@@ -37,6 +37,7 @@ use super::AppState;
 use super::connect::{connect_request, truncate_utf8};
 use super::session::{CatchUp, PresenceSnapshot, Session};
 use super::tenancy::{self, TENANT_HEADER, TenancyError};
+use crate::cursors;
 use crate::hub::Outbound;
 use crate::metrics::{self, RefusalKind};
 use crate::presence;
@@ -519,6 +520,7 @@ fn message_cost(frame: &Result<ClientFrame, ProtocolError>) -> u64 {
         Ok(ClientFrame::SubscribeBatch { topics, .. }) => topics.len().max(1),
         Ok(ClientFrame::Rpc(_) | ClientFrame::Subscribe { .. } | ClientFrame::Ignored) => 1,
         Ok(ClientFrame::Replay { .. }) => 1,
+        Ok(ClientFrame::Cursor { .. } | ClientFrame::CursorSnapshot { .. }) => 1,
         Err(_) => 1,
     };
     u64::try_from(n).unwrap_or(u64::MAX)
@@ -638,6 +640,16 @@ impl Connection {
                 since,
                 req_id,
             }) => self.replay(&topic, since, req_id.as_ref()).await,
+            Ok(ClientFrame::Cursor { topic, data }) => {
+                self.session.move_cursor(&topic, &data).await;
+            }
+            Ok(ClientFrame::CursorSnapshot { topic }) => {
+                if let Some(entries) = self.session.attach_cursors(&topic).await {
+                    let frame =
+                        protocol::envelope(&cursors::channel(&topic), "snapshot", &entries, None);
+                    self.send(frame).await;
+                }
+            }
             Ok(ClientFrame::Reply { .. } | ClientFrame::Ignored) => {}
             Err(e) => {
                 tracing::debug!(code = e.code, message = %e.message, "malformed frame");

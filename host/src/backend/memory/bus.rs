@@ -12,7 +12,8 @@ use crate::tenant::TenantId;
 /// A [`Bus`] that delivers to this process's subscribers only, through the
 /// local [`Hub`]. Every event is first buffered in its [`MemoryReplay`],
 /// which assigns the topic's seq (one seq source: the wire seq is the
-/// replay seq). Slow subscribers miss frames; publishing never blocks.
+/// replay seq); events on the host's reserved `__` channels are not
+/// buffered. Slow subscribers miss frames; publishing never blocks.
 pub struct MemoryBus {
     hub: Arc<Hub>,
     replay: Arc<MemoryReplay>,
@@ -39,6 +40,12 @@ impl Bus for MemoryBus {
         event: &str,
         data: &str,
     ) -> Result<(), BackendError> {
+        if topic.starts_with("__") {
+            // The host's own channels (presence diffs, cursors): not
+            // replayable, so not buffered; numbered by the hub.
+            self.hub.publish(tenant, topic, event, data);
+            return Ok(());
+        }
         self.replay.append_then(tenant, topic, event, data, |seq| {
             self.hub.deliver(tenant, topic, event, data, seq);
         });

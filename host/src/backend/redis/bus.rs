@@ -351,7 +351,13 @@ impl Bus for RedisBus {
             .arg(keys.fixed("bus"))
             .arg(ttl_ms)
             .arg(topic)
-            .arg(self.replay.size)
+            // The host's reserved `__` channels (presence, cursors) are not
+            // replayable: numbered, not buffered.
+            .arg(if topic.starts_with("__") {
+                0
+            } else {
+                self.replay.size
+            })
             .arg(payload);
         if let Err(open) = self.breaker.guard() {
             return self.publish_locally(tenant, topic, event, data, &open.into());
