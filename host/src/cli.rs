@@ -36,6 +36,7 @@ use crate::backend::publish_rate::redis::RedisRateBoard;
 use crate::backend::ratelimit::redis::RedisRateLimiter;
 use crate::backend::redis::bus::RedisBus;
 use crate::backend::redis::kv::RedisKv;
+use crate::backend::redis::sharded_bus::RedisShardedBus;
 use crate::backend::replay::RedisReplay;
 use crate::backend::{Backends, redis as redis_backend};
 use crate::bundled;
@@ -43,7 +44,7 @@ use crate::catalog::CatalogStore;
 use crate::catalog::disk::DiskCatalog;
 use crate::catalog::memory::MemoryCatalog;
 use crate::catalog::postgres::PostgresCatalog;
-use crate::config::{Config, ConfigError, PluginSource};
+use crate::config::{BusMode, Config, ConfigError, PluginSource};
 use crate::control::{Control, ControlError, ControlSettings};
 use crate::cursors::Cursors;
 use crate::hub::Hub;
@@ -449,16 +450,28 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
     if r.bus {
         // The replay buffers follow the bus: its publish script numbers and
         // buffers each event in one step (one seq source).
-        let bus = RedisBus::start_configured(
-            conn.clone(),
-            &r.url,
-            r.namespace.clone(),
-            Arc::clone(hub),
-            Arc::clone(&breaker),
-            replay,
-        )
-        .await
-        .map_err(CliError::Redis)?;
+        let bus: Arc<dyn crate::backend::Bus> = match r.bus_mode {
+            BusMode::Pubsub => RedisBus::start_configured(
+                conn.clone(),
+                &r.url,
+                r.namespace.clone(),
+                Arc::clone(hub),
+                Arc::clone(&breaker),
+                replay,
+            )
+            .await
+            .map_err(CliError::Redis)?,
+            BusMode::Sharded => RedisShardedBus::start(
+                conn.clone(),
+                &r.url,
+                r.namespace.clone(),
+                Arc::clone(hub),
+                Arc::clone(&breaker),
+                replay,
+            )
+            .await
+            .map_err(CliError::Redis)?,
+        };
         backends.bus = bus;
         backends.replay = Arc::new(RedisReplay::new(
             conn.clone(),
@@ -508,6 +521,7 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
     tracing::info!(
         namespace = %r.namespace,
         bus = r.bus,
+        bus_mode = ?r.bus_mode,
         kv = r.kv,
         ratelimit = r.ratelimit,
         lock = r.lock,

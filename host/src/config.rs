@@ -171,6 +171,9 @@ pub struct RedisSettings {
     /// Per-extension override: the pub/sub bus on Redis. Default true.
     #[serde(default = "yes")]
     pub bus: bool,
+    /// How the Redis bus uses channels. Default `pubsub`.
+    #[serde(default)]
+    pub bus_mode: BusMode,
     /// Per-extension override: the KV store on Redis. Default true.
     #[serde(default = "yes")]
     pub kv: bool,
@@ -197,6 +200,20 @@ pub struct RedisSettings {
     pub cursors: bool,
 }
 
+/// How the Redis bus carries events between hosts (`[redis] bus_mode`).
+/// Every host of a namespace must use the same mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusMode {
+    /// One channel per tenant (`PUBLISH`); every host receives every event
+    /// of the namespace and drops those it has no subscribers for.
+    #[default]
+    Pubsub,
+    /// One channel per topic (`SPUBLISH`/`SSUBSCRIBE`, Redis 7); a host
+    /// follows only the topics it has subscribers for.
+    Sharded,
+}
+
 fn default_redis_namespace() -> String {
     crate::backend::redis::keys::DEFAULT_NAMESPACE.to_owned()
 }
@@ -212,6 +229,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("url", &"<redacted>")
             .field("namespace", &self.namespace)
             .field("bus", &self.bus)
+            .field("bus_mode", &self.bus_mode)
             .field("kv", &self.kv)
             .field("ratelimit", &self.ratelimit)
             .field("lock", &self.lock)

@@ -23,6 +23,16 @@
 //! remarks above on seq 1 and removed topics then apply to Redis's seq key
 //! instead (see that module).
 //!
+//! **Topic observer**: [`Hub::observe_topics`] lets one listener (the
+//! sharded Redis bus, which subscribes in Redis only to the topics this host
+//! has subscribers for) learn when a `(tenant, topic)` gets its first local
+//! subscriber ([`TopicEvent::Occupied`]) and loses its last
+//! ([`TopicEvent::Vacated`]). The hub offers each event with `try_send` on a
+//! bounded queue after releasing its locks, so it never waits for the
+//! listener; when the queue is full the event is dropped and the listener
+//! is told to resynchronise from [`Hub::topics`] instead (see
+//! [`TopicEvents`]).
+//!
 //! Locking: the topic table is split into shards, each behind a read-write
 //! lock held only for a lookup or an insert/remove; each topic has its own
 //! mutex, held while its seq is assigned and its subscribers are offered the
@@ -32,11 +42,11 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::protocol;
 use crate::tenant::TenantId;
@@ -92,6 +102,80 @@ pub enum SubscribeError {
 /// ([`HubConnection::subscribe_held`]); later ones are dropped for it.
 pub const MAX_HELD_EVENTS: usize = 1024;
 
+/// A change in which topics have local subscribers, reported to the
+/// listener of [`Hub::observe_topics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicEvent {
+    /// The topic of the tenant got its first local subscriber.
+    Occupied(TenantId, Box<str>),
+    /// The topic of the tenant lost its last local subscriber.
+    Vacated(TenantId, Box<str>),
+}
+
+/// The hub's side of [`Hub::observe_topics`].
+struct Observer {
+    events: mpsc::Sender<TopicEvent>,
+    lost: Arc<LostEvents>,
+}
+
+/// Set (and the listener woken) when an event did not fit the queue.
+#[derive(Default)]
+struct LostEvents {
+    lost: AtomicBool,
+    wake: Notify,
+}
+
+/// The listener's side of [`Hub::observe_topics`]: the events, or word that
+/// some were dropped. Events of concurrent changes to one topic may arrive
+/// in either order, so a listener should act on the topic's state when it
+/// handles one ([`Hub::subscriber_count`]), not on the event's kind alone.
+pub struct TopicEvents {
+    events: mpsc::Receiver<TopicEvent>,
+    lost: Arc<LostEvents>,
+}
+
+/// What [`TopicEvents::recv`] got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicChanges {
+    /// Events (at least one), oldest first.
+    Events(Vec<TopicEvent>),
+    /// Events were dropped because the queue was full: the listener must
+    /// take the current state from [`Hub::topics`] (the queue may still
+    /// hold older events, which it can also apply).
+    Resync,
+}
+
+impl TopicEvents {
+    /// Wait for the next events (at most `limit`, at least 1) or for word
+    /// that some were dropped. `None` once the hub is gone or observed by
+    /// a newer listener.
+    pub async fn recv(&mut self, limit: usize) -> Option<TopicChanges> {
+        loop {
+            if self.lost.lost.swap(false, Ordering::AcqRel) {
+                return Some(TopicChanges::Resync);
+            }
+            let mut events = Vec::new();
+            tokio::select! {
+                biased;
+                // Checked at the top of the loop (a wake whose word was
+                // already taken is spurious).
+                () = self.lost.wake.notified() => {}
+                n = self.events.recv_many(&mut events, limit.max(1)) => {
+                    return (n > 0).then_some(TopicChanges::Events(events));
+                }
+            }
+        }
+    }
+
+    /// Forget every queued event and any lost-events word: the listener is
+    /// about to take the whole state from [`Hub::topics`]; later changes
+    /// arrive as events again.
+    pub fn clear(&mut self) {
+        self.lost.lost.store(false, Ordering::Release);
+        while self.events.try_recv().is_ok() {}
+    }
+}
+
 /// Where a topic's events go for one subscriber.
 enum Sink {
     /// Straight to the connection's outbound queue.
@@ -121,6 +205,8 @@ pub struct Hub {
     hasher: std::collections::hash_map::RandomState,
     next_connection: AtomicU64,
     dropped: AtomicU64,
+    /// The listener of [`Hub::observe_topics`], if any.
+    observer: RwLock<Option<Observer>>,
 }
 
 impl Default for Hub {
@@ -130,6 +216,7 @@ impl Default for Hub {
             hasher: Default::default(),
             next_connection: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
+            observer: RwLock::new(None),
         }
     }
 }
@@ -293,24 +380,74 @@ impl Hub {
             .sum()
     }
 
+    /// Report topic changes to a listener from now on, through a queue of
+    /// `capacity` events (at least 1): see [`TopicEvent`] and
+    /// [`TopicEvents`]. The listener learns only changes, so it takes the
+    /// current state from [`Hub::topics`] after this call. A hub has one
+    /// listener; a new call replaces the previous one (whose
+    /// [`TopicEvents::recv`] then returns `None`).
+    pub fn observe_topics(&self, capacity: usize) -> TopicEvents {
+        let (events, rx) = mpsc::channel(capacity.max(1));
+        let lost = Arc::new(LostEvents::default());
+        *self.observer.write() = Some(Observer {
+            events,
+            lost: Arc::clone(&lost),
+        });
+        TopicEvents { events: rx, lost }
+    }
+
+    /// Every `(tenant, topic)` with at least one local subscriber now.
+    pub fn topics(&self) -> Vec<(TenantId, Box<str>)> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .iter()
+                    .flat_map(|(tenant, topics)| {
+                        topics.keys().map(|topic| (tenant.clone(), topic.clone()))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Offer `event` to the listener, if any, without waiting: a full queue
+    /// drops it and tells the listener to resynchronise.
+    fn report(&self, event: TopicEvent) {
+        let observer = self.observer.read();
+        let Some(observer) = observer.as_ref() else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = observer.events.try_send(event) {
+            observer.lost.lost.store(true, Ordering::Release);
+            observer.lost.wake.notify_one();
+        }
+    }
+
     /// Add `id` to the subscribers of `topic` with `sink`; `false` if it
     /// already was one.
     fn add(&self, tenant: &TenantId, topic: &str, id: ConnectionId, sink: Sink) -> bool {
-        let mut shard = self.shard(tenant, topic).write();
-        let topics = shard.entry(tenant.clone()).or_default();
-        let entry = match topics.get(topic) {
-            Some(e) => Arc::clone(e),
-            None => {
-                let e = Arc::new(Mutex::new(Topic {
-                    seq: 0,
-                    subscribers: HashMap::new(),
-                }));
-                topics.insert(Box::from(topic), Arc::clone(&e));
-                e
-            }
+        let (added, occupied) = {
+            let mut shard = self.shard(tenant, topic).write();
+            let topics = shard.entry(tenant.clone()).or_default();
+            let (entry, occupied) = match topics.get(topic) {
+                Some(e) => (Arc::clone(e), false),
+                None => {
+                    let e = Arc::new(Mutex::new(Topic {
+                        seq: 0,
+                        subscribers: HashMap::new(),
+                    }));
+                    topics.insert(Box::from(topic), Arc::clone(&e));
+                    (e, true)
+                }
+            };
+            let mut t = entry.lock();
+            (t.subscribers.insert(id, sink).is_none(), occupied)
         };
-        let mut t = entry.lock();
-        t.subscribers.insert(id, sink).is_none()
+        if occupied {
+            self.report(TopicEvent::Occupied(tenant.clone(), Box::from(topic)));
+        }
+        added
     }
 
     /// Turn `id`'s held subscription of `topic` live: forward the held
@@ -358,23 +495,29 @@ impl Hub {
 
     /// Remove `id` from the subscribers of `topic`, dropping an emptied topic.
     fn remove(&self, tenant: &TenantId, topic: &str, id: ConnectionId) -> bool {
-        let mut shard = self.shard(tenant, topic).write();
-        let Some(topics) = shard.get_mut(tenant) else {
-            return false;
-        };
-        let Some(entry) = topics.get(topic) else {
-            return false;
-        };
         let (removed, empty) = {
-            let mut t = entry.lock();
-            let removed = t.subscribers.remove(&id).is_some();
-            (removed, t.subscribers.is_empty())
+            let mut shard = self.shard(tenant, topic).write();
+            let Some(topics) = shard.get_mut(tenant) else {
+                return false;
+            };
+            let Some(entry) = topics.get(topic) else {
+                return false;
+            };
+            let (removed, empty) = {
+                let mut t = entry.lock();
+                let removed = t.subscribers.remove(&id).is_some();
+                (removed, t.subscribers.is_empty())
+            };
+            if empty {
+                topics.remove(topic);
+                if topics.is_empty() {
+                    shard.remove(tenant);
+                }
+            }
+            (removed, empty)
         };
         if empty {
-            topics.remove(topic);
-            if topics.is_empty() {
-                shard.remove(tenant);
-            }
+            self.report(TopicEvent::Vacated(tenant.clone(), Box::from(topic)));
         }
         removed
     }
@@ -795,5 +938,85 @@ mod tests {
         hub.deliver(&t, "other", "m", "1", 1);
         assert!(conn.unsubscribe("other"));
         assert_eq!(conn.release_held("other", 0), None);
+    }
+
+    async fn assert_nothing_queued(events: &mut TopicEvents) {
+        let next =
+            tokio::time::timeout(std::time::Duration::from_millis(20), events.recv(10)).await;
+        assert!(next.is_err(), "{next:?}");
+    }
+
+    #[tokio::test]
+    async fn observer_hears_first_and_last_subscriber_only() {
+        let hub = Hub::new();
+        let (tx, _rx) = mpsc::channel(16);
+        let a = hub.connect(tid("acme"), tx.clone(), 10);
+        let b = hub.connect(tid("acme"), tx.clone(), 10);
+        a.subscribe("before").unwrap();
+        let mut events = hub.observe_topics(16);
+        assert_eq!(hub.topics(), vec![(tid("acme"), Box::from("before"))]);
+        a.subscribe("t").unwrap();
+        b.subscribe("t").unwrap();
+        b.subscribe_held("u").unwrap();
+        let beta = hub.connect(tid("beta"), tx, 10);
+        beta.subscribe("t").unwrap();
+        a.unsubscribe("t");
+        drop(b);
+        let occupied = |t: &str, topic: &str| TopicEvent::Occupied(tid(t), Box::from(topic));
+        let vacated = |t: &str, topic: &str| TopicEvent::Vacated(tid(t), Box::from(topic));
+        let got = match events.recv(100).await {
+            Some(TopicChanges::Events(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            got[..3],
+            [
+                occupied("acme", "t"),
+                occupied("acme", "u"),
+                occupied("beta", "t")
+            ]
+        );
+        // `b` closes its topics in any order.
+        let mut rest = got[3..].to_vec();
+        rest.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(rest, [vacated("acme", "t"), vacated("acme", "u")]);
+        assert_nothing_queued(&mut events).await;
+        let mut topics = hub.topics();
+        topics.sort();
+        assert_eq!(
+            topics,
+            vec![
+                (tid("acme"), Box::from("before")),
+                (tid("beta"), Box::from("t"))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn observer_queue_overflow_asks_for_a_resync() {
+        let hub = Hub::new();
+        let (tx, _rx) = mpsc::channel(16);
+        let conn = hub.connect(tid("acme"), tx, 10);
+        let mut events = hub.observe_topics(2);
+        for topic in ["a", "b", "c"] {
+            conn.subscribe(topic).unwrap();
+        }
+        // The third did not fit: the listener is told before anything else.
+        assert_eq!(events.recv(10).await, Some(TopicChanges::Resync));
+        events.clear();
+        assert_nothing_queued(&mut events).await;
+        conn.unsubscribe("a");
+        assert_eq!(
+            events.recv(10).await,
+            Some(TopicChanges::Events(vec![TopicEvent::Vacated(
+                tid("acme"),
+                Box::from("a")
+            )]))
+        );
+        // A wake whose word was taken does not end a wait early.
+        assert_nothing_queued(&mut events).await;
+        // A newer listener replaces this one.
+        let _newer = hub.observe_topics(2);
+        assert_eq!(events.recv(10).await, None);
     }
 }

@@ -35,9 +35,9 @@ impl Namespace {
         Self(format!("e2e-{name}-{}-{nanos}", std::process::id()))
     }
 
-    fn toml(&self) -> String {
+    fn toml(&self, bus_mode: &str) -> String {
         format!(
-            "[redis]\nurl = {REDIS_URL:?}\nnamespace = {:?}\n\
+            "[redis]\nurl = {REDIS_URL:?}\nnamespace = {:?}\nbus_mode = {bus_mode:?}\n\
              [presence]\nheartbeat_ms = 200\nttl_ms = 1000\n",
             self.0
         )
@@ -86,9 +86,18 @@ async fn next(c: &mut Client, event: &str) -> Value {
 
 #[tokio::test]
 async fn presence_spans_the_fleet_dedups_tabs_and_expires_a_dead_hosts_users() {
+    presence_across_a_fleet("pubsub").await;
+}
+
+#[tokio::test]
+async fn presence_spans_a_fleet_on_the_sharded_bus() {
+    presence_across_a_fleet("sharded").await;
+}
+
+async fn presence_across_a_fleet(bus_mode: &str) {
     let ns = Namespace::new("presence");
-    let mut a = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
-    let b = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
+    let mut a = HostProcess::start_with(bin(), &tenants(), &ns.toml(bus_mode)).unwrap();
+    let b = HostProcess::start_with(bin(), &tenants(), &ns.toml(bus_mode)).unwrap();
 
     let mut ann1 = join(&a, "alpha", "ann").await;
     assert_eq!(

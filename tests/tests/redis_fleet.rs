@@ -67,8 +67,19 @@ fn two_tenants() -> Vec<TenantSpec> {
 
 #[tokio::test]
 async fn a_publish_on_one_host_reaches_subscribers_on_both_with_one_seq() {
+    one_seq_across_hosts("pubsub").await;
+}
+
+#[tokio::test]
+async fn the_sharded_bus_reaches_subscribers_on_both_with_one_seq() {
+    one_seq_across_hosts("sharded").await;
+}
+
+async fn one_seq_across_hosts(bus_mode: &str) {
     let ns = Namespace::new("bus");
-    let (a, b) = fleet(&ns, two_tenants);
+    let toml = format!("{}bus_mode = {bus_mode:?}\n", ns.toml());
+    let a = HostProcess::start_with(bin(), &two_tenants(), &toml).unwrap();
+    let b = HostProcess::start_with(bin(), &two_tenants(), &toml).unwrap();
     let mut on_a = Client::connect(&a.url("/t/red/ws")).await.unwrap();
     let mut on_b = Client::connect(&b.url("/t/red/ws")).await.unwrap();
     let mut other_tenant = Client::connect(&b.url("/t/blue/ws")).await.unwrap();

@@ -168,8 +168,11 @@ impl Namespace {
         Self(format!("e2e-{name}-{}-{nanos}", std::process::id()))
     }
 
-    fn toml(&self) -> String {
-        format!("[redis]\nurl = {REDIS_URL:?}\nnamespace = {:?}\n", self.0)
+    fn toml(&self, bus_mode: &str) -> String {
+        format!(
+            "[redis]\nurl = {REDIS_URL:?}\nnamespace = {:?}\nbus_mode = {bus_mode:?}\n",
+            self.0
+        )
     }
 }
 
@@ -198,9 +201,18 @@ impl Drop for Namespace {
 #[tokio::test]
 async fn a_client_reconnecting_to_another_host_after_its_host_died_replays_exactly_what_it_missed()
 {
+    failover_resume("pubsub").await;
+}
+
+#[tokio::test]
+async fn failover_resume_on_the_sharded_bus() {
+    failover_resume("sharded").await;
+}
+
+async fn failover_resume(bus_mode: &str) {
     let ns = Namespace::new("resume");
-    let mut a = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
-    let b = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
+    let mut a = HostProcess::start_with(bin(), &tenants(), &ns.toml(bus_mode)).unwrap();
+    let b = HostProcess::start_with(bin(), &tenants(), &ns.toml(bus_mode)).unwrap();
     let mut publisher = Client::connect(&b.url("/t/alpha/ws")).await.unwrap();
     let mut c = Client::connect(&a.url("/t/alpha/ws")).await.unwrap();
     c.subscribe("news").await.unwrap();

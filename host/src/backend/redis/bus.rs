@@ -17,6 +17,27 @@
 //! [`BackendError::Unavailable`] or, after [`COMMAND_TIMEOUT`],
 //! [`BackendError::Timeout`] (then the event may or may not have been sent).
 //!
+//! **Pipelining**: publishes do not each wait for their own round trip.
+//! [`Bus::publish`] puts its script call on the bus's publish queue (at most
+//! [`PUBLISH_QUEUE`] waiting; a publisher finding it full waits for room)
+//! and one task drains it: it takes every call waiting, up to
+//! [`PUBLISH_BATCH`], sends them to Redis as **one pipeline** of `EVALSHA`s
+//! (one round trip), and answers each publisher with its own seq or error.
+//! While a batch is in flight the next one gathers, so a burst of publishes
+//! (one tick of a plugin, many connections publishing at once) costs a few
+//! round trips instead of one each, and a lone publish still goes out at
+//! once. Redis runs a connection's pipelined commands in order and the task
+//! sends a batch only after the previous one was answered, so the order of
+//! the queue is the order of the seqs: per-topic order and gap-free seqs are
+//! kept. A `NOSCRIPT` answer (Redis restarted or its scripts were flushed)
+//! loads the script and sends the calls that got it once more, in their
+//! order (if the scripts were flushed in the middle of a batch and another
+//! host reloaded them in between, a retried event can follow a later one of
+//! the same batch; a seq is never lost or doubled). The [`COMMAND_TIMEOUT`]
+//! of a publish counts from the call, queueing included; a call whose
+//! publisher gave up before its batch left is not sent.
+//! [`RedisBus::round_trips`] counts the round trips.
+//!
 //! **Delivery**: each host holds one dedicated pub/sub connection with
 //! `PSUBSCRIBE {ns}:t:{*}:bus` (`{` and `}` are not glob characters) and a
 //! task that parses every message (channel → tenant with [`keys::tenant_of`])
@@ -29,7 +50,9 @@
 //! suppressing the echo would let a host show its own event before a remote
 //! one with a lower seq. The price is one Redis round trip of latency for
 //! local subscribers. Every host receives every publish of the namespace
-//! (the hub drops those without local subscribers with one hash lookup).
+//! (the hub drops those without local subscribers with one hash lookup);
+//! the sharded bus ([`super::sharded_bus`]) sends each host only the topics
+//! it has subscribers for.
 //!
 //! A malformed message (bad channel, framing, seq or JSON data — only
 //! something other than a host can publish one) is logged and skipped.
@@ -47,11 +70,12 @@
 //! the next publish then starts again at seq 1 (a subscriber that stayed
 //! subscribed through that idle time sees the seq go back).
 //!
-//! **Outages** (the seeds' degrade matrix): every publish script goes
-//! through the process's Redis [`CircuitBreaker`] (shared with the KV). While
-//! the breaker is broken, or when a publish to Redis fails, [`Bus::publish`]
-//! delivers the event **locally only**, through [`Hub::publish`] with the
-//! hub's local seq, and returns `Ok`: this host's subscribers keep getting
+//! **Outages** (the seeds' degrade matrix): every publish goes through the
+//! process's Redis [`CircuitBreaker`] (shared with the KV; each publish is
+//! one call for it, also when it shared its round trip). While the breaker
+//! is broken, or when a publish to Redis fails, [`Bus::publish`] delivers
+//! the event **locally only**, through [`Hub::publish`] with the hub's
+//! local seq, and returns `Ok`: this host's subscribers keep getting
 //! events, other hosts do not see them (the degradation is logged once per
 //! outage). After a publish that timed out the event may also have reached
 //! Redis, so local subscribers can see it twice. **Seqs during an outage
@@ -68,19 +92,19 @@
 //! delivered locally with its Redis seq (so local subscribers miss nothing;
 //! in the instant the subscription comes back one may arrive twice).
 //!
-//! The subscriber task stops when the [`RedisBus`] is dropped or
-//! [`RedisBus::shutdown`] is called.
+//! The subscriber and publish tasks stop when the [`RedisBus`] is dropped;
+//! [`RedisBus::shutdown`] stops the subscriber.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSub};
-use redis::{Client, Msg, RedisError, Script};
+use redis::{Client, Msg, RedisError, RedisResult, Script};
 use serde::de::IgnoredAny;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::keys::{self, TenantKeys};
@@ -99,13 +123,22 @@ pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 /// The reserved topic carrying the host's `degraded` / `recovered` notices.
 pub const REALTIME_TOPIC: &str = crate::protocol::SYSTEM_TOPIC;
+/// Most publishes waiting in one bus's publish queue; a publisher that
+/// finds it full waits (within its [`COMMAND_TIMEOUT`]) for room.
+pub const PUBLISH_QUEUE: usize = 4096;
+/// Most publishes sent to Redis in one pipeline (one round trip).
+pub const PUBLISH_BATCH: usize = 256;
 
-/// `KEYS[1]` the topic's seq key, `KEYS[2]` its replay buffer; `ARGV[1]`
-/// the tenant's bus channel, `ARGV[2]` the keys' TTL in ms (0: none),
+/// The publish script, ending in `$publish` (`PUBLISH` or `SPUBLISH`) to
+/// the channel. `KEYS[1]` the topic's seq key, `KEYS[2]` its replay buffer;
+/// `ARGV[1]` the channel, `ARGV[2]` the keys' TTL in ms (0: none),
 /// `ARGV[3]` the topic, `ARGV[4]` the buffer size (0: keep nothing),
 /// `ARGV[5]` `<event>\n<data>`. `%d` keeps large seqs out of Lua's float
 /// notation.
-const PUBLISH_SCRIPT: &str = r"
+macro_rules! publish_script {
+    ($publish:literal) => {
+        concat!(
+            r"
 local seq = redis.call('INCR', KEYS[1])
 local ttl = tonumber(ARGV[2])
 local size = tonumber(ARGV[4])
@@ -120,22 +153,31 @@ if size > 0 then
     redis.call('PEXPIRE', KEYS[2], ttl)
   end
 end
-redis.call('PUBLISH', ARGV[1], id .. '\n' .. ARGV[3] .. '\n' .. ARGV[5])
+redis.call('",
+            $publish,
+            r"', ARGV[1], id .. '\n' .. ARGV[3] .. '\n' .. ARGV[5])
 return seq
-";
+"
+        )
+    };
+}
+
+/// The bus's publish script (see `publish_script!`): `PUBLISH` to the
+/// tenant's bus channel.
+const PUBLISH_SCRIPT: &str = publish_script!("PUBLISH");
+/// The sharded bus's publish script: the same steps, `SPUBLISH` to the
+/// topic's shard channel.
+pub(crate) const SPUBLISH_SCRIPT: &str = publish_script!("SPUBLISH");
 
 /// The Redis pub/sub bus of one host. Create it with [`RedisBus::start`].
 pub struct RedisBus {
-    conn: ConnectionManager,
     namespace: String,
-    script: Script,
-    replay: ReplaySettings,
+    pipeline: PublishPipeline,
     hub: Arc<Hub>,
     breaker: Arc<CircuitBreaker>,
+    fallback: LocalFallback,
     /// Whether the subscription is active (set by the subscriber task).
     subscribed: Arc<AtomicBool>,
-    /// Whether this outage's local-only publishing was logged.
-    degradation_logged: Arc<AtomicBool>,
     task: JoinHandle<()>,
     notices: JoinHandle<()>,
 }
@@ -190,15 +232,7 @@ impl RedisBus {
         breaker: Arc<CircuitBreaker>,
         replay: ReplaySettings,
     ) -> Result<Arc<RedisBus>, BackendError> {
-        let valid_namespace = !namespace.is_empty()
-            && namespace
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !valid_namespace {
-            return Err(BackendError::Invalid(format!(
-                "Redis namespace {namespace:?}: expected [a-z0-9_-]+"
-            )));
-        }
+        check_namespace(&namespace)?;
         let client = Client::open(url)
             .map_err(|e| BackendError::Unavailable(format!("invalid Redis URL: {e}")))?;
         let subscribed = Arc::new(AtomicBool::new(false));
@@ -216,21 +250,15 @@ impl RedisBus {
         tracing::info!(namespace, "Redis bus subscribed");
         subscribed.store(true, Ordering::Release);
         let task = tokio::spawn(subscriber.run(pubsub));
-        let degradation_logged = Arc::new(AtomicBool::new(false));
-        let notices = tokio::spawn(send_notices(
-            breaker.subscribe(),
-            Arc::clone(&hub),
-            Arc::clone(&degradation_logged),
-        ));
+        let fallback = LocalFallback::new(namespace.clone(), Arc::clone(&hub));
+        let notices = fallback.spawn_notices(&breaker);
         Ok(Arc::new(RedisBus {
-            conn,
+            pipeline: PublishPipeline::start(conn, Script::new(PUBLISH_SCRIPT), replay),
             namespace,
-            script: Script::new(PUBLISH_SCRIPT),
-            replay,
             hub,
             breaker,
+            fallback,
             subscribed,
-            degradation_logged,
             task,
             notices,
         }))
@@ -241,16 +269,327 @@ impl RedisBus {
         &self.breaker
     }
 
+    /// Redis round trips the publishes took so far (pipelines sent, each
+    /// carrying up to [`PUBLISH_BATCH`] publishes, plus script loads).
+    pub fn round_trips(&self) -> u64 {
+        self.pipeline.round_trips()
+    }
+
     /// Stop the subscriber task (this host then receives nothing more);
     /// idempotent. Dropping the bus does the same.
     pub fn shutdown(&self) {
         self.task.abort();
         self.notices.abort();
     }
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.notices.abort();
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        event: &str,
+        data: &str,
+    ) -> Result<(), BackendError> {
+        let keys = TenantKeys::new(&self.namespace, tenant);
+        let call = PublishCall::new(&keys, keys.fixed("bus"), topic, event, data)?;
+        if let Err(open) = self.breaker.guard() {
+            return self
+                .fallback
+                .publish(tenant, topic, event, data, &open.into());
+        }
+        let result = self.pipeline.call(call).await;
+        self.breaker.record(&result);
+        match result {
+            Ok(seq) => {
+                if !self.subscribed.load(Ordering::Acquire) {
+                    // Our subscription is still coming back: local
+                    // subscribers get it now, with the Redis seq.
+                    self.hub.deliver(tenant, topic, event, data, seq);
+                }
+                Ok(())
+            }
+            Err(e) => self.fallback.publish(tenant, topic, event, data, &e),
+        }
+    }
+}
+
+/// `Invalid` unless `namespace` is `[a-z0-9_-]+` (no glob characters, no
+/// `:`), as both buses require.
+pub(crate) fn check_namespace(namespace: &str) -> Result<(), BackendError> {
+    let valid = !namespace.is_empty()
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(BackendError::Invalid(format!(
+            "Redis namespace {namespace:?}: expected [a-z0-9_-]+"
+        )))
+    }
+}
+
+/// One publish script call: its keys and arguments (see
+/// `publish_script!`), built by [`PublishCall::new`].
+pub(crate) struct PublishCall {
+    seq_key: String,
+    replay_key: String,
+    channel: String,
+    topic: String,
+    /// `<event>\n<data>`.
+    payload: String,
+}
+
+impl PublishCall {
+    /// The call publishing `event` with `data` on `topic` of the tenant of
+    /// `keys` to `channel` (one of that tenant's names). `Invalid` if the
+    /// topic or event contains a newline (the payload's separator).
+    pub(crate) fn new(
+        keys: &TenantKeys,
+        channel: String,
+        topic: &str,
+        event: &str,
+        data: &str,
+    ) -> Result<Self, BackendError> {
+        if topic.contains('\n') || event.contains('\n') {
+            return Err(BackendError::Invalid(
+                "topic and event cannot contain a newline".into(),
+            ));
+        }
+        let mut payload = String::with_capacity(event.len() + data.len() + 1);
+        payload.push_str(event);
+        payload.push('\n');
+        payload.push_str(data);
+        Ok(Self {
+            seq_key: keys.name("seq", topic),
+            replay_key: keys.name("replay", topic),
+            channel,
+            topic: topic.to_owned(),
+            payload,
+        })
+    }
+}
+
+/// A publish waiting in the queue, and where its answer goes.
+struct Pending {
+    call: PublishCall,
+    reply: oneshot::Sender<Result<u64, BackendError>>,
+}
+
+/// The publish queue of one bus and the task that sends it to Redis in
+/// pipelines (see the module docs). The task stops when this is dropped.
+pub(crate) struct PublishPipeline {
+    queue: mpsc::Sender<Pending>,
+    round_trips: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl PublishPipeline {
+    /// Start the task sending `script` calls through `conn`, with the
+    /// buffer size and TTL of `replay`.
+    pub(crate) fn start(conn: ConnectionManager, script: Script, replay: ReplaySettings) -> Self {
+        let (queue, rx) = mpsc::channel(PUBLISH_QUEUE);
+        let round_trips = Arc::new(AtomicU64::new(0));
+        let sender = BatchSender {
+            conn,
+            script,
+            ttl_ms: replay.ttl.map_or(0, |t| {
+                u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+            }),
+            size: replay.size,
+            round_trips: Arc::clone(&round_trips),
+        };
+        let task = tokio::spawn(sender.run(rx));
+        Self {
+            queue,
+            round_trips,
+            task,
+        }
+    }
+
+    /// Run `call` in the next pipeline; its seq once Redis ran it.
+    /// `Timeout` after [`COMMAND_TIMEOUT`] (queueing included),
+    /// `Unavailable` if Redis failed it.
+    pub(crate) async fn call(&self, call: PublishCall) -> Result<u64, BackendError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || BackendError::Unavailable("Redis publish pipeline stopped".into());
+        let wait = async {
+            self.queue
+                .send(Pending { call, reply })
+                .await
+                .map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, wait)
+            .await
+            .unwrap_or(Err(BackendError::Timeout))
+    }
+
+    /// Round trips sent so far.
+    pub(crate) fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PublishPipeline {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The pipeline task's side: sends batches and answers their publishers.
+struct BatchSender {
+    conn: ConnectionManager,
+    script: Script,
+    ttl_ms: u64,
+    size: usize,
+    round_trips: Arc<AtomicU64>,
+}
+
+impl BatchSender {
+    /// Send every batch the queue yields, one round trip at a time.
+    async fn run(self, mut queue: mpsc::Receiver<Pending>) {
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+            // A publisher that gave up (timed out) has delivered locally:
+            // sending its event now would show it twice.
+            batch.retain(|p| !p.reply.is_closed());
+            if !batch.is_empty() {
+                self.send(&mut batch).await;
+            }
+            batch.clear();
+        }
+    }
+
+    /// Send `batch` as one pipeline (plus, after `NOSCRIPT`, a script load
+    /// and one more pipeline for the calls that got it) and answer each.
+    async fn send(&self, batch: &mut Vec<Pending>) {
+        let results = match self.round_trip(batch).await {
+            Ok(results) => results,
+            Err(e) => return answer_all(batch.drain(..), &e),
+        };
+        let mut missing_script = Vec::new();
+        for (pending, result) in batch.drain(..).zip(results) {
+            match result {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    missing_script.push(pending);
+                }
+                result => {
+                    let _ = pending.reply.send(result.map_err(|e| publish_error(&e)));
+                }
+            }
+        }
+        if missing_script.is_empty() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let loaded = tokio::time::timeout(COMMAND_TIMEOUT, self.script.load_async(&mut conn)).await;
+        match loaded {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return answer_all(missing_script.into_iter(), &publish_error(&e)),
+            Err(_) => return answer_all(missing_script.into_iter(), &BackendError::Timeout),
+        }
+        let results = match self.round_trip(&missing_script).await {
+            Ok(results) => results,
+            Err(e) => return answer_all(missing_script.into_iter(), &e),
+        };
+        for (pending, result) in missing_script.into_iter().zip(results) {
+            let _ = pending.reply.send(result.map_err(|e| publish_error(&e)));
+        }
+    }
+
+    /// One pipeline of `EVALSHA`s, one per call of `batch`; the result of
+    /// each (as many as calls), or the error of the whole round trip.
+    async fn round_trip(&self, batch: &[Pending]) -> Result<Vec<RedisResult<u64>>, BackendError> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for Pending { call, .. } in batch {
+            pipe.cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(2)
+                .arg(&call.seq_key)
+                .arg(&call.replay_key)
+                .arg(&call.channel)
+                .arg(self.ttl_ms)
+                .arg(&call.topic)
+                // The host's reserved `__` channels (presence, cursors) are
+                // not replayable: numbered, not buffered.
+                .arg(if call.topic.starts_with("__") {
+                    0
+                } else {
+                    self.size
+                })
+                .arg(&call.payload);
+        }
+        let mut conn = self.conn.clone();
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let results: Vec<RedisResult<u64>> =
+            match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(&mut conn)).await {
+                Ok(Ok(results)) => results,
+                Ok(Err(e)) => return Err(publish_error(&e)),
+                Err(_) => return Err(BackendError::Timeout),
+            };
+        if results.len() != batch.len() {
+            return Err(BackendError::Unavailable(format!(
+                "Redis answered {} of {} pipelined publishes",
+                results.len(),
+                batch.len()
+            )));
+        }
+        Ok(results)
+    }
+}
+
+/// Answer every publisher of `batch` with `error`.
+fn answer_all(batch: impl Iterator<Item = Pending>, error: &BackendError) {
+    for pending in batch {
+        let _ = pending.reply.send(Err(error.clone()));
+    }
+}
+
+/// The backend error for a failed publish script.
+fn publish_error(e: &RedisError) -> BackendError {
+    if e.is_timeout() {
+        BackendError::Timeout
+    } else {
+        BackendError::Unavailable(format!("Redis bus publish failed: {e}"))
+    }
+}
+
+/// Local-only publishing while Redis cannot be used, and the `degraded` /
+/// `recovered` notices (shared by both buses).
+pub(crate) struct LocalFallback {
+    namespace: String,
+    hub: Arc<Hub>,
+    /// Whether this outage's local-only publishing was logged.
+    degradation_logged: Arc<AtomicBool>,
+}
+
+impl LocalFallback {
+    /// Fallback publishing into `hub` for the bus of `namespace`.
+    pub(crate) fn new(namespace: String, hub: Arc<Hub>) -> Self {
+        Self {
+            namespace,
+            hub,
+            degradation_logged: Arc::new(AtomicBool::new(false)),
+        }
+    }
 
     /// Deliver to this host's subscribers only, with the hub's local seq
     /// (Redis is down or the breaker is open); logs once per outage.
-    fn publish_locally(
+    pub(crate) fn publish(
         &self,
         tenant: &TenantId,
         topic: &str,
@@ -268,12 +607,15 @@ impl RedisBus {
         self.hub.publish(tenant, topic, event, data);
         Ok(())
     }
-}
 
-impl Drop for RedisBus {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.notices.abort();
+    /// Start the task turning `breaker`'s transitions into notices (it
+    /// ends with the breaker, or when aborted).
+    pub(crate) fn spawn_notices(&self, breaker: &CircuitBreaker) -> JoinHandle<()> {
+        tokio::spawn(send_notices(
+            breaker.subscribe(),
+            Arc::clone(&self.hub),
+            Arc::clone(&self.degradation_logged),
+        ))
     }
 }
 
@@ -322,83 +664,55 @@ async fn send_notices(
     }
 }
 
-#[async_trait]
-impl Bus for RedisBus {
-    async fn publish(
-        &self,
-        tenant: &TenantId,
-        topic: &str,
-        event: &str,
-        data: &str,
-    ) -> Result<(), BackendError> {
-        if topic.contains('\n') || event.contains('\n') {
-            return Err(BackendError::Invalid(
-                "topic and event cannot contain a newline".into(),
-            ));
-        }
-        let keys = TenantKeys::new(&self.namespace, tenant);
-        let mut payload = String::with_capacity(event.len() + data.len() + 1);
-        payload.push_str(event);
-        payload.push('\n');
-        payload.push_str(data);
-        let ttl_ms = self.replay.ttl.map_or(0, |t| {
-            u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
-        });
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(keys.name("seq", topic))
-            .key(keys.name("replay", topic))
-            .arg(keys.fixed("bus"))
-            .arg(ttl_ms)
-            .arg(topic)
-            // The host's reserved `__` channels (presence, cursors) are not
-            // replayable: numbered, not buffered.
-            .arg(if topic.starts_with("__") {
-                0
-            } else {
-                self.replay.size
-            })
-            .arg(payload);
-        if let Err(open) = self.breaker.guard() {
-            return self.publish_locally(tenant, topic, event, data, &open.into());
-        }
-        let mut conn = self.conn.clone();
-        let result =
-            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async::<u64>(&mut conn))
-                .await
-            {
-                Ok(Ok(seq)) => Ok(seq),
-                Ok(Err(e)) => Err(publish_error(&e)),
-                Err(_) => Err(BackendError::Timeout),
-            };
-        self.breaker.record(&result);
-        match result {
-            Ok(seq) => {
-                if !self.subscribed.load(Ordering::Acquire) {
-                    // Our subscription is still coming back: local
-                    // subscribers get it now, with the Redis seq.
-                    self.hub.deliver(tenant, topic, event, data, seq);
-                }
-                Ok(())
-            }
-            Err(e) => self.publish_locally(tenant, topic, event, data, &e),
-        }
-    }
-}
-
-/// The backend error for a failed publish script.
-fn publish_error(e: &RedisError) -> BackendError {
-    if e.is_timeout() {
-        BackendError::Timeout
-    } else {
-        BackendError::Unavailable(format!("Redis bus publish failed: {e}"))
-    }
-}
-
 /// `{namespace}:t:{*}:bus`: matches [`TenantKeys::fixed`]`("bus")` of every
 /// tenant (the namespace has no glob characters).
 fn channel_pattern(namespace: &str) -> String {
     format!("{namespace}:t:{{*}}:bus")
+}
+
+/// The reconnect backoff of a subscription: [`RECONNECT_BACKOFF_MIN`]
+/// doubling to [`RECONNECT_BACKOFF_MAX`], cut short when the breaker
+/// becomes healthy (Redis is back).
+pub(crate) struct Backoff {
+    delay: Duration,
+}
+
+impl Backoff {
+    /// A backoff starting at [`RECONNECT_BACKOFF_MIN`]; marks `breaker`'s
+    /// current state as seen (only a later heal cuts a wait short).
+    pub(crate) fn new(breaker: &mut watch::Receiver<BreakerState>) -> Self {
+        breaker.borrow_and_update();
+        Self {
+            delay: RECONNECT_BACKOFF_MIN,
+        }
+    }
+
+    /// Wait before the next attempt.
+    pub(crate) async fn wait(&mut self, breaker: &mut watch::Receiver<BreakerState>) {
+        tokio::select! {
+            () = tokio::time::sleep(self.delay) => {}
+            () = healed(breaker) => self.delay = RECONNECT_BACKOFF_MIN,
+        }
+    }
+
+    /// An attempt failed: the next wait is twice as long (up to the
+    /// maximum); returns it.
+    pub(crate) fn failed(&mut self) -> Duration {
+        self.delay = (self.delay * 2).min(RECONNECT_BACKOFF_MAX);
+        self.delay
+    }
+}
+
+/// Returns when the breaker next becomes healthy (never if it is gone).
+async fn healed(breaker: &mut watch::Receiver<BreakerState>) {
+    loop {
+        if breaker.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if *breaker.borrow_and_update() == BreakerState::Healthy {
+            return;
+        }
+    }
 }
 
 /// The receiving side: the pub/sub connection and the hub it feeds.
@@ -423,12 +737,7 @@ impl Subscriber {
         };
         tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .unwrap_or_else(|_| {
-                Err(RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "subscribing timed out",
-                )))
-            })
+            .unwrap_or_else(|_| Err(timed_out("subscribing timed out")))
     }
 
     /// Deliver messages forever, resubscribing whenever the connection is lost.
@@ -468,17 +777,12 @@ impl Subscriber {
         }
     }
 
-    /// Subscribe again, retrying with doubling backoff until it works.
-    /// The wait is cut short when the breaker becomes healthy (Redis is back).
+    /// Subscribe again, retrying with [`Backoff`] until it works.
     async fn resubscribe(&mut self) -> PubSub {
-        let mut delay = RECONNECT_BACKOFF_MIN;
+        let mut backoff = Backoff::new(&mut self.breaker);
         let mut attempts = 0u32;
-        self.breaker.borrow_and_update();
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = healed(&mut self.breaker) => delay = RECONNECT_BACKOFF_MIN,
-            }
+            backoff.wait(&mut self.breaker).await;
             attempts += 1;
             match self.subscribe().await {
                 Ok(pubsub) => {
@@ -491,12 +795,12 @@ impl Subscriber {
                     return pubsub;
                 }
                 Err(e) => {
-                    delay = (delay * 2).min(RECONNECT_BACKOFF_MAX);
+                    let retry_in = backoff.failed();
                     tracing::warn!(
                         namespace = self.namespace,
                         attempts,
                         error = %e,
-                        retry_in_ms = delay.as_millis() as u64,
+                        retry_in_ms = retry_in.as_millis() as u64,
                         "Redis bus resubscribe failed"
                     );
                 }
@@ -507,25 +811,49 @@ impl Subscriber {
     /// Deliver one message, or log and skip it if it is malformed.
     fn handle(&self, msg: &Msg) {
         let channel = msg.get_channel_name();
-        match parse_message(&self.namespace, channel, msg.get_payload_bytes()) {
-            Ok(m) => {
-                self.hub.deliver(&m.tenant, m.topic, m.event, m.data, m.seq);
-            }
-            Err(e) => {
-                tracing::warn!(channel, error = %e, "skipping malformed Redis bus message");
-            }
+        deliver(
+            &self.hub,
+            &self.namespace,
+            Channel::Bus,
+            channel,
+            msg.get_payload_bytes(),
+        );
+    }
+}
+
+/// A timed-out Redis operation as a [`RedisError`].
+pub(crate) fn timed_out(what: &'static str) -> RedisError {
+    RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+/// Hand the message `payload` received on `channel` (of kind `kind`) to
+/// `hub`, or log and skip it if it is malformed.
+pub(crate) fn deliver(hub: &Hub, namespace: &str, kind: Channel, channel: &str, payload: &[u8]) {
+    match parse_message(namespace, kind, channel, payload) {
+        Ok(m) => {
+            hub.deliver(&m.tenant, m.topic, m.event, m.data, m.seq);
+        }
+        Err(e) => {
+            tracing::warn!(channel, error = %e, "skipping malformed Redis bus message");
         }
     }
 }
 
-/// Returns when the breaker next becomes healthy (never if it is gone).
-async fn healed(breaker: &mut watch::Receiver<BreakerState>) {
-    loop {
-        if breaker.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        if *breaker.borrow_and_update() == BreakerState::Healthy {
-            return;
+/// Which channel a message is expected on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    /// The tenant's bus channel, `TenantKeys::fixed("bus")`.
+    Bus,
+    /// The topic's shard channel, `TenantKeys::name("sbus", topic)`.
+    Sharded,
+}
+
+impl Channel {
+    /// The name of this kind of channel for `topic` of the tenant of `keys`.
+    pub(crate) fn name(self, keys: &TenantKeys, topic: &str) -> String {
+        match self {
+            Channel::Bus => keys.fixed("bus"),
+            Channel::Sharded => keys.name("sbus", topic),
         }
     }
 }
@@ -543,7 +871,8 @@ struct BusMessage<'a> {
 /// Why a bus message was skipped.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 enum MalformedMessage {
-    /// The channel is not `{ns}:t:{<tenant>}:bus`.
+    /// The channel is not the tenant's bus channel (or the topic's shard
+    /// channel).
     #[error("not a tenant bus channel")]
     Channel,
     /// The payload is not UTF-8.
@@ -560,16 +889,14 @@ enum MalformedMessage {
     Data,
 }
 
-/// Parse a message received on `channel` under `namespace`.
+/// Parse a message received on `channel` (of kind `kind`) under `namespace`.
 fn parse_message<'a>(
     namespace: &str,
+    kind: Channel,
     channel: &str,
     payload: &'a [u8],
 ) -> Result<BusMessage<'a>, MalformedMessage> {
     let tenant = keys::tenant_of(namespace, channel).ok_or(MalformedMessage::Channel)?;
-    if TenantKeys::new(namespace, &tenant).fixed("bus") != channel {
-        return Err(MalformedMessage::Channel);
-    }
     let payload = std::str::from_utf8(payload).map_err(|_| MalformedMessage::NotUtf8)?;
     let mut parts = payload.splitn(4, '\n');
     let (Some(seq), Some(topic), Some(event), Some(data)) =
@@ -579,6 +906,11 @@ fn parse_message<'a>(
     };
     if topic.is_empty() || event.is_empty() {
         return Err(MalformedMessage::Framing);
+    }
+    // The channel must be exactly the one this tenant's (and, sharded,
+    // this topic's) events are published on.
+    if kind.name(&TenantKeys::new(namespace, &tenant), topic) != channel {
+        return Err(MalformedMessage::Channel);
     }
     let seq = seq
         .parse::<u64>()
@@ -598,23 +930,31 @@ fn parse_message<'a>(
     })
 }
 
+/// Test helpers and the two-host behaviour both Redis buses must show
+/// (run by this module's tests and by the sharded bus's).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hub::{HubConnection, Outbound};
-    use redis::AsyncCommands;
+pub(crate) mod suite {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
+
+    use redis::AsyncCommands;
+    use redis::aio::ConnectionManager;
     use tokio::sync::mpsc;
 
-    const URL: &str = "redis://127.0.0.1:6379";
+    use crate::backend::Bus;
+    use crate::hub::{Hub, HubConnection, Outbound};
+    use crate::tenant::TenantId;
 
-    fn tid(s: &str) -> TenantId {
+    /// The test Redis.
+    pub(crate) const URL: &str = "redis://127.0.0.1:6379";
+
+    pub(crate) fn tid(s: &str) -> TenantId {
         TenantId::parse(s).unwrap()
     }
 
     /// A namespace no other test (or test run) uses.
-    fn unique_namespace() -> String {
+    pub(crate) fn unique_namespace() -> String {
         static N: AtomicU64 = AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -627,8 +967,9 @@ mod tests {
         )
     }
 
-    /// Delete every key under `ns` (the seq keys).
-    async fn cleanup(conn: &mut ConnectionManager, ns: &str) {
+    /// Delete every key under `ns` (the seq keys and buffers), then check
+    /// none is left.
+    pub(crate) async fn cleanup(conn: &mut ConnectionManager, ns: &str) {
         let mut cursor = 0u64;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -660,6 +1001,239 @@ mod tests {
         assert!(left.1.is_empty(), "keys left behind: {:?}", left.1);
     }
 
+    /// A subscriber on `hub` to `topic` of `tenant`.
+    pub(crate) fn subscriber(
+        hub: &Arc<Hub>,
+        tenant: &str,
+        topic: &str,
+    ) -> (HubConnection, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(10_000);
+        let conn = hub.connect(tid(tenant), tx, 10);
+        conn.subscribe(topic).unwrap();
+        (conn, rx)
+    }
+
+    /// The next frame as JSON (fails after 5 s).
+    pub(crate) async fn recv(rx: &mut mpsc::Receiver<Outbound>) -> serde_json::Value {
+        let frame = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("no frame within 5 s")
+            .expect("queue closed");
+        let Outbound::Text(text) = frame;
+        serde_json::from_str(text.as_str()).unwrap()
+    }
+
+    /// Nothing more arrives within a short while.
+    pub(crate) async fn assert_quiet(rx: &mut mpsc::Receiver<Outbound>) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(rx.try_recv().is_err(), "unexpected extra frame");
+    }
+
+    /// Whether a host's bus delivers a topic to it yet.
+    pub(crate) type Following = Box<dyn Fn(&TenantId, &str) -> bool + Send + Sync>;
+    /// A host's publish round trips so far.
+    pub(crate) type RoundTrips = Box<dyn Fn() -> u64 + Send + Sync>;
+
+    /// One host of the two-host suite: a hub and its bus.
+    pub(crate) struct Peer {
+        pub(crate) hub: Arc<Hub>,
+        pub(crate) bus: Arc<dyn Bus>,
+        following: Following,
+        round_trips: RoundTrips,
+    }
+
+    impl Peer {
+        /// A host whose bus delivers `(tenant, topic)` once `following`
+        /// says so.
+        pub(crate) fn new(
+            hub: Arc<Hub>,
+            bus: Arc<dyn Bus>,
+            following: Following,
+            round_trips: RoundTrips,
+        ) -> Self {
+            Self {
+                hub,
+                bus,
+                following,
+                round_trips,
+            }
+        }
+
+        /// A subscriber to `topic` of `tenant` on this host, returned once
+        /// the bus delivers the topic here.
+        pub(crate) async fn subscribe(
+            &self,
+            tenant: &str,
+            topic: &str,
+        ) -> (HubConnection, mpsc::Receiver<Outbound>) {
+            let sub = subscriber(&self.hub, tenant, topic);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !(self.following)(&tid(tenant), topic) {
+                assert!(Instant::now() < deadline, "{tenant}/{topic} not followed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sub
+        }
+    }
+
+    /// A publish on one host reaches the subscribers of both, once each,
+    /// with one seq; alternating and concurrent publishers give one
+    /// gap-free order, the same on both hosts.
+    pub(crate) async fn two_hosts_deliver_once_each_with_one_order(a: &Peer, b: &Peer) {
+        let acme = tid("acme");
+        let (_sa, mut ra) = a.subscribe("acme", "room").await;
+        let (_sb, mut rb) = b.subscribe("acme", "room").await;
+
+        // One publish on A: once on A, once on B, same seq.
+        a.bus
+            .publish(&acme, "room", "message", r#"{"n":0}"#)
+            .await
+            .unwrap();
+        for rx in [&mut ra, &mut rb] {
+            let v = recv(rx).await;
+            assert_eq!(v["topic"], "room");
+            assert_eq!(v["event"], "message");
+            assert_eq!(v["data"]["n"], 0);
+            assert_eq!(v["seq"], 1);
+            assert_quiet(rx).await;
+        }
+
+        // 100 publishes alternating between A and B.
+        for i in 1..=100u64 {
+            let bus = if i % 2 == 0 { &a.bus } else { &b.bus };
+            bus.publish(&acme, "room", "e", &format!("{{\"n\":{i}}}"))
+                .await
+                .unwrap();
+        }
+        // Then both hosts publishing at once, 50 each.
+        let concurrent = |bus: Arc<dyn Bus>, tag: &'static str| {
+            let acme = acme.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    bus.publish(&acme, "room", "e", &format!("{{\"{tag}\":{i}}}"))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let (ja, jb) = (
+            concurrent(Arc::clone(&a.bus), "a"),
+            concurrent(Arc::clone(&b.bus), "b"),
+        );
+        ja.await.unwrap();
+        jb.await.unwrap();
+
+        let mut seen = Vec::new();
+        for rx in [&mut ra, &mut rb] {
+            let mut frames = Vec::new();
+            for _ in 0..200 {
+                frames.push(recv(rx).await);
+            }
+            assert_quiet(rx).await;
+            let seqs: Vec<u64> = frames.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+            assert_eq!(seqs, (2..=201).collect::<Vec<_>>(), "gap-free, in order");
+            for (i, v) in frames.iter().take(100).enumerate() {
+                assert_eq!(v["data"]["n"], i as u64 + 1, "publish order kept");
+            }
+            seen.push(frames);
+        }
+        assert_eq!(seen[0], seen[1], "both hosts saw one order");
+    }
+
+    /// Equal topic names of two tenants are two topics, with their own seqs.
+    pub(crate) async fn tenants_never_cross(a: &Peer, b: &Peer) {
+        let (_s1, mut acme_a) = a.subscribe("acme", "chat").await;
+        let (_s2, mut beta_a) = a.subscribe("beta", "chat").await;
+        let (_s3, mut beta_b) = b.subscribe("beta", "chat").await;
+
+        b.bus
+            .publish(&tid("acme"), "chat", "e", r#""for acme""#)
+            .await
+            .unwrap();
+        a.bus
+            .publish(&tid("beta"), "chat", "e", r#""for beta""#)
+            .await
+            .unwrap();
+        let v = recv(&mut acme_a).await;
+        assert_eq!(
+            (v["data"].as_str(), v["seq"].as_u64()),
+            (Some("for acme"), Some(1))
+        );
+        for rx in [&mut beta_a, &mut beta_b] {
+            let v = recv(rx).await;
+            // beta has its own seq.
+            assert_eq!(
+                (v["data"].as_str(), v["seq"].as_u64()),
+                (Some("for beta"), Some(1))
+            );
+        }
+        for rx in [&mut acme_a, &mut beta_a, &mut beta_b] {
+            assert_quiet(rx).await;
+        }
+    }
+
+    /// `N` publishes started at once on A (on two topics) share round
+    /// trips, and every subscriber still gets each topic gap-free, in the
+    /// order the seqs were given, once.
+    pub(crate) async fn concurrent_publishes_share_round_trips(a: &Peer, b: &Peer) {
+        const N: u64 = 300;
+        let acme = tid("acme");
+        let (_s1, mut one_a) = a.subscribe("acme", "one").await;
+        let (_s2, mut one_b) = b.subscribe("acme", "one").await;
+        let (_s3, mut two_b) = b.subscribe("acme", "two").await;
+        // Warm up (loads the script) before counting.
+        a.bus.publish(&acme, "one", "e", "0").await.unwrap();
+        for rx in [&mut one_a, &mut one_b] {
+            assert_eq!(recv(rx).await["seq"], 1);
+        }
+
+        let before = (a.round_trips)();
+        let started = Instant::now();
+        let publishes: Vec<_> = (1..=N)
+            .map(|i| {
+                let (bus, acme) = (Arc::clone(&a.bus), acme.clone());
+                let topic = if i % 3 == 0 { "two" } else { "one" };
+                tokio::spawn(async move { bus.publish(&acme, topic, "e", &i.to_string()).await })
+            })
+            .collect();
+        for p in publishes {
+            p.await.unwrap().unwrap();
+        }
+        let took = started.elapsed();
+        let round_trips = (a.round_trips)() - before;
+        eprintln!("{N} concurrent publishes: {round_trips} round trips, {took:?}");
+        assert!(
+            round_trips < N / 4,
+            "{round_trips} round trips for {N} publishes"
+        );
+
+        let two = N / 3;
+        let one = N - two;
+        for (rx, count, first) in [
+            (&mut one_a, one, 2),
+            (&mut one_b, one, 2),
+            (&mut two_b, two, 1),
+        ] {
+            let mut seqs = Vec::new();
+            for _ in 0..count {
+                seqs.push(recv(rx).await["seq"].as_u64().unwrap());
+            }
+            assert_eq!(seqs, (first..first + count).collect::<Vec<_>>());
+            assert_quiet(rx).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::suite::{
+        self, Peer, URL, assert_quiet, cleanup, recv, subscriber, tid, unique_namespace,
+    };
+    use super::*;
+    use crate::hub::Outbound;
+    use redis::AsyncCommands;
+    use std::time::Instant;
+
     /// One host: a hub and its bus.
     struct Host {
         hub: Arc<Hub>,
@@ -674,33 +1248,6 @@ mod tests {
         Host { hub, bus }
     }
 
-    /// A subscriber on `hub` to `topic` of `tenant`.
-    fn subscriber(
-        hub: &Arc<Hub>,
-        tenant: &str,
-        topic: &str,
-    ) -> (HubConnection, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(10_000);
-        let conn = hub.connect(tid(tenant), tx, 10);
-        conn.subscribe(topic).unwrap();
-        (conn, rx)
-    }
-
-    async fn recv(rx: &mut mpsc::Receiver<Outbound>) -> serde_json::Value {
-        let frame = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("no frame within 5 s")
-            .expect("queue closed");
-        let Outbound::Text(text) = frame;
-        serde_json::from_str(text.as_str()).unwrap()
-    }
-
-    /// Nothing more arrives within a short while.
-    async fn assert_quiet(rx: &mut mpsc::Receiver<Outbound>) {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(rx.try_recv().is_err(), "unexpected extra frame");
-    }
-
     #[test]
     fn channel_pattern_matches_the_key_scheme() {
         let ns = "tenantry";
@@ -713,7 +1260,12 @@ mod tests {
         let ns = "ns";
         let ch = "ns:t:{acme}:bus";
         assert_eq!(
-            parse_message(ns, ch, b"7\nroom:1\nmessage\n{\"a\":\"x\\ny\"}\n"),
+            parse_message(
+                ns,
+                Channel::Bus,
+                ch,
+                b"7\nroom:1\nmessage\n{\"a\":\"x\\ny\"}\n"
+            ),
             Ok(BusMessage {
                 tenant: tid("acme"),
                 seq: 7,
@@ -746,12 +1298,49 @@ mod tests {
         ];
         for (channel, payload, want) in bad {
             assert_eq!(
-                parse_message(ns, channel, payload).as_ref(),
+                parse_message(ns, Channel::Bus, channel, payload).as_ref(),
                 Err(want),
                 "{channel} {:?}",
                 String::from_utf8_lossy(payload)
             );
         }
+    }
+
+    #[test]
+    fn parses_shard_messages_on_their_topics_channel_only() {
+        let ns = "ns";
+        let ch = "ns:t:{acme}:sbus:room:1";
+        assert_eq!(
+            parse_message(ns, Channel::Sharded, ch, b"7\nroom:1\nmessage\n{}"),
+            Ok(BusMessage {
+                tenant: tid("acme"),
+                seq: 7,
+                topic: "room:1",
+                event: "message",
+                data: "{}",
+            })
+        );
+        for (channel, payload) in [
+            // Another topic's channel, the tenant's bus channel.
+            ("ns:t:{acme}:sbus:room:2", "7\nroom:1\ne\n{}"),
+            ("ns:t:{acme}:bus", "7\nroom:1\ne\n{}"),
+            ("ns:t:{acme}:sbus:room:1x", "7\nroom:1\ne\n{}"),
+        ] {
+            assert_eq!(
+                parse_message(ns, Channel::Sharded, channel, payload.as_bytes()),
+                Err(MalformedMessage::Channel),
+                "{channel}"
+            );
+        }
+        assert_eq!(
+            parse_message(ns, Channel::Bus, ch, b"7\nroom:1\ne\n{}"),
+            Err(MalformedMessage::Channel)
+        );
+        // The scripts differ only in the publish command.
+        assert_eq!(
+            PUBLISH_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'"),
+            SPUBLISH_SCRIPT
+        );
     }
 
     #[test]
@@ -806,71 +1395,27 @@ mod tests {
         assert!(matches!(r, Err(BackendError::Unavailable(_))));
     }
 
+    /// The suite's view of a host of this bus.
+    fn peer(host: &Host) -> Peer {
+        Peer::new(
+            Arc::clone(&host.hub),
+            Arc::clone(&host.bus) as Arc<dyn Bus>,
+            // The pattern subscription delivers every topic from the start.
+            Box::new(|_, _| true),
+            {
+                let bus = Arc::clone(&host.bus);
+                Box::new(move || bus.round_trips())
+            },
+        )
+    }
+
     #[tokio::test]
     async fn two_hosts_deliver_once_each_with_one_order() {
         let ns = unique_namespace();
         let mut conn = super::super::connect(URL).await.unwrap();
         let a = host(&conn, URL, &ns).await;
         let b = host(&conn, URL, &ns).await;
-        let acme = tid("acme");
-        let (_sa, mut ra) = subscriber(&a.hub, "acme", "room");
-        let (_sb, mut rb) = subscriber(&b.hub, "acme", "room");
-
-        // One publish on A: once on A, once on B, same seq.
-        a.bus
-            .publish(&acme, "room", "message", r#"{"n":0}"#)
-            .await
-            .unwrap();
-        for rx in [&mut ra, &mut rb] {
-            let v = recv(rx).await;
-            assert_eq!(v["topic"], "room");
-            assert_eq!(v["event"], "message");
-            assert_eq!(v["data"]["n"], 0);
-            assert_eq!(v["seq"], 1);
-            assert_quiet(rx).await;
-        }
-
-        // 100 publishes alternating between A and B.
-        for i in 1..=100u64 {
-            let bus = if i % 2 == 0 { &a.bus } else { &b.bus };
-            bus.publish(&acme, "room", "e", &format!("{{\"n\":{i}}}"))
-                .await
-                .unwrap();
-        }
-        // Then both hosts publishing at once, 50 each.
-        let concurrent = |bus: Arc<RedisBus>, tag: &'static str| {
-            let acme = acme.clone();
-            tokio::spawn(async move {
-                for i in 0..50 {
-                    bus.publish(&acme, "room", "e", &format!("{{\"{tag}\":{i}}}"))
-                        .await
-                        .unwrap();
-                }
-            })
-        };
-        let (ja, jb) = (
-            concurrent(Arc::clone(&a.bus), "a"),
-            concurrent(Arc::clone(&b.bus), "b"),
-        );
-        ja.await.unwrap();
-        jb.await.unwrap();
-
-        let mut seen = Vec::new();
-        for rx in [&mut ra, &mut rb] {
-            let mut frames = Vec::new();
-            for _ in 0..200 {
-                frames.push(recv(rx).await);
-            }
-            assert_quiet(rx).await;
-            let seqs: Vec<u64> = frames.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
-            assert_eq!(seqs, (2..=201).collect::<Vec<_>>(), "gap-free, in order");
-            for (i, v) in frames.iter().take(100).enumerate() {
-                assert_eq!(v["data"]["n"], i as u64 + 1, "publish order kept");
-            }
-            seen.push(frames);
-        }
-        assert_eq!(seen[0], seen[1], "both hosts saw one order");
-
+        suite::two_hosts_deliver_once_each_with_one_order(&peer(&a), &peer(&b)).await;
         drop((a, b));
         cleanup(&mut conn, &ns).await;
     }
@@ -881,35 +1426,18 @@ mod tests {
         let mut conn = super::super::connect(URL).await.unwrap();
         let a = host(&conn, URL, &ns).await;
         let b = host(&conn, URL, &ns).await;
-        let (_s1, mut acme_a) = subscriber(&a.hub, "acme", "chat");
-        let (_s2, mut beta_a) = subscriber(&a.hub, "beta", "chat");
-        let (_s3, mut beta_b) = subscriber(&b.hub, "beta", "chat");
+        suite::tenants_never_cross(&peer(&a), &peer(&b)).await;
+        drop((a, b));
+        cleanup(&mut conn, &ns).await;
+    }
 
-        b.bus
-            .publish(&tid("acme"), "chat", "e", r#""for acme""#)
-            .await
-            .unwrap();
-        a.bus
-            .publish(&tid("beta"), "chat", "e", r#""for beta""#)
-            .await
-            .unwrap();
-        let v = recv(&mut acme_a).await;
-        assert_eq!(
-            (v["data"].as_str(), v["seq"].as_u64()),
-            (Some("for acme"), Some(1))
-        );
-        for rx in [&mut beta_a, &mut beta_b] {
-            let v = recv(rx).await;
-            // beta has its own seq.
-            assert_eq!(
-                (v["data"].as_str(), v["seq"].as_u64()),
-                (Some("for beta"), Some(1))
-            );
-        }
-        for rx in [&mut acme_a, &mut beta_a, &mut beta_b] {
-            assert_quiet(rx).await;
-        }
-
+    #[tokio::test]
+    async fn concurrent_publishes_share_round_trips() {
+        let ns = unique_namespace();
+        let mut conn = super::super::connect(URL).await.unwrap();
+        let a = host(&conn, URL, &ns).await;
+        let b = host(&conn, URL, &ns).await;
+        suite::concurrent_publishes_share_round_trips(&peer(&a), &peer(&b)).await;
         drop((a, b));
         cleanup(&mut conn, &ns).await;
     }
@@ -1192,6 +1720,60 @@ mod tests {
         assert_quiet(&mut ra).await;
         assert_quiet(&mut rb).await;
         drop((a, b));
+    }
+
+    /// Redis forgets its scripts (`SCRIPT FLUSH`, as after a restart): the
+    /// batch that meets `NOSCRIPT` loads the script and is sent again, and
+    /// no publish fails, is lost or is doubled.
+    #[tokio::test]
+    async fn noscript_loads_the_script_and_resends() {
+        use crate::backend::breaker::test_redis::OwnRedis;
+
+        let redis = OwnRedis::start().await;
+        let url = redis.url();
+        let ns = unique_namespace();
+        let mut conn = super::super::connect(&url).await.unwrap();
+        let a = host(&conn, &url, &ns).await;
+        let (_s, mut rx) = subscriber(&a.hub, "acme", "room");
+        let acme = tid("acme");
+        a.bus.publish(&acme, "room", "e", "0").await.unwrap();
+        assert_eq!(recv(&mut rx).await["seq"], 1);
+
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let before = a.bus.round_trips();
+        let publishes: Vec<_> = (1..=50u64)
+            .map(|i| {
+                let (bus, acme) = (Arc::clone(&a.bus), acme.clone());
+                tokio::spawn(async move { bus.publish(&acme, "room", "e", &i.to_string()).await })
+            })
+            .collect();
+        for p in publishes {
+            p.await.unwrap().unwrap();
+        }
+        // The batch, the script load, the batch again.
+        assert!(a.bus.round_trips() - before >= 3);
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let evalsha = stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .unwrap();
+        assert!(!evalsha.contains("failed_calls=0"), "{evalsha}");
+        let mut seqs = Vec::new();
+        for _ in 0..50 {
+            seqs.push(recv(&mut rx).await["seq"].as_u64().unwrap());
+        }
+        assert_eq!(seqs, (2..=51).collect::<Vec<_>>());
+        assert_quiet(&mut rx).await;
+        assert!(a.bus.breaker().is_healthy());
+        drop(a);
     }
 
     /// Publish -> delivery latency on this machine, to a subscriber on the

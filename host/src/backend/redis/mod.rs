@@ -5,11 +5,17 @@
 //! name anything outside its tenant.
 //!
 //! Modules: [`keys`] (the key scheme), [`kv`] (the KV store), [`bus`] (the
-//! cross-instance pub/sub bus).
+//! cross-instance pub/sub bus, one channel per tenant, with publish
+//! pipelining), [`sharded_bus`] (one channel per topic, SPUBLISH /
+//! SSUBSCRIBE, followed only while a topic has local subscribers). The
+//! other extensions' Redis versions live with their traits
+//! (`backend::{replay, ratelimit, lock, idempotency, presence, groups,
+//! cursor, publish_rate}::redis`) and share the call helpers below.
 
 pub mod bus;
 pub mod keys;
 pub mod kv;
+pub mod sharded_bus;
 #[cfg(test)]
 pub(crate) mod test_support;
 
