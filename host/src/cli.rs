@@ -391,13 +391,14 @@ pub async fn serve_config(
         let registry = Arc::clone(&registry);
         presence.spawn_maintenance(move || registry.ids())
     };
-    let cursors = Cursors::new(Arc::clone(&cursor_store), Arc::clone(&cursor_bus));
+    let cursors = Cursors::new(cursor_store, Arc::clone(&cursor_bus));
     let cursor_flusher = cursors.spawn_flusher();
     let services = Arc::new(Services {
         replay,
         presence,
         idempotency,
         cursors,
+        bus: cursor_bus,
     });
     let state = AppState::new(
         registry,

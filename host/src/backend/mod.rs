@@ -70,6 +70,13 @@ pub trait Bus: Send + Sync + 'static {
         event: &str,
         data: &str,
     ) -> Result<(), BackendError>;
+
+    /// Wait until events other hosts publish on `topic` of `tenant` reach
+    /// this host's subscribers: for a bus that subscribes in Redis per topic
+    /// (the sharded bus), until that subscription is active, bounded by a
+    /// second. Called after a local subscribe and before its ack, so the
+    /// client misses nothing published after the ack. Others return at once.
+    async fn ready(&self, _tenant: &TenantId, _topic: &str) {}
 }
 
 /// What one tenant may hold in KV (from its plan): checked atomically with

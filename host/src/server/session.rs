@@ -12,6 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::backend::Bus;
 use crate::backend::idempotency::{IdemAcquire, IdempotencyStore};
 use crate::backend::presence::Member;
 use crate::backend::replay::{ReplayBuffer, ReplayPage};
@@ -61,6 +62,8 @@ pub struct Services {
     pub idempotency: Arc<dyn IdempotencyStore>,
     /// Live cursors.
     pub cursors: Arc<Cursors>,
+    /// The bus (to wait until a new subscription receives the fleet's events).
+    pub bus: Arc<dyn Bus>,
 }
 
 /// Who is present on a topic the connection just joined: send it as
@@ -198,7 +201,9 @@ impl Session {
             return Ok(Vec::new());
         }
         let effects = self.authorize(topic).await?;
-        self.hub.subscribe(topic).map_err(denied)?;
+        if self.hub.subscribe(topic).map_err(denied)? {
+            self.services.bus.ready(&self.tenant.id, topic).await;
+        }
         Ok(self.apply(effects).await)
     }
 
@@ -245,9 +250,13 @@ impl Session {
                     // ([`Session::release_presence`]): `presence_state`
                     // comes before any diff, the user's own join included.
                     let channel = presence::channel(&topic);
-                    if let Err(e) = self.hub.subscribe_held(&channel) {
-                        tracing::info!(topic, error = %e, "presence join skipped");
-                        continue;
+                    match self.hub.subscribe_held(&channel) {
+                        Ok(true) => self.services.bus.ready(&self.tenant.id, &channel).await,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::info!(topic, error = %e, "presence join skipped");
+                            continue;
+                        }
                     }
                     let tenant = &self.tenant.id;
                     match self
@@ -329,6 +338,9 @@ impl Session {
         if !self.hub.subscribe_held(topic).map_err(denied)? {
             return Ok((CatchUp::AlreadyLive, Vec::new()));
         }
+        // Events from now on are held; the replay read after this covers
+        // everything before.
+        self.services.bus.ready(&self.tenant.id, topic).await;
         match self.read_replay(topic, since).await {
             Ok(page) => Ok((CatchUp::Replay(page), effects)),
             Err(_) => {

@@ -195,6 +195,16 @@ impl Drop for RedisShardedBus {
 
 #[async_trait]
 impl Bus for RedisShardedBus {
+    async fn ready(&self, tenant: &TenantId, topic: &str) {
+        let keys = TenantKeys::new(&self.namespace, tenant);
+        let channel = Channel::Sharded.name(&keys, topic);
+        // Returns once the channel is followed (or cannot be soon).
+        let _ = self
+            .follows
+            .local_delivery_needed(&self.hub, tenant, topic, &channel)
+            .await;
+    }
+
     async fn publish(
         &self,
         tenant: &TenantId,
@@ -782,6 +792,27 @@ mod tests {
             assert!(rx.try_recv().is_err(), "{topic}: delivered twice");
         }
         drop(a);
+        cleanup(&mut conn, &ns).await;
+    }
+
+    /// `ready` returns once another host's publish reaches the new local
+    /// subscriber (what the session waits for before acking a subscribe).
+    #[tokio::test]
+    async fn ready_returns_once_the_topic_is_followed() {
+        let ns = unique_namespace();
+        let mut conn = connect(URL).await.unwrap();
+        let a = host(&conn, &ns).await;
+        let b = host(&conn, &ns).await;
+        let acme = tid("acme");
+        for i in 0..20u64 {
+            let topic = format!("r{i}");
+            let (_s, mut rx) = subscriber(&b.hub, "acme", &topic);
+            b.bus.ready(&acme, &topic).await;
+            assert!(b.bus.is_following(&acme, &topic), "{topic}");
+            a.bus.publish(&acme, &topic, "e", "1").await.unwrap();
+            assert_eq!(recv(&mut rx).await["seq"], 1, "{topic}");
+        }
+        drop((a, b));
         cleanup(&mut conn, &ns).await;
     }
 
