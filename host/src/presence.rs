@@ -34,13 +34,14 @@
 //! joins to a topic with N members would cost N frames per join. A
 //! `presence_diff` carries a `seq` like any event, which clients may ignore.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::backend::presence::{ConnRef, Member, PresenceStore};
 use crate::backend::{BackendError, Bus};
@@ -127,7 +128,8 @@ enum Change<'a> {
 struct Tracked {
     tenant: TenantId,
     user_key: String,
-    topics: HashSet<String>,
+    /// Topic → the data it joined with (kept to rejoin after an outage).
+    topics: HashMap<String, String>,
 }
 
 /// This host's presence: the store, the bus the diffs go out on, and the
@@ -142,6 +144,8 @@ pub struct Presence {
     pending: Mutex<HashMap<(TenantId, String), PendingDiff>>,
     /// This presence itself, for the flush tasks.
     me: std::sync::Weak<Presence>,
+    /// When the last heartbeat (or rejoin) succeeded.
+    last_beat: Mutex<Instant>,
 }
 
 impl Presence {
@@ -160,6 +164,7 @@ impl Presence {
             tracked: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             me: me.clone(),
+            last_beat: Mutex::new(Instant::now()),
         })
     }
 
@@ -173,7 +178,7 @@ impl Presence {
         self.tracked
             .lock()
             .get(conn)
-            .is_some_and(|t| t.topics.contains(topic))
+            .is_some_and(|t| t.topics.contains_key(topic))
     }
 
     /// Make `conn` (of user `user_key`) present on `topic` with `data`;
@@ -205,10 +210,10 @@ impl Presence {
             .or_insert_with(|| Tracked {
                 tenant: tenant.clone(),
                 user_key: user_key.to_owned(),
-                topics: HashSet::new(),
+                topics: HashMap::new(),
             })
             .topics
-            .insert(topic.to_owned());
+            .insert(topic.to_owned(), data.to_owned());
         if joined.first {
             self.announce(tenant, topic, Change::Join(user_key, data));
         }
@@ -222,7 +227,7 @@ impl Presence {
             let Some(t) = tracked.get_mut(conn) else {
                 return Ok(false);
             };
-            if !t.topics.remove(topic) {
+            if t.topics.remove(topic).is_none() {
                 return Ok(false);
             }
             let found = (t.tenant.clone(), t.user_key.clone());
@@ -245,7 +250,7 @@ impl Presence {
             .tracked
             .lock()
             .get(conn)
-            .map(|t| t.topics.iter().cloned().collect())
+            .map(|t| t.topics.keys().cloned().collect())
             .unwrap_or_default();
         for topic in topics {
             if let Err(e) = self.leave(conn, &topic).await {
@@ -283,6 +288,35 @@ impl Presence {
         }
     }
 
+    /// Join every held connection again (after a lapse of heartbeats),
+    /// announcing the users whose presence had expired meanwhile.
+    async fn rejoin(&self, held: &[(ConnRef, String)]) -> Result<(), BackendError> {
+        for (c, data) in held {
+            let joined = self
+                .store
+                .join(
+                    &c.tenant,
+                    &c.topic,
+                    &c.user_key,
+                    &self.instance,
+                    &c.conn,
+                    data,
+                    self.settings.ttl,
+                )
+                .await?;
+            if joined.first {
+                self.announce(&c.tenant, &c.topic, Change::Join(&c.user_key, data));
+            }
+        }
+        if !held.is_empty() {
+            tracing::info!(
+                connections = held.len(),
+                "presence rejoined after a heartbeat lapse"
+            );
+        }
+        Ok(())
+    }
+
     /// Publish `topic`'s gathered diff on `__presence:{topic}` (logged, not
     /// returned, on failure: the state is in the store either way).
     async fn flush(&self, tenant: &TenantId, topic: &str) {
@@ -303,28 +337,41 @@ impl Presence {
     }
 
     /// One heartbeat: refresh this host's connections, then expire every
-    /// tenant's dead ones (announcing their users' leaves).
+    /// tenant's dead ones (announcing their users' leaves). If no heartbeat
+    /// succeeded for a whole TTL (Redis was down, or this host stalled),
+    /// other hosts may have expired this host's connections: they are
+    /// joined again instead (announced as joins where they had gone).
     pub async fn maintain(&self, tenants: &[TenantId]) {
-        let conns: Vec<ConnRef> = self
+        let held: Vec<(ConnRef, String)> = self
             .tracked
             .lock()
             .iter()
             .flat_map(|(conn, t)| {
-                t.topics.iter().map(move |topic| ConnRef {
-                    tenant: t.tenant.clone(),
-                    topic: topic.clone(),
-                    user_key: t.user_key.clone(),
-                    conn: conn.clone(),
+                t.topics.iter().map(move |(topic, data)| {
+                    let conn_ref = ConnRef {
+                        tenant: t.tenant.clone(),
+                        topic: topic.clone(),
+                        user_key: t.user_key.clone(),
+                        conn: conn.clone(),
+                    };
+                    (conn_ref, data.clone())
                 })
             })
             .collect();
-        if !conns.is_empty()
-            && let Err(e) = self
-                .store
+        let stale = self.last_beat.lock().elapsed() >= self.settings.ttl;
+        let beat = if stale {
+            self.rejoin(&held).await
+        } else if held.is_empty() {
+            Ok(())
+        } else {
+            let conns: Vec<ConnRef> = held.into_iter().map(|(c, _)| c).collect();
+            self.store
                 .heartbeat(&self.instance, &conns, self.settings.ttl)
                 .await
-        {
-            tracing::warn!(error = %e, "presence heartbeat failed");
+        };
+        match beat {
+            Ok(()) => *self.last_beat.lock() = Instant::now(),
+            Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
         for tenant in tenants {
             loop {
@@ -502,6 +549,53 @@ mod tests {
         );
         tokio::time::sleep(COALESCE * 3).await;
         assert!(rx.try_recv().is_err(), "one diff");
+    }
+
+    #[tokio::test]
+    async fn a_host_whose_heartbeats_lapsed_rejoins_its_users() {
+        let store = Arc::new(MemoryPresence::new());
+        let ttl = Duration::from_millis(300);
+        let stalled = host(Arc::clone(&store), ttl);
+        let other = host(store, ttl);
+        let t = tid("acme");
+        let (tx, mut rx) = mpsc::channel(16);
+        let watcher = stalled.hub.connect(t.clone(), tx, 10);
+        watcher.subscribe(&channel("room:1")).unwrap();
+        stalled
+            .presence
+            .join(&t, "c1", "ann", "room:1", "1")
+            .await
+            .unwrap();
+        assert_eq!(
+            frame(rx.recv().await.unwrap())["data"]["joins"],
+            json!({"ann": 1})
+        );
+        // No heartbeat for longer than the TTL: another host expires ann.
+        tokio::time::sleep(ttl + ttl / 2).await;
+        other.presence.maintain(std::slice::from_ref(&t)).await;
+        assert!(
+            other
+                .presence
+                .join(&t, "c9", "zed", "room:1", "0")
+                .await
+                .unwrap()
+                .iter()
+                .all(|m| m.key != "ann")
+        );
+        // The stalled host notices the lapse and joins ann again.
+        stalled.presence.maintain(&[]).await;
+        let back = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("the rejoin is announced")
+            .unwrap();
+        let back = frame(back);
+        assert_eq!(back["data"]["joins"], json!({"ann": 1}), "{back}");
+        let members = other
+            .presence
+            .join(&t, "c9", "zed", "room:1", "0")
+            .await
+            .unwrap();
+        assert!(members.iter().any(|m| m.key == "ann"));
     }
 
     #[test]
