@@ -604,3 +604,52 @@ fn close_info(c: Option<CloseFrame>) -> Closed {
         },
     }
 }
+
+/// The shared test Redis.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// A Redis namespace of one test on [`REDIS_URL`]; every key under it is
+/// deleted when dropped (also when the test panics).
+pub struct RedisNamespace(pub String);
+
+impl RedisNamespace {
+    /// A fresh namespace `e2e-{name}-{pid}-{nanos}`.
+    pub fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self(format!("e2e-{name}-{}-{nanos}", std::process::id()))
+    }
+
+    /// The `[redis]` table of a host on this namespace.
+    pub fn toml(&self) -> String {
+        format!("[redis]\nurl = {REDIS_URL:?}\nnamespace = {:?}\n", self.0)
+    }
+
+    /// As [`RedisNamespace::toml`], with `bus_mode` (`pubsub` or `sharded`).
+    pub fn toml_with_bus(&self, bus_mode: &str) -> String {
+        format!("{}bus_mode = {bus_mode:?}\n", self.toml())
+    }
+}
+
+impl Drop for RedisNamespace {
+    fn drop(&mut self) {
+        let pattern = format!("{}:*", self.0);
+        let _ = std::thread::spawn(move || {
+            let Ok(client) = redis::Client::open(REDIS_URL) else {
+                return;
+            };
+            let Ok(mut conn) = client.get_connection() else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        })
+        .join();
+    }
+}

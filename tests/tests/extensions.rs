@@ -5,9 +5,7 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use tenantry_tests::{Client, HostProcess, TenantSpec};
-
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
+use tenantry_tests::{Client, HostProcess, RedisNamespace, TenantSpec};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tenantry-host"))
@@ -18,44 +16,6 @@ fn tenants() -> Vec<TenantSpec> {
         TenantSpec::new("alpha", "fixture"),
         TenantSpec::new("beta", "fixture"),
     ]
-}
-
-/// A Redis namespace of its own; every key under it is deleted at the end.
-struct Namespace(String);
-
-impl Namespace {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        Self(format!("e2e-{name}-{}-{nanos}", std::process::id()))
-    }
-
-    fn toml(&self) -> String {
-        format!("[redis]\nurl = {REDIS_URL:?}\nnamespace = {:?}\n", self.0)
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let pattern = format!("{}:*", self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(client) = redis::Client::open(REDIS_URL) else {
-                return;
-            };
-            let Ok(mut conn) = client.get_connection() else {
-                return;
-            };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(&pattern)
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
-            }
-        })
-        .join();
-    }
 }
 
 /// Clients of user ann of tenant `alpha` on host A and host B (the same
@@ -258,7 +218,7 @@ async fn extensions_work_on_one_host() {
 
 #[tokio::test]
 async fn extensions_are_shared_by_a_redis_fleet() {
-    let ns = Namespace::new("ext");
+    let ns = RedisNamespace::new("ext");
     let a = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
     let b = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
     let mut c = clients(&a, &b).await;
@@ -267,7 +227,7 @@ async fn extensions_are_shared_by_a_redis_fleet() {
 
 #[tokio::test]
 async fn publish_rates_are_merged_across_the_fleet() {
-    let ns = Namespace::new("rates");
+    let ns = RedisNamespace::new("rates");
     let a = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
     let b = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
     let mut on_a = Client::connect(&a.url("/t/alpha/ws")).await.unwrap();
@@ -314,7 +274,7 @@ async fn publish_rates_are_merged_across_the_fleet() {
 
 #[tokio::test]
 async fn cursors_are_relayed_across_the_fleet_with_a_snapshot_on_attach() {
-    let ns = Namespace::new("cursor");
+    let ns = RedisNamespace::new("cursor");
     let a = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
     let b = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
     let attach = |h: &HostProcess, tenant: &str, user: &str| {

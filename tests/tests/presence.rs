@@ -8,9 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tenantry_tests::{Client, HostProcess, TenantSpec};
+use tenantry_tests::{Client, HostProcess, RedisNamespace, TenantSpec};
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const QUIET: Duration = Duration::from_millis(400);
 
 fn bin() -> &'static Path {
@@ -22,48 +21,6 @@ fn tenants() -> Vec<TenantSpec> {
         TenantSpec::new("alpha", "chat"),
         TenantSpec::new("beta", "chat"),
     ]
-}
-
-/// A Redis namespace of its own; every key under it is deleted at the end.
-struct Namespace(String);
-
-impl Namespace {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        Self(format!("e2e-{name}-{}-{nanos}", std::process::id()))
-    }
-
-    fn toml(&self, bus_mode: &str) -> String {
-        format!(
-            "[redis]\nurl = {REDIS_URL:?}\nnamespace = {:?}\nbus_mode = {bus_mode:?}\n\
-             [presence]\nheartbeat_ms = 200\nttl_ms = 1000\n",
-            self.0
-        )
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let pattern = format!("{}:*", self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(client) = redis::Client::open(REDIS_URL) else {
-                return;
-            };
-            let Ok(mut conn) = client.get_connection() else {
-                return;
-            };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(&pattern)
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
-            }
-        })
-        .join();
-    }
 }
 
 async fn join(h: &HostProcess, tenant: &str, user: &str) -> Client {
@@ -95,9 +52,13 @@ async fn presence_spans_a_fleet_on_the_sharded_bus() {
 }
 
 async fn presence_across_a_fleet(bus_mode: &str) {
-    let ns = Namespace::new("presence");
-    let mut a = HostProcess::start_with(bin(), &tenants(), &ns.toml(bus_mode)).unwrap();
-    let b = HostProcess::start_with(bin(), &tenants(), &ns.toml(bus_mode)).unwrap();
+    let ns = RedisNamespace::new("presence");
+    let toml = format!(
+        "{}[presence]\nheartbeat_ms = 200\nttl_ms = 1000\n",
+        ns.toml_with_bus(bus_mode)
+    );
+    let mut a = HostProcess::start_with(bin(), &tenants(), &toml).unwrap();
+    let b = HostProcess::start_with(bin(), &tenants(), &toml).unwrap();
 
     let mut ann1 = join(&a, "alpha", "ann").await;
     assert_eq!(

@@ -6,53 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tenantry_tests::{Client, HostProcess, TenantSpec};
-
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
+use tenantry_tests::{Client, HostProcess, RedisNamespace, TenantSpec};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tenantry-host"))
 }
 
-/// A Redis namespace of its own; every key under it is deleted at the end.
-struct Namespace(String);
-
-impl Namespace {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        Self(format!("e2e-{name}-{}-{nanos}", std::process::id()))
-    }
-
-    fn toml(&self) -> String {
-        format!("[redis]\nurl = {REDIS_URL:?}\nnamespace = {:?}\n", self.0)
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let pattern = format!("{}:*", self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(client) = redis::Client::open(REDIS_URL) else {
-                return;
-            };
-            let Ok(mut conn) = client.get_connection() else {
-                return;
-            };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(&pattern)
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
-            }
-        })
-        .join();
-    }
-}
-
-fn fleet(ns: &Namespace, tenants: fn() -> Vec<TenantSpec>) -> (HostProcess, HostProcess) {
+fn fleet(ns: &RedisNamespace, tenants: fn() -> Vec<TenantSpec>) -> (HostProcess, HostProcess) {
     let a = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
     let b = HostProcess::start_with(bin(), &tenants(), &ns.toml()).unwrap();
     (a, b)
@@ -76,8 +36,8 @@ async fn the_sharded_bus_reaches_subscribers_on_both_with_one_seq() {
 }
 
 async fn one_seq_across_hosts(bus_mode: &str) {
-    let ns = Namespace::new("bus");
-    let toml = format!("{}bus_mode = {bus_mode:?}\n", ns.toml());
+    let ns = RedisNamespace::new("bus");
+    let toml = ns.toml_with_bus(bus_mode);
     let a = HostProcess::start_with(bin(), &two_tenants(), &toml).unwrap();
     let b = HostProcess::start_with(bin(), &two_tenants(), &toml).unwrap();
     let mut on_a = Client::connect(&a.url("/t/red/ws")).await.unwrap();
@@ -122,7 +82,7 @@ async fn one_seq_across_hosts(bus_mode: &str) {
 
 #[tokio::test]
 async fn kv_data_and_quota_are_shared_by_the_fleet_and_per_tenant() {
-    let ns = Namespace::new("kv");
+    let ns = RedisNamespace::new("kv");
     let (a, b) = fleet(&ns, two_tenants);
     let mut on_a = Client::connect(&a.url("/t/red/ws")).await.unwrap();
     let mut on_b = Client::connect(&b.url("/t/red/ws")).await.unwrap();

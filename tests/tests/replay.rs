@@ -6,9 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tenantry_tests::{Client, HostProcess, TenantSpec};
+use tenantry_tests::{Client, HostProcess, RedisNamespace, TenantSpec};
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const SILENCE: Duration = Duration::from_millis(300);
 
 fn bin() -> &'static Path {
@@ -157,47 +156,6 @@ async fn resume_replays_each_topic_then_goes_live_without_gap_or_duplicate() {
     c.expect_silence(SILENCE).await.unwrap();
 }
 
-/// A Redis namespace of its own; every key under it is deleted at the end.
-struct Namespace(String);
-
-impl Namespace {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        Self(format!("e2e-{name}-{}-{nanos}", std::process::id()))
-    }
-
-    fn toml(&self, bus_mode: &str) -> String {
-        format!(
-            "[redis]\nurl = {REDIS_URL:?}\nnamespace = {:?}\nbus_mode = {bus_mode:?}\n",
-            self.0
-        )
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let pattern = format!("{}:*", self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(client) = redis::Client::open(REDIS_URL) else {
-                return;
-            };
-            let Ok(mut conn) = client.get_connection() else {
-                return;
-            };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(&pattern)
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
-            }
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn a_client_reconnecting_to_another_host_after_its_host_died_replays_exactly_what_it_missed()
 {
@@ -210,9 +168,9 @@ async fn failover_resume_on_the_sharded_bus() {
 }
 
 async fn failover_resume(bus_mode: &str) {
-    let ns = Namespace::new("resume");
-    let mut a = HostProcess::start_with(bin(), &tenants(), &ns.toml(bus_mode)).unwrap();
-    let b = HostProcess::start_with(bin(), &tenants(), &ns.toml(bus_mode)).unwrap();
+    let ns = RedisNamespace::new("resume");
+    let mut a = HostProcess::start_with(bin(), &tenants(), &ns.toml_with_bus(bus_mode)).unwrap();
+    let b = HostProcess::start_with(bin(), &tenants(), &ns.toml_with_bus(bus_mode)).unwrap();
     let mut publisher = Client::connect(&b.url("/t/alpha/ws")).await.unwrap();
     let mut c = Client::connect(&a.url("/t/alpha/ws")).await.unwrap();
     c.subscribe("news").await.unwrap();
