@@ -183,7 +183,9 @@ impl Presence {
 
     /// Make `conn` (of user `user_key`) present on `topic` with `data`;
     /// returns everyone present (for `presence_state`). A join of a topic
-    /// the connection is already on updates its data without a diff.
+    /// the connection is already on with other data updates the user's
+    /// data and announces it as a join of the same key (clients replace the
+    /// entry); with the same data it announces nothing.
     pub async fn join(
         &self,
         tenant: &TenantId,
@@ -204,7 +206,8 @@ impl Presence {
                 self.settings.ttl,
             )
             .await?;
-        self.tracked
+        let previous = self
+            .tracked
             .lock()
             .entry(conn.to_owned())
             .or_insert_with(|| Tracked {
@@ -214,7 +217,8 @@ impl Presence {
             })
             .topics
             .insert(topic.to_owned(), data.to_owned());
-        if joined.first {
+        let updated = previous.is_some_and(|p| p != data);
+        if joined.first || updated {
             self.announce(tenant, topic, Change::Join(user_key, data));
         }
         self.store.members(tenant, topic).await
@@ -525,6 +529,40 @@ mod tests {
             .unwrap();
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].key, "bob");
+    }
+
+    #[tokio::test]
+    async fn joining_again_with_other_data_announces_the_update() {
+        let h = host(Arc::new(MemoryPresence::new()), Duration::from_secs(90));
+        let t = tid("acme");
+        let (tx, mut rx) = mpsc::channel(16);
+        let watcher = h.hub.connect(t.clone(), tx, 10);
+        watcher.subscribe(&channel("room:1")).unwrap();
+        h.presence
+            .join(&t, "c1", "ann", "room:1", r#"{"s":"idle"}"#)
+            .await
+            .unwrap();
+        assert_eq!(
+            frame(rx.recv().await.unwrap())["data"]["joins"],
+            json!({"ann": {"s": "idle"}})
+        );
+        h.presence
+            .join(&t, "c1", "ann", "room:1", r#"{"s":"idle"}"#)
+            .await
+            .unwrap();
+        tokio::time::sleep(COALESCE * 3).await;
+        assert!(rx.try_recv().is_err(), "same data: nothing to say");
+        let members = h
+            .presence
+            .join(&t, "c1", "ann", "room:1", r#"{"s":"typing"}"#)
+            .await
+            .unwrap();
+        assert_eq!(members[0].data, r#"{"s":"typing"}"#);
+        let d = frame(rx.recv().await.unwrap());
+        assert_eq!(
+            d["data"],
+            json!({"joins": {"ann": {"s": "typing"}}, "leaves": {}})
+        );
     }
 
     #[tokio::test]
