@@ -5,7 +5,7 @@
 //! The admin API ([`crate::admin`]) and the start-up seeding change it through
 //! [`crate::control`]; the live registry ([`crate::tenant::Registry`]) is
 //! built from it. Stores implement [`CatalogStore`] and pass the one
-//! behavioural suite in [`conformance`]: [`memory::MemoryCatalog`] (no data
+//! behavioural suite in `conformance` (test builds): [`memory::MemoryCatalog`] (no data
 //! directory: lost on restart) and [`disk::DiskCatalog`] (`--data-dir`).
 //!
 //! Crash safety is the stores' contract: [`CatalogStore::put_blob`] is

@@ -420,7 +420,7 @@ impl Session {
     }
 
     /// Run the RPC `path` with JSON array `args_json` in the tenant's
-    /// plugin (see [`Session::call_once`]); with an `idempotency_key` (the
+    /// plugin (see `Session::call_once`); with an `idempotency_key` (the
     /// client's `idempotencyKey`), at most once per key and user.
     pub async fn call(
         &self,

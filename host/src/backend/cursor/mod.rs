@@ -36,9 +36,10 @@
 //!
 //! Implementations: [`memory::MemoryCursors`] (one process) and
 //! [`redis::RedisCursors`] (a fleet sharing one Redis); both pass
-//! [`conformance::suite`].
+//! `conformance::suite` (test builds).
 
-pub mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod memory;
 pub mod redis;
 

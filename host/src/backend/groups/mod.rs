@@ -43,9 +43,10 @@
 //!
 //! Implementations: [`memory::MemoryGroups`] (one process) and
 //! [`redis::RedisGroups`] (a fleet sharing one Redis); both pass
-//! [`conformance::suite`].
+//! `conformance::suite` (test builds).
 
-pub mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod memory;
 pub mod redis;
 

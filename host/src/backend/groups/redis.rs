@@ -800,15 +800,7 @@ mod tests {
     use super::*;
     use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
     use crate::backend::groups::conformance;
-    use crate::backend::redis::test_support::Namespace;
-
-    fn tid(s: &str) -> TenantId {
-        TenantId::parse(s).unwrap()
-    }
-
-    fn breaker() -> Arc<CircuitBreaker> {
-        Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()))
-    }
+    use crate::backend::redis::test_support::{Namespace, breaker, tid};
 
     async fn store(ns: &Namespace) -> RedisGroups {
         RedisGroups::new(ns.conn().await, ns.name(), breaker())

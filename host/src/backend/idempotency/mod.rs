@@ -26,9 +26,10 @@
 //!
 //! Implementations: [`memory::MemoryIdempotency`] (one process) and
 //! [`redis::RedisIdempotency`] (a fleet sharing one Redis). Both pass
-//! [`conformance::suite`].
+//! `conformance::suite` (test builds).
 
-pub mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod memory;
 pub mod redis;
 

@@ -23,9 +23,10 @@
 //!
 //! Implementations: [`memory::MemoryLock`] (one process) and
 //! [`redis::RedisLock`] (a fleet sharing one Redis). Both pass
-//! [`conformance::suite`].
+//! `conformance::suite` (test builds).
 
-pub mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod memory;
 pub mod redis;
 

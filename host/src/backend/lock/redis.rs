@@ -21,7 +21,7 @@
 //! - release: compare-and-`DEL`.
 //!
 //! A waiting acquire runs the acquire script once per try (see
-//! [`super::poll`]). Every command goes through the shared
+//! `super::poll`). Every command goes through the shared
 //! [`CircuitBreaker`]; while it is open every call fails fast with
 //! `Unavailable` (a waiting acquire stops at the first error).
 
@@ -254,15 +254,7 @@ mod tests {
     use super::*;
     use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
     use crate::backend::lock::conformance;
-    use crate::backend::redis::test_support::Namespace;
-
-    fn tid(s: &str) -> TenantId {
-        TenantId::parse(s).unwrap()
-    }
-
-    fn breaker() -> Arc<CircuitBreaker> {
-        Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()))
-    }
+    use crate::backend::redis::test_support::{Namespace, breaker, tid};
 
     async fn store(ns: &Namespace) -> RedisLock {
         RedisLock::new(ns.conn().await, ns.name(), breaker())

@@ -2,13 +2,14 @@
 //! external service. [`MemoryBus`] fans out through the local [`Hub`];
 //! [`MemoryKv`] is a per-tenant map with TTLs.
 //!
-//! [`conformance`] holds the behavioural suites every implementation of a
+//! `conformance` (test builds) holds the behavioural suites every implementation of a
 //! backend trait (memory, Redis, ...) must pass.
 //!
 //! [`Hub`]: crate::hub::Hub
 
 mod bus;
-pub mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance;
 mod kv;
 
 pub use bus::MemoryBus;

@@ -35,9 +35,10 @@
 //!
 //! Implementations: [`memory::MemoryPresence`] (one process) and
 //! [`redis::RedisPresence`] (a fleet sharing one Redis); both pass
-//! [`conformance::suite`].
+//! `conformance::suite` (test builds).
 
-pub mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod memory;
 pub mod redis;
 

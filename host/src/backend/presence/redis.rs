@@ -652,15 +652,7 @@ mod tests {
     use super::*;
     use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
     use crate::backend::presence::conformance;
-    use crate::backend::redis::test_support::Namespace;
-
-    fn tid(s: &str) -> TenantId {
-        TenantId::parse(s).unwrap()
-    }
-
-    fn breaker() -> Arc<CircuitBreaker> {
-        Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()))
-    }
+    use crate::backend::redis::test_support::{Namespace, breaker, tid};
 
     async fn store(ns: &Namespace) -> RedisPresence {
         RedisPresence::new(ns.conn().await, ns.name(), breaker())

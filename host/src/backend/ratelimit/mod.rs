@@ -26,9 +26,10 @@
 //! Implementations: [`memory::MemoryRateLimiter`] (one process) and
 //! [`redis::RedisRateLimiter`] (a fleet sharing one Redis; fails closed
 //! with `Unavailable` while Redis is unreachable). Both pass
-//! [`conformance::suite`].
+//! `conformance::suite` (test builds).
 
-pub mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod memory;
 pub mod redis;
 

@@ -317,15 +317,7 @@ mod tests {
     use super::*;
     use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
     use crate::backend::ratelimit::conformance;
-    use crate::backend::redis::test_support::Namespace;
-
-    fn tid(s: &str) -> TenantId {
-        TenantId::parse(s).unwrap()
-    }
-
-    fn breaker() -> Arc<CircuitBreaker> {
-        Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()))
-    }
+    use crate::backend::redis::test_support::{Namespace, breaker, tid};
 
     async fn limiter(ns: &Namespace) -> RedisRateLimiter {
         RedisRateLimiter::new(ns.conn().await, ns.name(), breaker())

@@ -91,3 +91,14 @@ impl Drop for Namespace {
         }
     }
 }
+
+/// A tenant id for tests.
+pub fn tid(s: &str) -> crate::tenant::TenantId {
+    crate::tenant::TenantId::parse(s).unwrap()
+}
+
+/// A fresh breaker with the default settings.
+pub fn breaker() -> std::sync::Arc<crate::backend::breaker::CircuitBreaker> {
+    use crate::backend::breaker::{BreakerConfig, CircuitBreaker};
+    std::sync::Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()))
+}

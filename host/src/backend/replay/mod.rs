@@ -26,7 +26,8 @@
 //! was forgotten). `since == 0` means "everything you have" and is never
 //! truncated.
 
-pub mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod memory;
 pub mod redis;
 
