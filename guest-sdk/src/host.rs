@@ -12,8 +12,9 @@ use crate::log::Level;
 mod imp {
     use super::{Error, Level};
     use crate::bindings::tenantry::plugin::{
-        idempotency, kv, lock, log, presence, pubsub, ratelimit, replay, types::HostError,
+        groups, idempotency, kv, lock, log, presence, pubsub, ratelimit, replay, types::HostError,
     };
+    use crate::groups::{GroupInfo, GroupMember, Joined, Role};
     use crate::idempotency::State;
     use crate::replay::{ReplayEvent, ReplayPage};
 
@@ -155,6 +156,92 @@ mod imp {
             .collect()
     }
 
+    fn role_to_wit(role: Role) -> groups::Role {
+        match role {
+            Role::Member => groups::Role::Member,
+            Role::Admin => groups::Role::Admin,
+            Role::Viewer => groups::Role::Viewer,
+        }
+    }
+
+    fn role_from_wit(role: groups::Role) -> Role {
+        match role {
+            groups::Role::Member => Role::Member,
+            groups::Role::Admin => Role::Admin,
+            groups::Role::Viewer => Role::Viewer,
+        }
+    }
+
+    fn decode(json: &str) -> Result<serde_json::Value, Error> {
+        serde_json::from_str(json).map_err(|err| Error::Decode(err.to_string()))
+    }
+
+    pub fn groups_create(
+        name: &str,
+        max_members: Option<u32>,
+        meta: &str,
+    ) -> Result<GroupInfo, Error> {
+        let info = groups::create(name, max_members, meta).map_err(convert)?;
+        Ok(GroupInfo {
+            created: info.created,
+            max_members: info.max_members,
+            meta: decode(&info.meta)?,
+            closed: info.closed,
+        })
+    }
+
+    pub fn groups_join(name: &str, role: Role) -> Result<Joined, Error> {
+        let joined = groups::join(name, role_to_wit(role)).map_err(convert)?;
+        Ok(Joined {
+            new: joined.new,
+            role: role_from_wit(joined.role),
+            count: joined.count,
+        })
+    }
+
+    pub fn groups_leave(name: &str) -> Result<bool, Error> {
+        groups::leave(name).map_err(convert)
+    }
+
+    pub fn groups_publish(
+        name: &str,
+        event: &str,
+        data: &str,
+        role: Option<Role>,
+    ) -> Result<(), Error> {
+        groups::publish(name, event, data, role.map(role_to_wit)).map_err(convert)
+    }
+
+    pub fn groups_members(name: &str) -> Result<Vec<GroupMember>, Error> {
+        Ok(groups::members(name)
+            .map_err(convert)?
+            .into_iter()
+            .map(|m| GroupMember {
+                connection_id: m.connection_id,
+                role: role_from_wit(m.role),
+            })
+            .collect())
+    }
+
+    pub fn groups_count(name: &str) -> Result<u64, Error> {
+        groups::count(name).map_err(convert)
+    }
+
+    pub fn groups_get_meta(name: &str) -> Result<Option<serde_json::Value>, Error> {
+        groups::get_meta(name)
+            .map_err(convert)?
+            .map(|meta| decode(&meta))
+            .transpose()
+    }
+
+    pub fn groups_set_meta(name: &str, meta: &str) -> Result<(), Error> {
+        groups::set_meta(name, meta).map_err(convert)
+    }
+
+    pub fn groups_close(name: &str) -> Result<u32, Error> {
+        groups::close(name).map_err(convert)
+    }
+
     pub fn log(level: Level, message: &str) {
         let level = match level {
             Level::Trace => log::Level::Trace,
@@ -170,9 +257,10 @@ mod imp {
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod imp {
     use super::{Error, Level};
+    use crate::groups::{GroupInfo, GroupMember, Joined, Role};
     use crate::idempotency::State as IdemState;
     use crate::replay::{ReplayEvent, ReplayPage};
-    use crate::testing::Published;
+    use crate::testing::{GroupPublished, Published};
     use std::cell::RefCell;
     use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
@@ -183,6 +271,15 @@ pub(crate) mod imp {
     const MAX_KEY_BYTES: usize = 1024;
     const MAX_TOPIC_BYTES: usize = 256;
     const MAX_EVENT_BYTES: usize = 256;
+    const MAX_GROUP_NAME_BYTES: usize = 200;
+    const MAX_GROUP_META_BYTES: usize = 16 * 1024;
+    const MAX_GROUPS: usize = 10_000;
+    const MAX_GROUP_MEMBERS: usize = 10_000;
+    const MAX_GROUPS_PER_CONNECTION: usize = 64;
+    /// The event names the host sends on `__group:{name}`.
+    const RESERVED_GROUP_EVENTS: [&str; 4] = ["join", "leave", "members", "close"];
+    /// The calling connection's id (as in [`crate::testing::ctx`]).
+    const TEST_CONNECTION: &str = "test-connection";
 
     /// Stored values with their expiry.
     type Store = BTreeMap<String, (Vec<u8>, Option<Instant>)>;
@@ -212,6 +309,15 @@ pub(crate) mod imp {
         Done(String, Instant),
     }
 
+    /// A broadcast group.
+    pub struct Group {
+        pub max_members: Option<u32>,
+        pub meta: serde_json::Value,
+        pub closed: bool,
+        /// Members: connection id → role.
+        pub members: BTreeMap<String, Role>,
+    }
+
     #[derive(Default)]
     pub struct State {
         pub kv: Store,
@@ -224,6 +330,10 @@ pub(crate) mod imp {
         pub idem: BTreeMap<String, Idem>,
         /// Presence joins (`Some(data)`) and leaves (`None`) asked for.
         pub presence: Vec<(String, Option<serde_json::Value>)>,
+        /// Broadcast groups by name.
+        pub groups: BTreeMap<String, Group>,
+        /// Events published to groups.
+        pub group_published: Vec<GroupPublished>,
         pub logs: Vec<(Level, String)>,
     }
 
@@ -573,6 +683,202 @@ pub(crate) mod imp {
         Ok(Vec::new())
     }
 
+    /// 1-200 bytes of printable ASCII without `"` or `\`.
+    fn check_group_name(name: &str) -> Result<(), Error> {
+        if name.len() > MAX_GROUP_NAME_BYTES {
+            Err(Error::TooLarge)
+        } else if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+        {
+            Err(Error::Invalid)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// One JSON value within the host's size bound.
+    fn parse_group_meta(meta: &str) -> Result<serde_json::Value, Error> {
+        if meta.len() > MAX_GROUP_META_BYTES {
+            return Err(Error::TooLarge);
+        }
+        serde_json::from_str(meta).map_err(|_| Error::Invalid)
+    }
+
+    pub fn groups_create(
+        name: &str,
+        max_members: Option<u32>,
+        meta: &str,
+    ) -> Result<GroupInfo, Error> {
+        let meta = parse_group_meta(meta)?;
+        check_group_name(name)?;
+        if max_members == Some(0) {
+            return Err(Error::Invalid);
+        }
+        STATE.with_borrow_mut(|s| {
+            if let Some(g) = s.groups.get(name) {
+                return Ok(GroupInfo {
+                    created: false,
+                    max_members: g.max_members,
+                    meta: g.meta.clone(),
+                    closed: g.closed,
+                });
+            }
+            if s.groups.len() >= MAX_GROUPS {
+                return Err(Error::QuotaExceeded);
+            }
+            s.groups.insert(
+                name.to_owned(),
+                Group {
+                    max_members,
+                    meta: meta.clone(),
+                    closed: false,
+                    members: BTreeMap::new(),
+                },
+            );
+            Ok(GroupInfo {
+                created: true,
+                max_members,
+                meta,
+                closed: false,
+            })
+        })
+    }
+
+    /// Make `connection` a member of `name` (the stand-in's `join`, for
+    /// any connection).
+    pub fn groups_join_as(connection: &str, name: &str, role: Role) -> Result<Joined, Error> {
+        check_group_name(name)?;
+        if connection.is_empty() {
+            return Err(Error::Invalid);
+        }
+        STATE.with_borrow_mut(|s| {
+            // Like the host: the per-connection bound first, then the group.
+            let member_of = |g: &Group| g.members.contains_key(connection);
+            let already = s.groups.get(name).is_some_and(member_of);
+            if !already
+                && s.groups.values().filter(|g| member_of(g)).count() >= MAX_GROUPS_PER_CONNECTION
+            {
+                return Err(Error::QuotaExceeded);
+            }
+            let g = s.groups.get_mut(name).ok_or(Error::Invalid)?;
+            if g.closed {
+                return Err(Error::AccessDenied);
+            }
+            let count = g.members.len() as u64;
+            if let Some(role) = g.members.get(connection) {
+                return Ok(Joined {
+                    new: false,
+                    role: *role,
+                    count,
+                });
+            }
+            let max = g.max_members.map_or(MAX_GROUP_MEMBERS, |m| {
+                usize::try_from(m).map_or(MAX_GROUP_MEMBERS, |m| m.min(MAX_GROUP_MEMBERS))
+            });
+            if g.members.len() >= max {
+                return Err(Error::QuotaExceeded);
+            }
+            g.members.insert(connection.to_owned(), role);
+            Ok(Joined {
+                new: true,
+                role,
+                count: count + 1,
+            })
+        })
+    }
+
+    pub fn groups_join(name: &str, role: Role) -> Result<Joined, Error> {
+        groups_join_as(TEST_CONNECTION, name, role)
+    }
+
+    pub fn groups_leave(name: &str) -> Result<bool, Error> {
+        check_group_name(name)?;
+        Ok(STATE.with_borrow_mut(|s| {
+            s.groups
+                .get_mut(name)
+                .is_some_and(|g| g.members.remove(TEST_CONNECTION).is_some())
+        }))
+    }
+
+    pub fn groups_publish(
+        name: &str,
+        event: &str,
+        data: &str,
+        role: Option<Role>,
+    ) -> Result<(), Error> {
+        check_group_name(name)?;
+        if !valid_event(event) {
+            return Err(Error::Invalid);
+        }
+        if data.len() > MAX_PUBLISH_BYTES {
+            return Err(Error::TooLarge);
+        }
+        let data: serde_json::Value = serde_json::from_str(data).map_err(|_| Error::Invalid)?;
+        if RESERVED_GROUP_EVENTS.contains(&event) {
+            return Err(Error::Invalid);
+        }
+        STATE.with_borrow_mut(|s| {
+            s.group_published.push(GroupPublished {
+                group: name.to_owned(),
+                event: event.to_owned(),
+                data,
+                role,
+            })
+        });
+        Ok(())
+    }
+
+    pub fn groups_members(name: &str) -> Result<Vec<GroupMember>, Error> {
+        check_group_name(name)?;
+        // A BTreeMap: already sorted by connection id.
+        Ok(STATE.with_borrow(|s| {
+            s.groups
+                .get(name)
+                .map(|g| {
+                    g.members
+                        .iter()
+                        .map(|(id, role)| GroupMember {
+                            connection_id: id.clone(),
+                            role: *role,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }))
+    }
+
+    pub fn groups_count(name: &str) -> Result<u64, Error> {
+        check_group_name(name)?;
+        Ok(STATE.with_borrow(|s| s.groups.get(name).map_or(0, |g| g.members.len() as u64)))
+    }
+
+    pub fn groups_get_meta(name: &str) -> Result<Option<serde_json::Value>, Error> {
+        check_group_name(name)?;
+        Ok(STATE.with_borrow(|s| s.groups.get(name).map(|g| g.meta.clone())))
+    }
+
+    pub fn groups_set_meta(name: &str, meta: &str) -> Result<(), Error> {
+        check_group_name(name)?;
+        let meta = parse_group_meta(meta)?;
+        STATE.with_borrow_mut(|s| {
+            let g = s.groups.get_mut(name).ok_or(Error::Invalid)?;
+            g.meta = meta;
+            Ok(())
+        })
+    }
+
+    pub fn groups_close(name: &str) -> Result<u32, Error> {
+        check_group_name(name)?;
+        STATE.with_borrow_mut(|s| {
+            let g = s.groups.get_mut(name).ok_or(Error::Invalid)?;
+            g.closed = true;
+            let n = std::mem::take(&mut g.members).len();
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+    }
+
     pub fn log(level: Level, message: &str) {
         STATE.with_borrow_mut(|s| s.logs.push((level, message.to_owned())));
     }
@@ -686,6 +992,63 @@ pub(crate) fn presence_leave(topic: &str) -> Result<(), Error> {
 /// Who is present on a topic.
 pub(crate) fn presence_members(topic: &str) -> Result<Vec<crate::presence::Member>, Error> {
     imp::presence_members(topic)
+}
+
+/// Create a group or get the existing one.
+pub(crate) fn groups_create(
+    name: &str,
+    max_members: Option<u32>,
+    meta: &str,
+) -> Result<crate::groups::GroupInfo, Error> {
+    imp::groups_create(name, max_members, meta)
+}
+
+/// Make the calling connection a member of a group.
+pub(crate) fn groups_join(
+    name: &str,
+    role: crate::groups::Role,
+) -> Result<crate::groups::Joined, Error> {
+    imp::groups_join(name, role)
+}
+
+/// Make the calling connection leave a group.
+pub(crate) fn groups_leave(name: &str) -> Result<bool, Error> {
+    imp::groups_leave(name)
+}
+
+/// Send raw JSON text `data` as `event` to a group's members.
+pub(crate) fn groups_publish(
+    name: &str,
+    event: &str,
+    data: &str,
+    role: Option<crate::groups::Role>,
+) -> Result<(), Error> {
+    imp::groups_publish(name, event, data, role)
+}
+
+/// A group's live members.
+pub(crate) fn groups_members(name: &str) -> Result<Vec<crate::groups::GroupMember>, Error> {
+    imp::groups_members(name)
+}
+
+/// How many live members a group has.
+pub(crate) fn groups_count(name: &str) -> Result<u64, Error> {
+    imp::groups_count(name)
+}
+
+/// A group's metadata.
+pub(crate) fn groups_get_meta(name: &str) -> Result<Option<serde_json::Value>, Error> {
+    imp::groups_get_meta(name)
+}
+
+/// Replace a group's metadata (raw JSON text).
+pub(crate) fn groups_set_meta(name: &str, meta: &str) -> Result<(), Error> {
+    imp::groups_set_meta(name, meta)
+}
+
+/// Close a group; how many members it had.
+pub(crate) fn groups_close(name: &str) -> Result<u32, Error> {
+    imp::groups_close(name)
 }
 
 /// Write a log entry.

@@ -13,7 +13,9 @@
 //!   `VALIDATION` with an issue naming the argument (`args[1]`).
 //! * [`Ctx`] gives the caller ([`Ctx::user`]), the connection and request ids,
 //!   [`Ctx::publish`], and [`Ctx::kv`], the tenant's key-value store.
-//!   [`log`] writes to the host's log.
+//!   [`log`] writes to the host's log. [`presence`], [`groups`] (broadcast
+//!   groups with roles), [`replay`], [`ratelimit`], [`lock`] and
+//!   [`idempotency`] are the other host services.
 //! * Host failures are [`Error`]; `?` turns them into a [`LiveError`] with the
 //!   standard code (`RESOURCE_EXHAUSTED`, `SERVICE_UNAVAILABLE`, ...).
 //! * The [`Plugin`] hooks: [`Plugin::authenticate`] (default: everyone
@@ -119,6 +121,7 @@
 
 mod ctx;
 mod error;
+pub mod groups;
 mod host;
 pub mod idempotency;
 pub mod kv;

@@ -6,9 +6,11 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 
 use crate::bindings::exports::tenantry::plugin::handler::Guest;
+use crate::bindings::exports::tenantry::plugin::presence_events as wit_presence;
 use crate::bindings::tenantry::plugin::types as wit;
 use crate::ctx::{ConnectRequest, Ctx, User};
 use crate::error::{LiveError, ValidationIssue};
+use crate::presence::PresenceEvent;
 use crate::router::Router;
 
 /// A Tenantry plugin: its handlers and its two hooks.
@@ -42,6 +44,24 @@ pub trait Plugin {
         Err(LiveError::forbidden(format!(
             "Subscribing to {topic} is not allowed"
         )))
+    }
+
+    /// Whether the host should call [`Plugin::on_presence`]. Default
+    /// `false`: set it to `true` when you implement `on_presence`.
+    const PRESENCE_EVENTS: bool = false;
+
+    /// Presence events of the tenant, fleet-wide: users coming online on
+    /// a topic and going offline, topics becoming occupied and vacated
+    /// (see [`PresenceEvent`]). Debounced and flap-suppressed (a user who
+    /// reconnects within a moment produces nothing) and delivered at least
+    /// once, also when the user's host crashed: an error makes the host
+    /// deliver the batch again later, so make the handling idempotent.
+    /// There is no connection: imports that act on one (`presence::join`,
+    /// `groups::join`) are refused. Called only when
+    /// [`Plugin::PRESENCE_EVENTS`] is `true`.
+    fn on_presence(events: &[PresenceEvent]) -> Result<(), LiveError> {
+        let _ = events;
+        Ok(())
     }
 }
 
@@ -142,6 +162,37 @@ impl<P: Plugin + 'static> Guest for Adapter<P> {
     }
 }
 
+fn presence_event_from_wit(e: wit_presence::PresenceEvent) -> PresenceEvent {
+    use wit_presence::PresenceChange as C;
+    let user = e.user.unwrap_or_default();
+    match e.change {
+        C::UserOnline => PresenceEvent::UserOnline {
+            topic: e.topic,
+            user,
+        },
+        C::UserOffline => PresenceEvent::UserOffline {
+            topic: e.topic,
+            user,
+        },
+        C::TopicOccupied => PresenceEvent::TopicOccupied { topic: e.topic },
+        C::TopicVacated => PresenceEvent::TopicVacated { topic: e.topic },
+    }
+}
+
+impl<P: Plugin + 'static> wit_presence::Guest for Adapter<P> {
+    fn on_presence(events: Vec<wit_presence::PresenceEvent>) -> Result<bool, wit::LiveError> {
+        if !P::PRESENCE_EVENTS {
+            return Ok(false);
+        }
+        if events.is_empty() {
+            // The host's probe at load.
+            return Ok(true);
+        }
+        let events: Vec<PresenceEvent> = events.into_iter().map(presence_event_from_wit).collect();
+        P::on_presence(&events).map(|()| true).map_err(error_to_wit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +213,56 @@ mod tests {
             connection_id: "c1".into(),
             request_id: "r1".into(),
         }
+    }
+
+    #[test]
+    fn presence_events_are_declined_unless_asked_for() {
+        use wit_presence::{Guest as _, PresenceChange, PresenceEvent as W};
+        let event = W {
+            change: PresenceChange::UserOffline,
+            topic: "room:1".into(),
+            user: Some("ann".into()),
+        };
+        assert!(matches!(Adapter::<Default>::on_presence(vec![]), Ok(false)));
+        assert!(matches!(
+            Adapter::<Default>::on_presence(vec![event.clone()]),
+            Ok(false)
+        ));
+
+        struct Watcher;
+        impl Plugin for Watcher {
+            fn router() -> Router {
+                Router::new()
+            }
+            const PRESENCE_EVENTS: bool = true;
+            fn on_presence(events: &[PresenceEvent]) -> Result<(), LiveError> {
+                match events {
+                    [PresenceEvent::UserOffline { topic, user }]
+                        if topic == "room:1" && user == "ann" =>
+                    {
+                        Err(LiveError::new("RETRY", "later"))
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+        assert!(
+            matches!(Adapter::<Watcher>::on_presence(vec![]), Ok(true)),
+            "the probe"
+        );
+        assert_eq!(
+            Adapter::<Watcher>::on_presence(vec![event]).map_err(|e| e.code),
+            Err("RETRY".to_owned())
+        );
+        let occupied = W {
+            change: PresenceChange::TopicOccupied,
+            topic: "room:1".into(),
+            user: None,
+        };
+        assert!(matches!(
+            Adapter::<Watcher>::on_presence(vec![occupied]),
+            Ok(true)
+        ));
     }
 
     #[test]

@@ -42,6 +42,37 @@ impl Member {
     }
 }
 
+/// One event for [`Plugin::on_presence`](crate::Plugin::on_presence).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceEvent {
+    /// `user` (a user id; an anonymous connection's id) is now present on
+    /// `topic`: its first connection joined.
+    UserOnline {
+        /// The topic.
+        topic: String,
+        /// The user's key.
+        user: String,
+    },
+    /// `user` is no longer present on `topic`: its last connection left
+    /// (or its host died and its presence expired).
+    UserOffline {
+        /// The topic.
+        topic: String,
+        /// The user's key.
+        user: String,
+    },
+    /// `topic` now has someone present.
+    TopicOccupied {
+        /// The topic.
+        topic: String,
+    },
+    /// `topic` has nobody present any more.
+    TopicVacated {
+        /// The topic.
+        topic: String,
+    },
+}
+
 /// Make the calling connection present on `topic` with `data`, once the
 /// hook returns successfully (in the subscribe gate: once subscribed).
 pub fn join<T: Serialize + ?Sized>(topic: &str, data: &T) -> Result<(), Error> {

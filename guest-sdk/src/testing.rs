@@ -2,7 +2,9 @@
 //!
 //! Outside WebAssembly the SDK's host services are an in-memory stand-in, one
 //! per test thread: [`crate::Kv`] works (with TTLs and `incr`), `publish`
-//! records what was published, and the log keeps its entries. These functions
+//! records what was published, [`crate::groups`] keeps its groups (the
+//! calling connection is `test-connection`, as in [`ctx`]) and records what
+//! was published to them, and the log keeps its entries. These functions
 //! look at and reset that state. They do not exist in a `wasm32` build.
 //!
 //! ```
@@ -23,6 +25,8 @@
 //! ```
 
 use crate::ctx::{Ctx, User};
+use crate::error::Error;
+use crate::groups::{Joined, Role};
 use crate::host::imp::STATE;
 use crate::log::Level;
 
@@ -37,8 +41,22 @@ pub struct Published {
     pub data: serde_json::Value,
 }
 
+/// One event published to a broadcast group through the stand-in host
+/// ([`crate::groups::publish`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPublished {
+    /// The group it went to.
+    pub group: String,
+    /// The event name.
+    pub event: String,
+    /// The data, parsed back from JSON.
+    pub data: serde_json::Value,
+    /// The role it was sent to, or `None` for every member.
+    pub role: Option<Role>,
+}
+
 /// Forget everything this thread's stand-in host holds: keys, published
-/// events and log entries.
+/// events, groups and log entries.
 pub fn reset() {
     STATE.with_borrow_mut(|s| *s = Default::default());
 }
@@ -52,6 +70,19 @@ pub fn take_published() -> Vec<Published> {
 /// asked for so far on this thread, with their topics.
 pub fn take_presence() -> Vec<(String, Option<serde_json::Value>)> {
     STATE.with_borrow_mut(|s| std::mem::take(&mut s.presence))
+}
+
+/// Take (and clear) the events published to groups so far on this thread.
+pub fn take_group_published() -> Vec<GroupPublished> {
+    STATE.with_borrow_mut(|s| std::mem::take(&mut s.group_published))
+}
+
+/// Make another connection, `connection_id`, a member of group `name` with
+/// `role`, as [`crate::groups::join`] does for the calling connection
+/// (`test-connection`): to test a plugin against a group others are in
+/// (full groups, role-filtered publishes, member lists).
+pub fn join_group_as(name: &str, connection_id: &str, role: Role) -> Result<Joined, Error> {
+    crate::host::imp::groups_join_as(connection_id, name, role)
 }
 
 /// Take (and clear) the log entries written so far on this thread.

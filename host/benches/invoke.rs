@@ -20,6 +20,7 @@ fn ctx() -> CallContext {
         user: None,
         connection_id: "bench".into(),
         request_id: "1".into(),
+        outbound: None,
     }
 }
 

@@ -26,11 +26,14 @@ use tokio::net::TcpListener;
 use crate::admin::{self, AdminState};
 use crate::admin_client::{self, AdminCommand};
 use crate::backend::cursor::redis::RedisCursors;
+use crate::backend::groups::GroupStore;
+use crate::backend::groups::memory::MemoryGroups;
 use crate::backend::groups::redis::RedisGroups;
 use crate::backend::idempotency::redis::RedisIdempotency;
 use crate::backend::lock::redis::RedisLock;
 use crate::backend::memory;
 use crate::backend::presence::redis::RedisPresence;
+use crate::backend::presence_events::redis::RedisPresenceOutbox;
 use crate::backend::publish_rate::PublishRates;
 use crate::backend::publish_rate::redis::RedisRateBoard;
 use crate::backend::ratelimit::redis::RedisRateLimiter;
@@ -47,8 +50,10 @@ use crate::catalog::postgres::PostgresCatalog;
 use crate::config::{BusMode, Config, ConfigError, PluginSource};
 use crate::control::{Control, ControlError, ControlSettings};
 use crate::cursors::Cursors;
+use crate::groups::Groups;
 use crate::hub::Hub;
 use crate::presence::Presence;
+use crate::presence_events::PresenceEvents;
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
 use crate::server::session::Services;
 use crate::server::{self, AppState, ServerSettings};
@@ -268,6 +273,7 @@ pub async fn serve_config(
     let idempotency = Arc::clone(&backends.idempotency);
     let cursor_store = Arc::clone(&backends.cursors);
     let cursor_bus = Arc::clone(&backends.bus);
+    let groups = Arc::clone(&backends.groups);
     let presence = Presence::new(
         Arc::clone(&backends.presence),
         Arc::clone(&backends.bus),
@@ -313,6 +319,13 @@ pub async fn serve_config(
         (None, None) => Arc::new(MemoryCatalog::new()),
     };
     let registry = Arc::new(Registry::new());
+    let presence_events = PresenceEvents::new(
+        Arc::clone(&purgeable.presence_events),
+        Arc::clone(&purgeable.presence),
+        Arc::clone(&registry),
+        config.presence.event_settings(),
+    );
+    presence.set_events(Arc::clone(&presence_events));
     let control = Control::new(
         catalog,
         runtime,
@@ -391,11 +404,17 @@ pub async fn serve_config(
         let registry = Arc::clone(&registry);
         presence.spawn_maintenance(move || registry.ids())
     };
+    let presence_event_delivery = presence_events.spawn();
+    let group_maintenance = {
+        let registry = Arc::clone(&registry);
+        groups.spawn_maintenance(move || registry.ids())
+    };
     let cursors = Cursors::new(cursor_store, Arc::clone(&cursor_bus));
     let cursor_flusher = cursors.spawn_flusher();
     let services = Arc::new(Services {
         replay,
         presence,
+        groups,
         idempotency,
         cursors,
         bus: cursor_bus,
@@ -423,6 +442,8 @@ pub async fn serve_config(
         f.abort();
     }
     presence_maintenance.abort();
+    group_maintenance.abort();
+    presence_event_delivery.abort();
     rate_reports.abort();
     if let Some(f) = cursor_flusher {
         f.abort();
@@ -438,7 +459,14 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
     use crate::backend::breaker::{self, BreakerConfig, CircuitBreaker};
     let replay = config.replay.settings();
     let Some(r) = &config.redis else {
-        return Ok(memory::backends_with_replay(Arc::clone(hub), replay));
+        let mut backends = memory::backends_with_replay(Arc::clone(hub), replay);
+        backends.groups = Groups::new(
+            Arc::new(MemoryGroups::new()),
+            Arc::clone(hub),
+            Arc::clone(&backends.bus),
+            config.groups.member_ttl(),
+        );
+        return Ok(backends);
     };
     let conn = redis_backend::connect(&r.url)
         .await
@@ -505,10 +533,23 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
     }
     if r.presence {
         backends.presence = Arc::new(RedisPresence::new(conn.clone(), ns(), Arc::clone(&breaker)));
+        backends.presence_events = Arc::new(RedisPresenceOutbox::new(
+            conn.clone(),
+            ns(),
+            Arc::clone(&breaker),
+        ));
     }
-    if r.groups {
-        backends.groups = Arc::new(RedisGroups::new(conn.clone(), ns(), Arc::clone(&breaker)));
-    }
+    let group_store: Arc<dyn GroupStore> = if r.groups {
+        Arc::new(RedisGroups::new(conn.clone(), ns(), Arc::clone(&breaker)))
+    } else {
+        Arc::new(MemoryGroups::new())
+    };
+    backends.groups = Groups::new(
+        group_store,
+        Arc::clone(hub),
+        Arc::clone(&backends.bus),
+        config.groups.member_ttl(),
+    );
     if r.cursors {
         backends.cursors = Arc::new(RedisCursors::new(conn.clone(), ns(), Arc::clone(&breaker)));
     }

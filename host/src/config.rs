@@ -62,6 +62,7 @@ use serde::Deserialize;
 use crate::backend::replay::ReplaySettings;
 use crate::plan::{DEFAULT_PLAN, Plan, PlanOverrides, resolve_plans};
 use crate::presence::PresenceSettings;
+use crate::presence_events::PresenceEventSettings;
 use crate::tenant::{InvalidTenantId, TenantId};
 
 /// The listen address used when nothing else is configured.
@@ -307,6 +308,10 @@ pub struct PresenceTable {
     /// How long a connection stays present without a refresh, ms: a dead
     /// host's users leave about this long after it died. Default 90000.
     pub ttl_ms: u64,
+    /// How long after a user comes or goes a plugin's `on-presence` hook
+    /// hears of it, ms (the debounce: a user back within it produces no
+    /// event). Default 2000.
+    pub events_delay_ms: u64,
 }
 
 impl Default for PresenceTable {
@@ -315,6 +320,8 @@ impl Default for PresenceTable {
         Self {
             heartbeat_ms: u64::try_from(d.heartbeat.as_millis()).unwrap_or(u64::MAX),
             ttl_ms: u64::try_from(d.ttl.as_millis()).unwrap_or(u64::MAX),
+            events_delay_ms: u64::try_from(PresenceEventSettings::default().delay.as_millis())
+                .unwrap_or(u64::MAX),
         }
     }
 }
@@ -328,7 +335,20 @@ impl PresenceTable {
         }
     }
 
+    /// The presence-event settings.
+    pub fn event_settings(&self) -> PresenceEventSettings {
+        PresenceEventSettings {
+            delay: Duration::from_millis(self.events_delay_ms),
+            ..PresenceEventSettings::default()
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.events_delay_ms == 0 || self.events_delay_ms > 60 * 60 * 1000 {
+            return Err(ConfigError::Invalid(
+                "presence.events_delay_ms must be between 1 ms and an hour".into(),
+            ));
+        }
         if self.heartbeat_ms == 0 || self.ttl_ms <= self.heartbeat_ms {
             return Err(ConfigError::Invalid(
                 "presence: heartbeat_ms must be above 0 and ttl_ms above heartbeat_ms".into(),
@@ -337,6 +357,43 @@ impl PresenceTable {
         if self.ttl_ms > 24 * 60 * 60 * 1000 {
             return Err(ConfigError::Invalid(
                 "presence.ttl_ms must be at most a day".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The `[groups]` table: how broadcast groups notice members of a host
+/// that died.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsTable {
+    /// How long a member stays in its group without a refresh, ms (the
+    /// seeds' `memberTtl`, 120000): a dead host's members leave about this
+    /// long after it died. Hosts refresh their members every 5 s (every
+    /// third of the TTL when it is under 15 s).
+    pub member_ttl_ms: u64,
+}
+
+impl Default for GroupsTable {
+    fn default() -> Self {
+        Self {
+            member_ttl_ms: u64::try_from(crate::backend::groups::DEFAULT_MEMBER_TTL.as_millis())
+                .unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl GroupsTable {
+    /// The member TTL.
+    pub fn member_ttl(&self) -> Duration {
+        Duration::from_millis(self.member_ttl_ms)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.member_ttl_ms < 3 || self.member_ttl_ms > 24 * 60 * 60 * 1000 {
+            return Err(ConfigError::Invalid(
+                "groups.member_ttl_ms must be between 3 ms and a day".into(),
             ));
         }
         Ok(())
@@ -513,6 +570,8 @@ pub struct Config {
     pub replay: ReplayTable,
     /// Presence heartbeat and TTL.
     pub presence: PresenceTable,
+    /// Broadcast group member TTL.
+    pub groups: GroupsTable,
     /// Process-wide limits.
     pub limits: Limits,
     /// Every plan by name (built-ins, changed and added ones).
@@ -542,6 +601,7 @@ impl Default for Config {
                 redis: None,
                 replay: ReplayTable::default(),
                 presence: PresenceTable::default(),
+                groups: GroupsTable::default(),
                 limits: Limits::default(),
                 plans: BTreeMap::new(),
                 default_plan: DEFAULT_PLAN.to_owned(),
@@ -571,6 +631,8 @@ struct FileConfig {
     replay: ReplayTable,
     #[serde(default)]
     presence: PresenceTable,
+    #[serde(default)]
+    groups: GroupsTable,
     #[serde(default)]
     limits: Limits,
     default_plan: Option<String>,
@@ -660,6 +722,7 @@ impl Config {
         file.admin.validate()?;
         file.replay.validate()?;
         file.presence.validate()?;
+        file.groups.validate()?;
         if let Some(r) = &file.redis {
             let ns = r.namespace.as_bytes();
             if ns.is_empty()
@@ -814,6 +877,7 @@ impl Config {
             redis: file.redis,
             replay: file.replay,
             presence: file.presence,
+            groups: file.groups,
             limits: file.limits,
             plans,
             default_plan,

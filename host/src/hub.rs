@@ -33,6 +33,13 @@
 //! is told to resynchronise from [`Hub::topics`] instead (see
 //! [`TopicEvents`]).
 //!
+//! **Qualified topics**: a hub topic may carry a qualifier after
+//! [`QUALIFIER`] (a byte no wire topic contains): `__group:lobby\x1fadmin`
+//! is its own topic with its own subscribers and seqs, but its frames name
+//! the wire topic before the qualifier (`__group:lobby`). This is how a
+//! group event reaches only the members of one role
+//! ([`crate::groups`]).
+//!
 //! Locking: the topic table is split into shards, each behind a read-write
 //! lock held only for a lookup or an insert/remove; each topic has its own
 //! mutex, held while its seq is assigned and its subscribers are offered the
@@ -59,6 +66,15 @@ const SHARDS: usize = 16;
 pub enum Outbound {
     /// A text frame, shared between every receiver of the same publish.
     Text(Utf8Bytes),
+}
+
+/// Separates a hub topic from its qualifier (see the module docs); never
+/// part of a wire topic.
+pub const QUALIFIER: char = '\u{1f}';
+
+/// The wire topic of hub topic `topic`: the part before any [`QUALIFIER`].
+pub fn wire_topic(topic: &str) -> &str {
+    topic.split_once(QUALIFIER).map_or(topic, |(wire, _)| wire)
 }
 
 /// Identifies one connection inside the hub.
@@ -311,7 +327,12 @@ impl Hub {
         }
         t.seq = seq.unwrap_or(t.seq + 1);
         let seq = t.seq;
-        let frame = Utf8Bytes::from(protocol::envelope(topic, event, data_json, Some(seq)));
+        let frame = Utf8Bytes::from(protocol::envelope(
+            wire_topic(topic),
+            event,
+            data_json,
+            Some(seq),
+        ));
         let mut report = PublishReport {
             seq: Some(seq),
             delivered: 0,
@@ -546,6 +567,13 @@ impl HubConnection {
         &self.tenant
     }
 
+    /// The connection's outbound queue, to send it frames directly or to
+    /// give it a second membership ([`Hub::connect`] with this queue) that
+    /// a host service subscribes on its behalf (broadcast groups).
+    pub fn outbound(&self) -> mpsc::Sender<Outbound> {
+        self.queue.clone()
+    }
+
     /// Subscribe to `topic` of this connection's tenant. `Ok(false)` if it
     /// was already subscribed. The caller has validated and authorised it.
     pub fn subscribe(&self, topic: &str) -> Result<bool, SubscribeError> {
@@ -687,6 +715,32 @@ mod tests {
             assert_eq!(v["data"]["n"], i);
             assert_eq!(v["seq"], i);
         }
+    }
+
+    #[tokio::test]
+    async fn a_qualified_topic_has_its_own_subscribers_under_the_wire_name() {
+        let hub = Hub::new();
+        let (tx, mut rx) = mpsc::channel(16);
+        let (other_tx, mut other_rx) = mpsc::channel(16);
+        let admin = hub.connect(tid("acme"), tx, 100);
+        let member = hub.connect(tid("acme"), other_tx, 100);
+        let qualified = format!("__group:g{QUALIFIER}admin");
+        assert_eq!(wire_topic(&qualified), "__group:g");
+        assert_eq!(wire_topic("plain"), "plain");
+        admin.subscribe(&qualified).unwrap();
+        member.subscribe("__group:g").unwrap();
+        let r = hub.publish(&tid("acme"), &qualified, "secret", "1");
+        assert_eq!(r.delivered, 1, "only the qualified topic's subscriber");
+        let v: serde_json::Value = serde_json::from_str(&text(rx.recv().await.unwrap())).unwrap();
+        assert_eq!(v["topic"], "__group:g");
+        assert_eq!(v["event"], "secret");
+        assert!(other_rx.try_recv().is_err());
+        // A second membership on the same queue is its own subscriber.
+        let sibling = hub.connect(tid("acme"), admin.outbound(), 100);
+        sibling.subscribe("__group:g").unwrap();
+        hub.publish(&tid("acme"), "__group:g", "all", "2");
+        assert!(rx.recv().await.is_some());
+        assert!(other_rx.recv().await.is_some());
     }
 
     #[tokio::test]

@@ -45,6 +45,7 @@ use tokio::time::Instant;
 
 use crate::backend::presence::{ConnRef, Member, PresenceStore};
 use crate::backend::{BackendError, Bus};
+use crate::presence_events::PresenceEvents;
 use crate::tenant::TenantId;
 
 /// The reserved topic prefix presence frames travel on: `__presence:{topic}`.
@@ -146,6 +147,9 @@ pub struct Presence {
     me: std::sync::Weak<Presence>,
     /// When the last heartbeat (or rejoin) succeeded.
     last_beat: Mutex<Instant>,
+    /// Where users coming and going are reported for plugins'
+    /// `on-presence` hook, once set.
+    events: std::sync::OnceLock<Arc<PresenceEvents>>,
 }
 
 impl Presence {
@@ -165,7 +169,21 @@ impl Presence {
             pending: Mutex::new(HashMap::new()),
             me: me.clone(),
             last_beat: Mutex::new(Instant::now()),
+            events: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Report users coming and going to `events` (plugins' `on-presence`
+    /// hook) from now on. Set once; later calls are ignored.
+    pub fn set_events(&self, events: Arc<PresenceEvents>) {
+        let _ = self.events.set(events);
+    }
+
+    /// Tell the presence events that `user` came or went on `topic`.
+    async fn report(&self, tenant: &TenantId, topic: &str, user: &str) {
+        if let Some(events) = self.events.get() {
+            events.changed(tenant, topic, user).await;
+        }
     }
 
     /// This host's instance id in the store.
@@ -221,6 +239,9 @@ impl Presence {
         if joined.first || updated {
             self.announce(tenant, topic, Change::Join(user_key, data));
         }
+        if joined.first {
+            self.report(tenant, topic, user_key).await;
+        }
         self.store.members(tenant, topic).await
     }
 
@@ -243,6 +264,7 @@ impl Presence {
         let left = self.store.leave(&tenant, topic, &user_key, conn).await?;
         if let (true, Some(data)) = (left.last, left.data.as_deref()) {
             self.announce(&tenant, topic, Change::Leave(&user_key, data));
+            self.report(&tenant, topic, &user_key).await;
         }
         Ok(true)
     }
@@ -310,6 +332,7 @@ impl Presence {
                 .await?;
             if joined.first {
                 self.announce(&c.tenant, &c.topic, Change::Join(&c.user_key, data));
+                self.report(&c.tenant, &c.topic, &c.user_key).await;
             }
         }
         if !held.is_empty() {
@@ -388,6 +411,7 @@ impl Presence {
                 };
                 for e in &expired {
                     self.announce(tenant, &e.topic, Change::Leave(&e.user_key, &e.data));
+                    self.report(tenant, &e.topic, &e.user_key).await;
                 }
                 if expired.len() < EXPIRE_BATCH {
                     break;

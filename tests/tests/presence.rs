@@ -157,3 +157,99 @@ async fn presence_works_on_the_embedded_default_and_clients_cannot_subscribe_to_
         json!({"joins": {}, "leaves": {"ann": {"name": "ann"}}})
     );
 }
+
+/// The next `activity:lobby` event: `(event, user)`.
+async fn activity(c: &mut Client) -> (String, String) {
+    let f = c.next_event("activity:lobby").await.unwrap();
+    (
+        f["event"].as_str().unwrap().to_owned(),
+        f["data"]["user"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn watch_activity(h: &HostProcess, tenant: &str) -> Client {
+    let mut c = Client::connect(&h.url(&format!("/t/{tenant}/ws?user=watcher")))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.subscribe("activity:lobby").await.unwrap()["type"],
+        "subscribed"
+    );
+    c
+}
+
+/// The `chat` plugin's `on-presence` hook publishes `online` / `offline` on
+/// `activity:{room}`: debounced (a quick reconnect says nothing), once per
+/// change across the fleet, and `offline` also for the users of a host
+/// that died.
+#[tokio::test]
+async fn the_presence_hook_hears_users_come_and_go_across_the_fleet() {
+    let ns = RedisNamespace::new("presence-events");
+    let toml = format!(
+        "{}[presence]\nheartbeat_ms = 200\nttl_ms = 1000\nevents_delay_ms = 300\n",
+        ns.toml()
+    );
+    let mut a = HostProcess::start_with(bin(), &tenants(), &toml).unwrap();
+    let b = HostProcess::start_with(bin(), &tenants(), &toml).unwrap();
+    let mut watcher = watch_activity(&b, "alpha").await;
+    let mut other_tenant = watch_activity(&b, "beta").await;
+
+    let ann = join(&a, "alpha", "ann").await;
+    assert_eq!(
+        activity(&mut watcher).await,
+        ("online".into(), "ann".into())
+    );
+    // A quick reconnect (to the other host) within the delay: ann never
+    // went offline as far as the hook is concerned.
+    drop(ann);
+    let ann = join(&b, "alpha", "ann").await;
+    watcher
+        .expect_silence(Duration::from_millis(1200))
+        .await
+        .unwrap();
+
+    // Leaving for good: one offline, delivered once although both hosts
+    // deliver events.
+    drop(ann);
+    assert_eq!(
+        activity(&mut watcher).await,
+        ("offline".into(), "ann".into())
+    );
+    watcher
+        .expect_silence(Duration::from_millis(800))
+        .await
+        .unwrap();
+
+    // A host that dies: its user goes offline once its presence expires,
+    // announced by the surviving host.
+    let _carol = join(&a, "alpha", "carol").await;
+    assert_eq!(
+        activity(&mut watcher).await,
+        ("online".into(), "carol".into())
+    );
+    a.kill().unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        activity(&mut watcher).await,
+        ("offline".into(), "carol".into())
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    other_tenant.expect_silence(QUIET).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_presence_hook_works_on_the_embedded_default() {
+    let h =
+        HostProcess::start_with(bin(), &tenants(), "[presence]\nevents_delay_ms = 100\n").unwrap();
+    let mut watcher = watch_activity(&h, "alpha").await;
+    let bob = join(&h, "alpha", "bob").await;
+    assert_eq!(
+        activity(&mut watcher).await,
+        ("online".into(), "bob".into())
+    );
+    drop(bob);
+    assert_eq!(
+        activity(&mut watcher).await,
+        ("offline".into(), "bob".into())
+    );
+}

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod lock;
 pub mod memory;
 pub mod presence;
+pub mod presence_events;
 pub mod publish_rate;
 pub mod ratelimit;
 pub mod redis;
@@ -148,10 +149,13 @@ pub struct Backends {
     pub idempotency: Arc<dyn idempotency::IdempotencyStore>,
     /// Presence (who is on which topic).
     pub presence: Arc<dyn presence::PresenceStore>,
+    /// The queue of presence changes for plugins' `on-presence` hook.
+    pub presence_events: Arc<dyn presence_events::PresenceOutbox>,
     /// This host's publish-rate sampler and the board it reports to.
     pub publish_rates: Arc<publish_rate::PublishRates>,
-    /// Broadcast groups (membership, roles, capacity).
-    pub groups: Arc<dyn groups::GroupStore>,
+    /// Broadcast groups: the store (membership, roles, capacity) and this
+    /// host's members' wire side.
+    pub groups: Arc<crate::groups::Groups>,
     /// Live cursors.
     pub cursors: Arc<dyn cursor::CursorStore>,
 }
@@ -202,6 +206,7 @@ impl Backends {
                 .map_err(|e| ("publish rates", e))?,
             groups: self
                 .groups
+                .store()
                 .purge_tenant(tenant)
                 .await
                 .map_err(|e| ("groups", e))?,
@@ -210,6 +215,11 @@ impl Backends {
                 .purge_tenant(tenant)
                 .await
                 .map_err(|e| ("cursors", e))?,
+            presence_events: self
+                .presence_events
+                .purge_tenant(tenant)
+                .await
+                .map_err(|e| ("presence events", e))?,
         })
     }
 }
@@ -235,4 +245,6 @@ pub struct PurgeReport {
     pub groups: u64,
     /// Live cursors.
     pub cursors: u64,
+    /// Queued presence events and delivered presence states.
+    pub presence_events: u64,
 }

@@ -3,6 +3,7 @@
 //! never on anything the guest names, and refuses oversized or malformed input
 //! before it reaches a backend.
 
+mod groups;
 mod idempotency;
 mod kv;
 mod lock;

@@ -4,9 +4,33 @@ use serde::de::IgnoredAny;
 
 use crate::metrics::{self, RefusalKind};
 use crate::protocol;
-use crate::runtime::HostState;
 use crate::runtime::wit::pubsub::Host;
 use crate::runtime::wit::types::HostError;
+use crate::runtime::{HostState, Scope};
+
+/// The checks every plugin publish passes (topic aside): a valid event
+/// name, data within the plan's size that is one JSON value (it is spliced
+/// verbatim into envelopes), and the plan's publish rate (consumed here).
+pub(super) fn check_publish(scope: &Scope, event: &str, data: &str) -> Result<(), HostError> {
+    if protocol::validate_event(event).is_err() {
+        return Err(HostError::Invalid);
+    }
+    let max = scope.quota.plan().max_publish_bytes;
+    if u64::try_from(data.len()).unwrap_or(u64::MAX) > max {
+        metrics::refusal(&scope.tenant, RefusalKind::PublishSize);
+        return Err(HostError::TooLarge);
+    }
+    if serde_json::from_str::<IgnoredAny>(data).is_err() {
+        return Err(HostError::Invalid);
+    }
+    if let Err(refusal) = scope.quota.check_publish() {
+        metrics::refusal(&scope.tenant, RefusalKind::PublishRate);
+        return Err(HostError::RateLimited(
+            refusal.retry_after_ms().unwrap_or(1),
+        ));
+    }
+    Ok(())
+}
 
 impl Host for HostState {
     async fn publish(
@@ -23,25 +47,7 @@ impl Host for HostState {
                 HostError::Invalid
             });
         }
-        if protocol::validate_event(&event).is_err() {
-            return Err(HostError::Invalid);
-        }
-        let scope = &self.scope;
-        let max = scope.quota.plan().max_publish_bytes;
-        if u64::try_from(data.len()).unwrap_or(u64::MAX) > max {
-            metrics::refusal(&scope.tenant, RefusalKind::PublishSize);
-            return Err(HostError::TooLarge);
-        }
-        // The data is spliced verbatim into envelopes: it must be one JSON value.
-        if serde_json::from_str::<IgnoredAny>(&data).is_err() {
-            return Err(HostError::Invalid);
-        }
-        if let Err(refusal) = scope.quota.check_publish() {
-            metrics::refusal(&scope.tenant, RefusalKind::PublishRate);
-            return Err(HostError::RateLimited(
-                refusal.retry_after_ms().unwrap_or(1),
-            ));
-        }
+        check_publish(&self.scope, &event, &data)?;
         self.cpu.pause();
         let scope = &self.scope;
         let r = scope

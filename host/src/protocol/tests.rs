@@ -859,6 +859,7 @@ proptest! {
 
 /// The server frames the doc shows, built with the encoders.
 fn documented_server_frames() -> Vec<String> {
+    use crate::backend::groups::Role;
     let validation = RpcErrorBody {
         issues: Some(vec![ValidationIssue {
             path: "args[1]".into(),
@@ -945,6 +946,26 @@ fn documented_server_frames() -> Vec<String> {
             r#"{"key":"0b0c2a52-59a6-4a8e-9b8e-6f0b1c2d3e4f"}"#,
             Some(13),
         ),
+        envelope(
+            "__group:lobby",
+            "members",
+            &crate::groups::members_json([Role::Admin, Role::Viewer]),
+            None,
+        ),
+        envelope(
+            "__group:lobby",
+            "join",
+            &crate::groups::role_count_json(Role::Viewer, 2),
+            Some(3),
+        ),
+        envelope(
+            "__group:lobby",
+            "leave",
+            &crate::groups::role_count_json(Role::Viewer, 1),
+            Some(4),
+        ),
+        envelope("__group:lobby", "move", r#"{"to":"e4"}"#, Some(5)),
+        envelope("__group:lobby", "close", "null", None),
         replay_truncated("chat"),
         replay_msg("chat", Some(&Ref::Num(1)), 43, "created", r#"{"id":"m1"}"#),
         replay_end("chat", Some(&Ref::Num(1)), true),

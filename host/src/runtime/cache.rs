@@ -159,6 +159,7 @@ mod tests {
             user: None,
             connection_id: "c".into(),
             request_id: "r".into(),
+            outbound: None,
         }
     }
 

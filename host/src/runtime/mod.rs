@@ -17,23 +17,25 @@ pub mod types;
 mod validate;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
+use bindings::optional::exports::tenantry::plugin::presence_events as wit_presence_events;
 pub(crate) use bindings::tenantry::plugin as wit;
 pub use store::{HostState, Scope};
 pub use types::{
-    CallContext, CallError, ConnectRequest, Effect, LiveError, MAX_EFFECTS_PER_CALL, User,
-    ValidationIssue,
+    CallContext, CallError, CallerConnection, ConnectRequest, Effect, LiveError,
+    MAX_EFFECTS_PER_CALL, PresenceChange, PresenceEvent, User, ValidationIssue,
 };
 pub use validate::{PluginInfo, PluginRejection};
+use wit_presence_events::GuestIndices as PresenceHookIndices;
 
 use crate::backend::Backends;
 use crate::metrics::{self, RefusalKind, TrapKind};
@@ -138,7 +140,7 @@ impl Runtime {
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("linking WASI: {e:#}")))?;
-        bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        bindings::PluginCore::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("linking host imports: {e:#}")))?;
         let cache = config
             .cache_dir
@@ -173,8 +175,10 @@ impl Runtime {
             .linker
             .instantiate_pre(&compiled.component)
             .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
-        let pre = bindings::PluginPre::new(pre)
+        let indices = bindings::PluginCoreIndices::new(&pre)
             .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
+        // Absent in plugins built before the hook existed (or not with the SDK).
+        let presence_hook = PresenceHookIndices::new(&pre).ok();
         self.store_compiled(&compiled).await;
         tracing::info!(%tenant, plugin_version = %version, "plugin loaded");
         let plugin = Arc::new(Plugin {
@@ -187,9 +191,13 @@ impl Runtime {
             tenant,
             version,
             pre,
+            indices,
+            presence_hook,
+            wants_presence: AtomicBool::new(false),
             idle: parking_lot::Mutex::new(Vec::new()),
             runtime: Arc::clone(self),
         });
+        plugin.probe_presence_hook().await;
         tokio::spawn(sweep_idle(Arc::downgrade(&plugin)));
         Ok(plugin)
     }
@@ -215,7 +223,7 @@ impl Runtime {
             .instantiate_pre(&compiled.component)
             .map_err(|e| PluginRejection::compile_failed(format!("{e:#}")))?;
         validate::check_handler_types(&self.engine, &pre)?;
-        bindings::PluginPre::new(pre).map_err(|e| PluginRejection::WrongWorld {
+        bindings::PluginCorePre::new(pre).map_err(|e| PluginRejection::WrongWorld {
             details: vec![format!(
                 "export {} does not match the host's: {e:#}",
                 validate::HANDLER
@@ -320,16 +328,28 @@ pub struct Plugin {
     /// Version id: the first 12 hex digits of the `.wasm`'s SHA-256.
     pub version: String,
     scope: Arc<Scope>,
-    pre: bindings::PluginPre<HostState>,
+    pre: InstancePre<HostState>,
+    indices: bindings::PluginCoreIndices,
+    /// The optional `presence-events` export, if the plugin has it.
+    presence_hook: Option<PresenceHookIndices>,
+    /// The plugin accepted presence events when probed at load.
+    wants_presence: AtomicBool,
     /// Warm instances ready for another call (only with `max_reuse` > 1).
     idle: parking_lot::Mutex<Vec<Warm>>,
     runtime: Arc<Runtime>,
 }
 
+/// One instantiated plugin: its typed `plugin-core` exports and the raw
+/// instance (for the optional exports).
+struct Sandbox {
+    core: bindings::PluginCore,
+    raw: Instance,
+}
+
 /// An instance kept for reuse, with the calls it has served.
 struct Warm {
     store: Store<HostState>,
-    instance: bindings::Plugin,
+    instance: Sandbox,
     uses: u64,
     idle_since: Instant,
 }
@@ -365,8 +385,9 @@ impl Plugin {
             path: req.path,
         };
         let (r, _) = self
-            .run(false, async |inst, store| {
-                inst.tenantry_plugin_handler()
+            .run(None, async |inst, store| {
+                inst.core
+                    .tenantry_plugin_handler()
                     .call_authenticate(store, &req)
                     .await
             })
@@ -399,11 +420,12 @@ impl Plugin {
         path: &str,
         args_json: &str,
     ) -> Result<(String, Vec<Effect>), CallError> {
-        let ctx = ctx_to_wit(ctx);
+        let (ctx, conn) = ctx_to_wit(ctx);
         let args = args_json.to_owned();
         let (r, effects) = self
-            .run(true, async |inst, store| {
-                inst.tenantry_plugin_handler()
+            .run(Some(conn), async |inst, store| {
+                inst.core
+                    .tenantry_plugin_handler()
                     .call_call(store, &ctx, path, &args)
                     .await
             })
@@ -435,10 +457,11 @@ impl Plugin {
         ctx: CallContext,
         topic: &str,
     ) -> Result<Vec<Effect>, CallError> {
-        let ctx = ctx_to_wit(ctx);
+        let (ctx, conn) = ctx_to_wit(ctx);
         let (r, effects) = self
-            .run(true, async |inst, store| {
-                inst.tenantry_plugin_handler()
+            .run(Some(conn), async |inst, store| {
+                inst.core
+                    .tenantry_plugin_handler()
                     .call_authorize_subscribe(store, &ctx, topic)
                     .await
             })
@@ -447,16 +470,60 @@ impl Plugin {
             .map_err(|e| CallError::Live(live_error_from_wit(e)))
     }
 
+    /// Whether the plugin receives presence events: it exports
+    /// `presence-events` and answered `true` to the probe at load.
+    pub fn wants_presence_events(&self) -> bool {
+        self.wants_presence.load(Ordering::Relaxed)
+    }
+
+    /// Ask the plugin (with an empty batch) whether it wants presence
+    /// events; remembered for [`Plugin::wants_presence_events`].
+    async fn probe_presence_hook(&self) {
+        if self.presence_hook.is_none() {
+            return;
+        }
+        let probed = self.on_presence(&[]).await;
+        // The probe's instance is not kept warm: the first real call of a
+        // version starts the same whether or not it has the hook.
+        self.idle.lock().clear();
+        match probed {
+            Ok(wants) => self.wants_presence.store(wants, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, plugin_version = %self.version, error = %e, "presence-events probe failed; no presence events for this version");
+            }
+        }
+    }
+
+    /// Deliver a batch of presence events to the plugin's `on-presence`
+    /// (`Ok(false)`: it declines them). `Host` error if the plugin does not
+    /// export the hook.
+    pub async fn on_presence(&self, events: &[PresenceEvent]) -> Result<bool, CallError> {
+        let Some(indices) = &self.presence_hook else {
+            return Err(CallError::Host(
+                "the plugin does not export presence-events".into(),
+            ));
+        };
+        let events: Vec<wit_presence_events::PresenceEvent> =
+            events.iter().map(presence_event_to_wit).collect();
+        let (r, _) = self
+            .run(None, async |inst, store| {
+                let hook = indices.load(&mut *store, &inst.raw)?;
+                hook.call_on_presence(&mut *store, &events).await
+            })
+            .await?;
+        r.map_err(|e| CallError::Live(live_error_from_wit(e)))
+    }
+
     /// Run `f` in a sandbox (a fresh one, or a warm one when the plan
     /// reuses instances) under the tenant's plan, and classify any failure.
     /// A failed call always drops its instance. Refused with `Overloaded`
-    /// when the tenant already runs `max_concurrent_calls` calls. With
-    /// `effects`, the hook serves a connection and may ask for
-    /// [`Effect`]s, returned with its result.
+    /// when the tenant already runs `max_concurrent_calls` calls. With a
+    /// `connection`, the hook serves it: its imports may act on it and ask
+    /// for [`Effect`]s, returned with its result.
     async fn run<R>(
         &self,
-        effects: bool,
-        f: impl AsyncFnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        connection: Option<CallerConnection>,
+        f: impl AsyncFnOnce(&Sandbox, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<(R, Vec<Effect>), CallError> {
         let rt = &self.runtime;
         let quota = &self.scope.quota;
@@ -480,16 +547,25 @@ impl Plugin {
                 }
                 None => {
                     let mut store = self.new_store(&plan);
-                    match self.pre.instantiate_async(&mut store).await {
+                    let instantiated = match self.pre.instantiate_async(&mut store).await {
+                        Ok(raw) => self
+                            .indices
+                            .load(&mut store, &raw)
+                            .map(|core| Sandbox { core, raw }),
+                        Err(e) => Err(e),
+                    };
+                    match instantiated {
                         Ok(i) => (store, i, 0),
                         Err(e) => return Err(classify(e, &store, true)),
                     }
                 }
             };
-            store.data_mut().effects = effects.then(Vec::new);
+            store.data_mut().effects = connection.is_some().then(Vec::new);
+            store.data_mut().connection = connection;
             let result = f(&instance, &mut store).await;
             store.data_mut().cpu.release_slot();
             let asked = store.data_mut().effects.take().unwrap_or_default();
+            store.data_mut().connection = None;
             match result {
                 Ok(r) => Ok((
                     (r, asked),
@@ -620,15 +696,35 @@ fn user_from_wit(u: wit::types::User) -> Result<User, CallError> {
     })
 }
 
-fn ctx_to_wit(ctx: CallContext) -> wit::types::CallContext {
-    wit::types::CallContext {
+fn presence_event_to_wit(e: &PresenceEvent) -> wit_presence_events::PresenceEvent {
+    use wit_presence_events::PresenceChange as W;
+    wit_presence_events::PresenceEvent {
+        change: match e.change {
+            PresenceChange::UserOnline => W::UserOnline,
+            PresenceChange::UserOffline => W::UserOffline,
+            PresenceChange::TopicOccupied => W::TopicOccupied,
+            PresenceChange::TopicVacated => W::TopicVacated,
+        },
+        topic: e.topic.clone(),
+        user: e.user.clone(),
+    }
+}
+
+/// The WIT call context, and the connection the call serves.
+fn ctx_to_wit(ctx: CallContext) -> (wit::types::CallContext, CallerConnection) {
+    let conn = CallerConnection {
+        id: ctx.connection_id.clone(),
+        outbound: ctx.outbound,
+    };
+    let wit_ctx = wit::types::CallContext {
         user: ctx.user.map(|u| wit::types::User {
             id: u.id,
             attributes: u.attributes,
         }),
         connection_id: ctx.connection_id,
         request_id: ctx.request_id,
-    }
+    };
+    (wit_ctx, conn)
 }
 
 fn live_error_from_wit(e: wit::types::LiveError) -> LiveError {
@@ -681,6 +777,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_plugins_that_ask_get_presence_events() {
+        let hub = Hub::new();
+        let rt = Runtime::new(
+            RuntimeConfig {
+                max_instances: 8,
+                ..RuntimeConfig::default()
+            },
+            memory::backends(Arc::clone(&hub)),
+        )
+        .unwrap();
+        let fixture = load(&rt, starter(), &fixture()).await;
+        assert!(
+            !fixture.wants_presence_events(),
+            "the SDK's default declines"
+        );
+        assert!(matches!(fixture.on_presence(&[]).await, Ok(false)));
+
+        let chat_wasm = std::fs::read(crate::bundled::plugin_path("chat")).unwrap();
+        let chat = load(&rt, starter(), &chat_wasm).await;
+        assert!(chat.wants_presence_events());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let watcher = hub.connect(TenantId::parse("acme").unwrap(), tx, 4);
+        watcher.subscribe("activity:lobby").unwrap();
+        let events = [PresenceEvent {
+            change: PresenceChange::UserOffline,
+            topic: "room:lobby".into(),
+            user: Some("ann".into()),
+        }];
+        assert!(matches!(chat.on_presence(&events).await, Ok(true)));
+        let crate::hub::Outbound::Text(frame) = rx.recv().await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+        assert_eq!(v["event"], "offline");
+        assert_eq!(v["data"]["user"], "ann");
+    }
+
+    #[tokio::test]
     async fn instances_are_reused_up_to_max_reuse_and_retired_on_failure() {
         let rt = runtime(None);
         let plan = Plan {
@@ -718,6 +850,7 @@ mod tests {
             user: None,
             connection_id: "c".into(),
             request_id: "r".into(),
+            outbound: None,
         }
     }
 

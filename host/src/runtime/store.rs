@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limiter::Limiter;
 use super::stdio::LogSink;
-use super::types::Effect;
+use super::types::{CallerConnection, Effect};
 use crate::backend::Backends;
 use crate::quota::TenantQuota;
 use crate::tenant::TenantId;
@@ -47,6 +47,8 @@ pub struct HostState {
     /// it returns; `None` while serving a hook with no connection yet
     /// (`authenticate`), where such imports are refused.
     pub effects: Option<Vec<Effect>>,
+    /// The connection the running hook serves; `None` for `authenticate`.
+    pub connection: Option<CallerConnection>,
 }
 
 impl HostState {
@@ -68,6 +70,7 @@ impl HostState {
             limiter: Limiter::new(memory_limit),
             cpu: CpuBudget::new(cpu_budget, slots),
             effects: None,
+            connection: None,
         }
     }
 }

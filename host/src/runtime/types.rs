@@ -3,6 +3,9 @@
 //! WIT bindings.
 
 use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::hub::Outbound;
 
 /// A user as decided by the plugin's `authenticate` hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +25,19 @@ pub struct CallContext {
     pub connection_id: String,
     /// This request's id.
     pub request_id: String,
+    /// The connection's outbound queue (not shown to the plugin): imports
+    /// that attach the connection to host channels (broadcast groups) use
+    /// it. `None` where there is no live connection (tools, tests).
+    pub outbound: Option<mpsc::Sender<Outbound>>,
+}
+
+/// The connection a hook serves, as its host imports see it.
+#[derive(Debug, Clone)]
+pub struct CallerConnection {
+    /// The connection (session) id.
+    pub id: String,
+    /// Its outbound queue, if it is live.
+    pub outbound: Option<mpsc::Sender<Outbound>>,
 }
 
 /// One validation problem in a call's arguments.
@@ -124,4 +140,28 @@ pub enum Effect {
         /// The topic.
         topic: String,
     },
+}
+
+/// What changed, in a [`PresenceEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PresenceChange {
+    /// The user is now present on the topic.
+    UserOnline,
+    /// The user is no longer present on the topic.
+    UserOffline,
+    /// The topic now has someone present.
+    TopicOccupied,
+    /// The topic has nobody present any more.
+    TopicVacated,
+}
+
+/// One event for a plugin's `on-presence` hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEvent {
+    /// What changed.
+    pub change: PresenceChange,
+    /// The topic.
+    pub topic: String,
+    /// The user's key, for the user events.
+    pub user: Option<String>,
 }

@@ -41,6 +41,7 @@ const HOST_INTERFACES: &[&str] = &[
     "lock",
     "idempotency",
     "presence",
+    "groups",
     "log",
 ];
 

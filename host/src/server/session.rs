@@ -17,6 +17,7 @@ use crate::backend::idempotency::{IdemAcquire, IdempotencyStore};
 use crate::backend::presence::Member;
 use crate::backend::replay::{ReplayBuffer, ReplayPage};
 use crate::cursors::{self, Cursors};
+use crate::groups::Groups;
 use crate::hub::{HubConnection, Released, SubscribeError};
 use crate::presence::{self, Presence};
 use crate::protocol;
@@ -58,6 +59,8 @@ pub struct Services {
     pub replay: Arc<dyn ReplayBuffer>,
     /// Presence.
     pub presence: Arc<Presence>,
+    /// Broadcast groups (a closing connection leaves them).
+    pub groups: Arc<Groups>,
     /// Idempotency records (RPCs sent with an `idempotencyKey`).
     pub idempotency: Arc<dyn IdempotencyStore>,
     /// Live cursors.
@@ -178,6 +181,7 @@ impl Session {
             user: self.user.clone(),
             connection_id: self.id.clone(),
             request_id: NEXT_REQUEST.fetch_add(1, Ordering::Relaxed).to_string(),
+            outbound: Some(self.hub.outbound()),
         }
     }
 
@@ -512,10 +516,11 @@ impl Session {
         self.hub.close();
     }
 
-    /// Leave every topic's presence and remove every cursor (the
-    /// connection ended).
+    /// Leave every topic's presence and every broadcast group, and remove
+    /// every cursor (the connection ended).
     pub async fn leave_all_presence(&self) {
         self.services.presence.leave_all(&self.id).await;
+        self.services.groups.leave_all(&self.id).await;
         self.services.cursors.remove_all(&self.id).await;
     }
 }

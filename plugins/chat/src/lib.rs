@@ -3,9 +3,14 @@
 //!
 //! * `authenticate`: the user id is the query parameter `?user=NAME` (a demo:
 //!   it is trusted as is), else `guest-N` with N from a per-tenant counter.
-//! * Subscribe gate: topics `room:*` are allowed, any other is `FORBIDDEN`.
-//!   Subscribing to a room makes the user present in it with data
-//!   `{"name": user}` (clients see it on `__presence:room:*`).
+//! * Subscribe gate: topics `room:*` and `activity:*` are allowed, any other
+//!   is `FORBIDDEN`. Subscribing to a room makes the user present in it with
+//!   data `{"name": user}` (clients see it on `__presence:room:*`).
+//! * Presence events (`on_presence`): when a user comes online in room `R`
+//!   (its first connection there) or goes offline (its last one left, or
+//!   its host died), the plugin publishes event `online` / `offline` with
+//!   data `{"user": id}` on topic `activity:R` — debounced by the host, so a
+//!   quick reconnect announces nothing.
 //! * `chat/send` `[room, text]`: publishes event `message` with data
 //!   `{id, user, text}` on topic `room:{room}` and returns `{id}`. The id comes
 //!   from a per-tenant counter. Empty text, or text over 2000 characters, is
@@ -14,6 +19,7 @@
 //! * `chat/count` `[]`: a per-tenant counter, incremented by each call.
 
 use serde::{Deserialize, Serialize};
+use tenantry_sdk::presence::PresenceEvent;
 use tenantry_sdk::{
     ConnectRequest, Ctx, LiveError, Plugin, Router, User, ValidationIssue, export_plugin,
 };
@@ -145,6 +151,9 @@ impl Plugin for Chat {
     }
 
     fn authorize_subscribe(ctx: &Ctx, topic: &str) -> Result<(), LiveError> {
+        if topic.starts_with("activity:") {
+            return Ok(());
+        }
         if topic.starts_with("room:") {
             // Who is in the room: the user's name only (the seeds' `select`).
             tenantry_sdk::presence::join(
@@ -154,9 +163,31 @@ impl Plugin for Chat {
             Ok(())
         } else {
             Err(LiveError::forbidden(
-                "chat only allows subscribing to room:* topics",
+                "chat only allows subscribing to room:* and activity:* topics",
             ))
         }
+    }
+
+    const PRESENCE_EVENTS: bool = true;
+
+    fn on_presence(events: &[PresenceEvent]) -> Result<(), LiveError> {
+        for event in events {
+            let (topic, user, what) = match event {
+                PresenceEvent::UserOnline { topic, user } => (topic, user, "online"),
+                PresenceEvent::UserOffline { topic, user } => (topic, user, "offline"),
+                PresenceEvent::TopicOccupied { .. } | PresenceEvent::TopicVacated { .. } => {
+                    continue;
+                }
+            };
+            if let Some(room) = topic.strip_prefix("room:") {
+                tenantry_sdk::publish(
+                    &format!("activity:{room}"),
+                    what,
+                    &tenantry_sdk::serde_json::json!({ "user": user }),
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -270,6 +301,49 @@ mod tests {
                 "room:lobby".to_owned(),
                 Some(tenantry_sdk::serde_json::json!({"name": "ann"}))
             )]
+        );
+    }
+
+    #[test]
+    fn activity_topics_are_open_and_hear_presence_events() {
+        testing::reset();
+        let ctx = testing::ctx(Some("ann"));
+        assert!(Chat::authorize_subscribe(&ctx, "activity:lobby").is_ok());
+        assert!(testing::take_presence().is_empty(), "no presence there");
+        Chat::on_presence(&[
+            PresenceEvent::UserOnline {
+                topic: "room:lobby".into(),
+                user: "ann".into(),
+            },
+            PresenceEvent::TopicOccupied {
+                topic: "room:lobby".into(),
+            },
+            PresenceEvent::UserOffline {
+                topic: "room:lobby".into(),
+                user: "bob".into(),
+            },
+            PresenceEvent::UserOffline {
+                topic: "elsewhere".into(),
+                user: "cy".into(),
+            },
+        ])
+        .unwrap();
+        let published: Vec<(String, String, String)> = testing::take_published()
+            .into_iter()
+            .map(|p| {
+                (
+                    p.topic,
+                    p.event,
+                    p.data["user"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            published,
+            [
+                ("activity:lobby".into(), "online".into(), "ann".into()),
+                ("activity:lobby".into(), "offline".into(), "bob".into()),
+            ]
         );
     }
 

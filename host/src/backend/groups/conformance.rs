@@ -466,9 +466,11 @@ async fn separators_and_isolation(s: &dyn GroupStore) {
     assert_eq!(s.close(&b, "x").await.map(|m| m.len()), Ok(1));
     assert_eq!(ids(s, &a, "x").await, ["y:z"], "closing b's x leaves a's");
     // A heartbeat naming tenant b does not touch a's member.
-    s.heartbeat("i", &[member_ref(&b, "x:y", "z")], LONG)
-        .await
-        .unwrap();
+    assert_eq!(
+        s.heartbeat("i", &[member_ref(&b, "x:y", "z")], LONG).await,
+        Ok(vec![member_ref(&b, "x:y", "z")]),
+        "an unknown member is reported lost"
+    );
     assert_eq!(s.purge_tenant(&a).await, Ok(2));
     assert_eq!(s.meta(&b, "x").await, Ok(Some("b".into())), "b untouched");
     assert_eq!(s.purge_tenant(&b).await, Ok(1));
@@ -509,9 +511,16 @@ async fn dead_members(s: &dyn GroupStore) {
         left(2, Some(Role::Admin)),
         "a late leave of a dead member reports it"
     );
-    s.heartbeat("i", &[member_ref(&t, "room", "d3")], LONG)
-        .await
-        .unwrap();
+    assert_eq!(
+        s.heartbeat(
+            "i",
+            &[member_ref(&t, "room", "d3"), member_ref(&t, "room", "n1")],
+            LONG
+        )
+        .await,
+        Ok(vec![member_ref(&t, "room", "d3")]),
+        "a dead member is reported lost, a live one refreshed"
+    );
     assert_eq!(
         ids(s, &t, "room").await,
         ["d2", "n1"],
@@ -571,6 +580,12 @@ pub async fn two_hosts(a: &dyn GroupStore, b: &dyn GroupStore) {
         ]
     );
     assert_eq!(a.close(&t, "g").await.map(|m| m.len()), Ok(2));
+    assert_eq!(
+        b.heartbeat("host-b", &[member_ref(&t, "g", "b:1")], LONG)
+            .await,
+        Ok(vec![member_ref(&t, "g", "b:1")]),
+        "a closed group's member is reported lost on the other host"
+    );
     let r = b.join(&t, "g", "b:2", "host-b", Role::Member, LONG).await;
     assert!(
         matches!(r, Err(BackendError::AccessDenied(_))),
@@ -594,7 +609,11 @@ pub async fn two_hosts(a: &dyn GroupStore, b: &dyn GroupStore) {
     ];
     let started = tokio::time::Instant::now();
     while started.elapsed() < PAST_SHORT {
-        b.heartbeat("host-b", &held, SHORT).await.unwrap();
+        assert_eq!(
+            b.heartbeat("host-b", &held, SHORT).await,
+            Ok(vec![member_ref(&t, "crash", "a:1")]),
+            "another host's member is not refreshed"
+        );
         tokio::time::sleep(BEAT).await;
     }
     b.heartbeat("host-b", &held, SHORT).await.unwrap();

@@ -177,21 +177,22 @@ impl TenantState {
         }
     }
 
-    /// Refresh one member if it is live and `instance`'s.
-    fn refresh(&mut self, r: &MemberRef, instance: &str, now: Instant, deadline: Instant) {
+    /// Refresh one member if it is live and `instance`'s; `false` if not.
+    fn refresh(&mut self, r: &MemberRef, instance: &str, now: Instant, deadline: Instant) -> bool {
         let TenantState { groups, deadlines } = self;
         let Some(m) = groups
             .get_mut(&r.group)
             .and_then(|g| g.members.get_mut(&r.member))
         else {
-            return;
+            return false;
         };
         if m.deadline <= now || m.instance != instance {
-            return;
+            return false;
         }
         deadlines.remove(&(m.deadline, r.group.clone(), r.member.clone()));
         m.deadline = deadline;
         deadlines.insert((deadline, r.group.clone(), r.member.clone()));
+        true
     }
 
     fn expire(&mut self, limit: usize, now: Instant) -> Vec<ExpiredMember> {
@@ -452,17 +453,21 @@ impl GroupStore for MemoryGroups {
         instance: &str,
         members: &[MemberRef],
         ttl: Duration,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Vec<MemberRef>, BackendError> {
         let ttl_ms = check_heartbeat(instance, members, ttl)?;
         let now = Instant::now();
         let at = deadline(now, ttl_ms)?;
+        let mut lost = Vec::new();
         for r in members {
             let mut shard = self.shard(&r.tenant).lock();
-            if let Some(state) = shard.get_mut(&r.tenant) {
-                state.refresh(r, instance, now, at);
+            let refreshed = shard
+                .get_mut(&r.tenant)
+                .is_some_and(|state| state.refresh(r, instance, now, at));
+            if !refreshed {
+                lost.push(r.clone());
             }
         }
-        Ok(())
+        Ok(lost)
     }
 
     async fn expire(

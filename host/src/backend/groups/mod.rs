@@ -200,7 +200,7 @@ pub struct Member {
 }
 
 /// One member to refresh with [`GroupStore::heartbeat`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MemberRef {
     /// The tenant of the group.
     pub tenant: TenantId,
@@ -284,15 +284,17 @@ pub trait GroupStore: Send + Sync + 'static {
     async fn count(&self, tenant: &TenantId, name: &str) -> Result<u64, BackendError>;
 
     /// Move the deadline of every listed member that is live and belongs
-    /// to `instance` to `ttl` from now. Dead, unknown or other instances'
-    /// members are skipped (a dead one stays dead: `expire` reports it and
-    /// the host should join it again). Each [`MemberRef`] carries its tenant.
+    /// to `instance` to `ttl` from now. Returns the listed members that
+    /// were **not** refreshed — dead, gone (left, expired, closed, deleted)
+    /// or another instance's — in the order given: the host joins them
+    /// again or forgets them (a dead one stays dead: `expire` reports it).
+    /// Each [`MemberRef`] carries its tenant.
     async fn heartbeat(
         &self,
         instance: &str,
         members: &[MemberRef],
         ttl: Duration,
-    ) -> Result<(), BackendError>;
+    ) -> Result<Vec<MemberRef>, BackendError>;
 
     /// Remove up to `limit` dead members of `tenant` (oldest deadline
     /// first) and report them. Atomic: when several hosts expire at once,

@@ -45,7 +45,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use redis::aio::ConnectionManager;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
@@ -212,27 +212,32 @@ return live_count(KEYS[1])
 "#;
 
 /// KEYS deadlines. ARGV instance, ttl ms, members prefix, live prefix,
-/// then name, id of each member. Returns how many were refreshed.
+/// then name, id of each member. Returns the 0-based indexes of the members
+/// not refreshed.
 const HEARTBEAT: &str = r#"
 local deadlines = KEYS[1]
 local instance = ARGV[1]
 local at = int(now + tonumber(ARGV[2]))
 local members_p, live_p = ARGV[3], ARGV[4]
-local refreshed = 0
+local lost = {}
 for i = 5, #ARGV - 1, 2 do
   local name, id = ARGV[i], ARGV[i + 1]
   local m = name .. '\n' .. id
   local current = redis.call('ZSCORE', deadlines, m)
+  local refreshed = false
   if current and tonumber(current) > now then
     local _, owner = split(redis.call('HGET', members_p .. name, id))
     if owner == instance then
       redis.call('ZADD', deadlines, at, m)
       redis.call('ZADD', live_p .. name, at, id)
-      refreshed = refreshed + 1
+      refreshed = true
     end
   end
+  if not refreshed then
+    table.insert(lost, (i - 5) / 2)
+  end
 end
-return refreshed
+return lost
 "#;
 
 /// KEYS deadlines. ARGV members prefix, live prefix, limit. Returns
@@ -462,7 +467,7 @@ impl RedisGroups {
         tenant: &TenantId,
         members: &[&MemberRef],
         ttl_ms: u64,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Vec<MemberRef>, BackendError> {
         let names = self.names(tenant);
         let mut inv = SCRIPTS.heartbeat.prepare_invoke();
         inv.key(&names.deadlines)
@@ -473,8 +478,16 @@ impl RedisGroups {
         for m in members {
             inv.arg(&m.group).arg(&m.member);
         }
-        let _refreshed: u64 = self.run("group heartbeat", &inv).await?;
-        Ok(())
+        let what = "group heartbeat";
+        let lost: Vec<usize> = self.run(what, &inv).await?;
+        lost.into_iter()
+            .map(|i| {
+                members
+                    .get(i)
+                    .map(|m| (*m).clone())
+                    .ok_or_else(|| bad_reply(what, &i))
+            })
+            .collect()
     }
 }
 
@@ -676,23 +689,23 @@ impl GroupStore for RedisGroups {
         instance: &str,
         members: &[MemberRef],
         ttl: Duration,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Vec<MemberRef>, BackendError> {
         let ttl_ms = check_heartbeat(instance, members, ttl)?;
         let mut by_tenant: BTreeMap<&TenantId, Vec<&MemberRef>> = BTreeMap::new();
         for m in members {
             by_tenant.entry(&m.tenant).or_default().push(m);
         }
-        let mut jobs: Vec<(&TenantId, &[&MemberRef])> = Vec::new();
+        let mut beats = Vec::new();
         for (tenant, refs) in &by_tenant {
             for chunk in refs.chunks(HEARTBEAT_BATCH) {
-                jobs.push((tenant, chunk));
+                beats.push(self.beat(instance, tenant, chunk, ttl_ms));
             }
         }
-        futures_util::stream::iter(jobs.into_iter().map(Ok))
-            .try_for_each_concurrent(HEARTBEAT_PARALLEL, |(tenant, chunk)| {
-                self.beat(instance, tenant, chunk, ttl_ms)
-            })
-            .await
+        let lost: Vec<Vec<MemberRef>> = futures_util::stream::iter(beats)
+            .buffered(HEARTBEAT_PARALLEL)
+            .try_collect()
+            .await?;
+        Ok(lost.into_iter().flatten().collect())
     }
 
     async fn expire(

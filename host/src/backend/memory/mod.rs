@@ -20,14 +20,17 @@ use std::time::Duration;
 
 use crate::backend::Backends;
 use crate::backend::cursor::memory::MemoryCursors;
+use crate::backend::groups::DEFAULT_MEMBER_TTL;
 use crate::backend::groups::memory::MemoryGroups;
 use crate::backend::idempotency::memory::MemoryIdempotency;
 use crate::backend::lock::memory::MemoryLock;
 use crate::backend::presence::memory::MemoryPresence;
+use crate::backend::presence_events::memory::MemoryPresenceOutbox;
 use crate::backend::publish_rate::PublishRates;
 use crate::backend::publish_rate::memory::MemoryRateBoard;
 use crate::backend::ratelimit::memory::MemoryRateLimiter;
 use crate::backend::replay::{MemoryReplay, ReplaySettings};
+use crate::groups::Groups;
 use crate::hub::Hub;
 
 /// How often the KV sweeper started by [`backends`] purges expired keys.
@@ -49,8 +52,18 @@ pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
         kv.spawn_sweeper(KV_SWEEP_INTERVAL);
     }
     let replay = Arc::new(MemoryReplay::new(replay));
+    let bus: Arc<dyn crate::backend::Bus> = Arc::new(MemoryBus::with_replay(
+        Arc::clone(&hub),
+        Arc::clone(&replay),
+    ));
     Backends {
-        bus: Arc::new(MemoryBus::with_replay(hub, Arc::clone(&replay))),
+        groups: Groups::new(
+            Arc::new(MemoryGroups::new()),
+            hub,
+            Arc::clone(&bus),
+            DEFAULT_MEMBER_TTL,
+        ),
+        bus,
         replay,
         kv,
         ratelimit: Arc::new(MemoryRateLimiter::new()),
@@ -58,7 +71,7 @@ pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
         idempotency: Arc::new(MemoryIdempotency::new()),
         presence: Arc::new(MemoryPresence::new()),
         publish_rates: Arc::new(PublishRates::new(Arc::new(MemoryRateBoard::new()))),
-        groups: Arc::new(MemoryGroups::new()),
         cursors: Arc::new(MemoryCursors::new()),
+        presence_events: Arc::new(MemoryPresenceOutbox::new()),
     }
 }
