@@ -277,6 +277,7 @@ pub async fn serve_config(
     let presence = Presence::new(
         Arc::clone(&backends.presence),
         Arc::clone(&backends.bus),
+        Arc::clone(&hub),
         config.presence.settings(),
     );
     // Every plan a tenant could be given, including their own overrides.

@@ -365,6 +365,40 @@ impl Hub {
         report
     }
 
+    /// Send `event` with JSON `data_json` to this process's live
+    /// subscribers of `topic` of `tenant` **without a seq** (the seeds'
+    /// `send`: a notice about the topic, not one of its events; it takes no
+    /// seq and is not numbered). Subscribers whose events are held (a
+    /// catch-up in progress) do not get it. Returns how many queues took it.
+    pub fn send(&self, tenant: &TenantId, topic: &str, event: &str, data_json: &str) -> usize {
+        let Some(entry) = self.lookup(tenant, topic) else {
+            return 0;
+        };
+        let t = entry.lock();
+        let frame = Utf8Bytes::from(protocol::envelope(
+            wire_topic(topic),
+            event,
+            data_json,
+            None,
+        ));
+        let mut delivered = 0;
+        let mut dropped = 0;
+        for sink in t.subscribers.values() {
+            if let Sink::Live(queue) = sink {
+                match queue.try_send(Outbound::Text(frame.clone())) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        drop(t);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        delivered
+    }
+
     /// Total frames dropped because a subscriber's queue was full, since start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -741,6 +775,22 @@ mod tests {
         hub.publish(&tid("acme"), "__group:g", "all", "2");
         assert!(rx.recv().await.is_some());
         assert!(other_rx.recv().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn send_reaches_live_subscribers_without_a_seq() {
+        let hub = Hub::new();
+        let (tx, mut rx) = mpsc::channel(16);
+        let conn = hub.connect(tid("acme"), tx, 100);
+        conn.subscribe("t").unwrap();
+        assert_eq!(hub.send(&tid("acme"), "t", "heartbeat", "[]"), 1);
+        assert_eq!(hub.send(&tid("acme"), "other", "heartbeat", "[]"), 0);
+        assert_eq!(
+            text(rx.recv().await.unwrap()),
+            r#"{"topic":"t","event":"heartbeat","data":[]}"#
+        );
+        // Not numbered: the next publish is still seq 1.
+        assert_eq!(hub.publish(&tid("acme"), "t", "e", "1").seq, Some(1));
     }
 
     #[tokio::test]

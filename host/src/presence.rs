@@ -45,6 +45,7 @@ use tokio::time::Instant;
 
 use crate::backend::presence::{ConnRef, Member, PresenceStore};
 use crate::backend::{BackendError, Bus};
+use crate::hub::Hub;
 use crate::presence_events::PresenceEvents;
 use crate::tenant::TenantId;
 
@@ -138,6 +139,9 @@ struct Tracked {
 pub struct Presence {
     store: Arc<dyn PresenceStore>,
     bus: Arc<dyn Bus>,
+    /// This host's hub, for the `heartbeat` frames (sent to its own
+    /// subscribers only).
+    hub: Arc<Hub>,
     instance: String,
     settings: PresenceSettings,
     tracked: Mutex<HashMap<String, Tracked>>,
@@ -153,16 +157,19 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// Presence kept in `store`, announced through `bus`, for this host
-    /// (a fresh instance id).
+    /// Presence kept in `store`, announced through `bus`, with `heartbeat`
+    /// frames to the subscribers in `hub`, for this host (a fresh instance
+    /// id).
     pub fn new(
         store: Arc<dyn PresenceStore>,
         bus: Arc<dyn Bus>,
+        hub: Arc<Hub>,
         settings: PresenceSettings,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             store,
             bus,
+            hub,
             instance: uuid::Uuid::new_v4().to_string(),
             settings,
             tracked: Mutex::new(HashMap::new()),
@@ -418,6 +425,38 @@ impl Presence {
                 }
             }
         }
+        self.send_heartbeats().await;
+    }
+
+    /// Send this host's subscribers of every topic it holds presence on
+    /// `heartbeat` `[key, …]`: everyone present now (the seeds' frame,
+    /// which lets clients drop entries whose leave they missed). One store
+    /// read per topic; sent without a seq, to local subscribers only.
+    async fn send_heartbeats(&self) {
+        let mut topics: Vec<(TenantId, String)> = self
+            .tracked
+            .lock()
+            .values()
+            .flat_map(|t| {
+                t.topics
+                    .keys()
+                    .map(|topic| (t.tenant.clone(), topic.clone()))
+            })
+            .collect();
+        topics.sort();
+        topics.dedup();
+        for (tenant, topic) in topics {
+            match self.store.members(&tenant, &topic).await {
+                Ok(members) => {
+                    let keys: Vec<&str> = members.iter().map(|m| m.key.as_str()).collect();
+                    let json = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".to_owned());
+                    self.hub.send(&tenant, &channel(&topic), "heartbeat", &json);
+                }
+                Err(e) => {
+                    tracing::debug!(%tenant, topic, error = %e, "presence heartbeat frame skipped");
+                }
+            }
+        }
     }
 
     /// Run [`Presence::maintain`] every heartbeat over the tenants `tenants`
@@ -443,7 +482,7 @@ mod tests {
     use super::*;
     use crate::backend::memory::MemoryBus;
     use crate::backend::presence::memory::MemoryPresence;
-    use crate::hub::{Hub, Outbound};
+    use crate::hub::Outbound;
     use serde_json::{Value, json};
     use tokio::sync::mpsc;
 
@@ -467,6 +506,7 @@ mod tests {
         let presence = Presence::new(
             store,
             bus,
+            Arc::clone(&hub),
             PresenceSettings {
                 heartbeat: ttl / 3,
                 ttl,
@@ -522,7 +562,7 @@ mod tests {
         let crashed = host(Arc::clone(&store), ttl);
         let alive = host(store, ttl);
         let t = tid("acme");
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = mpsc::channel(64);
         let watcher = alive.hub.connect(t.clone(), tx, 10);
         watcher.subscribe(&channel("room:1")).unwrap();
         crashed
@@ -543,9 +583,28 @@ mod tests {
             tokio::time::sleep(ttl / 3).await;
             alive.presence.maintain(std::slice::from_ref(&t)).await;
         }
-        let left = frame(rx.recv().await.unwrap());
-        assert_eq!(left["data"], json!({"joins":{},"leaves":{"ann":1}}));
-        assert!(rx.try_recv().is_err(), "reported once; bob stays");
+        tokio::time::sleep(COALESCE * 2).await;
+        let mut diffs = Vec::new();
+        let mut heartbeats = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            let f = frame(o);
+            match f["event"].as_str() {
+                Some("heartbeat") => {
+                    assert!(f.get("seq").is_none(), "heartbeats are not numbered");
+                    heartbeats.push(f["data"].clone());
+                }
+                _ => diffs.push(f["data"].clone()),
+            }
+        }
+        assert_eq!(
+            diffs,
+            [json!({"joins":{},"leaves":{"ann":1}})],
+            "reported once; bob stays"
+        );
+        // Each heartbeat lists who is present: both until ann expired.
+        assert_eq!(heartbeats.len(), 5);
+        assert_eq!(heartbeats.last(), Some(&json!(["bob"])));
+        assert!(heartbeats.contains(&json!(["ann", "bob"])));
         let members = alive
             .presence
             .join(&t, "c2", "bob", "room:1", "2")
@@ -646,11 +705,18 @@ mod tests {
         );
         // The stalled host notices the lapse and joins ann again.
         stalled.presence.maintain(&[]).await;
-        let back = tokio::time::timeout(Duration::from_secs(2), rx.recv())
-            .await
-            .expect("the rejoin is announced")
-            .unwrap();
-        let back = frame(back);
+        let back = loop {
+            let f = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                .await
+                .expect("the rejoin is announced")
+                .unwrap();
+            let f = frame(f);
+            // (The heartbeat frame of this maintenance comes first.)
+            if f["event"] != "heartbeat" {
+                break f;
+            }
+            assert_eq!(f["data"], json!(["ann", "zed"]));
+        };
         assert_eq!(back["data"]["joins"], json!({"ann": 1}), "{back}");
         let members = other
             .presence

@@ -947,6 +947,12 @@ fn documented_server_frames() -> Vec<String> {
             Some(13),
         ),
         envelope(
+            "__presence:room:lobby",
+            "heartbeat",
+            r#"["ann","bob"]"#,
+            None,
+        ),
+        envelope(
             "__group:lobby",
             "members",
             &crate::groups::members_json([Role::Admin, Role::Viewer]),
