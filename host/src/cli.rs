@@ -25,29 +25,15 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
 use crate::admin_client::{self, AdminCommand};
-use crate::backend::cursor::redis::RedisCursors;
-use crate::backend::groups::GroupStore;
 use crate::backend::groups::memory::MemoryGroups;
-use crate::backend::groups::redis::RedisGroups;
-use crate::backend::idempotency::redis::RedisIdempotency;
-use crate::backend::lock::redis::RedisLock;
 use crate::backend::memory;
-use crate::backend::presence::redis::RedisPresence;
-use crate::backend::presence_events::redis::RedisPresenceOutbox;
-use crate::backend::publish_rate::PublishRates;
-use crate::backend::publish_rate::redis::RedisRateBoard;
-use crate::backend::ratelimit::redis::RedisRateLimiter;
-use crate::backend::redis::bus::RedisBus;
-use crate::backend::redis::kv::RedisKv;
-use crate::backend::redis::sharded_bus::RedisShardedBus;
-use crate::backend::replay::RedisReplay;
 use crate::backend::{Backends, redis as redis_backend};
 use crate::bundled;
 use crate::catalog::CatalogStore;
 use crate::catalog::disk::DiskCatalog;
 use crate::catalog::memory::MemoryCatalog;
 use crate::catalog::postgres::PostgresCatalog;
-use crate::config::{BusMode, Config, ConfigError, PluginSource};
+use crate::config::{Config, ConfigError, PluginSource};
 use crate::control::{Control, ControlError, ControlSettings};
 use crate::cursors::Cursors;
 use crate::groups::Groups;
@@ -455,9 +441,9 @@ pub async fn serve_config(
 }
 
 /// The backends `config` asks for: in memory, or on Redis (`[redis]`, per
-/// extension) — the bus then fans out through `hub` on every host.
+/// extension, and per tenant with `tenant_urls`) — the bus then fans out
+/// through `hub` on every host.
 async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, CliError> {
-    use crate::backend::breaker::{self, BreakerConfig, CircuitBreaker};
     let replay = config.replay.settings();
     let Some(r) = &config.redis else {
         let mut backends = memory::backends_with_replay(Arc::clone(hub), replay);
@@ -469,98 +455,9 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
         );
         return Ok(backends);
     };
-    let conn = redis_backend::connect(&r.url)
+    let backends = redis_backend::fleet_backends(r, hub, replay, config.groups.member_ttl())
         .await
         .map_err(CliError::Redis)?;
-    // One breaker for every backend on this Redis, probed with PING while
-    // broken (the prober ends with the breaker).
-    let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
-    breaker::spawn_redis_prober(&breaker, conn.clone());
-    let mut backends = memory::backends_with_replay(Arc::clone(hub), replay);
-    if r.bus {
-        // The replay buffers follow the bus: its publish script numbers and
-        // buffers each event in one step (one seq source).
-        let bus: Arc<dyn crate::backend::Bus> = match r.bus_mode {
-            BusMode::Pubsub => RedisBus::start_configured(
-                conn.clone(),
-                &r.url,
-                r.namespace.clone(),
-                Arc::clone(hub),
-                Arc::clone(&breaker),
-                replay,
-            )
-            .await
-            .map_err(CliError::Redis)?,
-            BusMode::Sharded => RedisShardedBus::start(
-                conn.clone(),
-                &r.url,
-                r.namespace.clone(),
-                Arc::clone(hub),
-                Arc::clone(&breaker),
-                replay,
-            )
-            .await
-            .map_err(CliError::Redis)?,
-        };
-        backends.bus = bus;
-        backends.replay = Arc::new(RedisReplay::new(
-            conn.clone(),
-            r.namespace.clone(),
-            Arc::clone(&breaker),
-        ));
-    }
-    if r.kv {
-        backends.kv = Arc::new(
-            RedisKv::new(conn.clone(), r.namespace.clone()).with_breaker(Arc::clone(&breaker)),
-        );
-    }
-    let ns = || r.namespace.clone();
-    if r.ratelimit {
-        backends.ratelimit = Arc::new(RedisRateLimiter::new(
-            conn.clone(),
-            ns(),
-            Arc::clone(&breaker),
-        ));
-    }
-    if r.lock {
-        backends.lock = Arc::new(RedisLock::new(conn.clone(), ns(), Arc::clone(&breaker)));
-    }
-    if r.idempotency {
-        backends.idempotency = Arc::new(RedisIdempotency::new(
-            conn.clone(),
-            ns(),
-            Arc::clone(&breaker),
-        ));
-    }
-    if r.presence {
-        backends.presence = Arc::new(RedisPresence::new(conn.clone(), ns(), Arc::clone(&breaker)));
-        backends.presence_events = Arc::new(RedisPresenceOutbox::new(
-            conn.clone(),
-            ns(),
-            Arc::clone(&breaker),
-        ));
-    }
-    let group_store: Arc<dyn GroupStore> = if r.groups {
-        Arc::new(RedisGroups::new(conn.clone(), ns(), Arc::clone(&breaker)))
-    } else {
-        Arc::new(MemoryGroups::new())
-    };
-    backends.groups = Groups::new(
-        group_store,
-        Arc::clone(hub),
-        Arc::clone(&backends.bus),
-        config.groups.member_ttl(),
-    );
-    if r.cursors {
-        backends.cursors = Arc::new(RedisCursors::new(conn.clone(), ns(), Arc::clone(&breaker)));
-    }
-    if r.publish_rates {
-        backends.publish_rates = Arc::new(PublishRates::new(Arc::new(RedisRateBoard::new(
-            conn,
-            ns(),
-            breaker,
-        ))));
-    }
     tracing::info!(
         namespace = %r.namespace,
         bus = r.bus,
@@ -573,6 +470,7 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
         publish_rates = r.publish_rates,
         groups = r.groups,
         cursors = r.cursors,
+        tenants_with_own_redis = r.tenant_urls.len(),
         "Redis backends connected"
     );
     Ok(backends)

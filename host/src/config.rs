@@ -199,6 +199,13 @@ pub struct RedisSettings {
     /// Per-extension override: cursors on Redis. Default true.
     #[serde(default = "yes")]
     pub cursors: bool,
+    /// Tenants whose data lives on a Redis of their own (the "instance per
+    /// tenant" tier): tenant id → URL (the `[redis.tenant_urls]` table).
+    /// Every Redis-backed extension of such a tenant uses that Redis, with
+    /// its own connection, bus and circuit breaker; tenants naming the same
+    /// URL share it. Every host of a fleet needs the same map. Default none.
+    #[serde(default)]
+    pub tenant_urls: std::collections::BTreeMap<crate::tenant::TenantId, String>,
 }
 
 /// How the Redis bus carries events between hosts (`[redis] bus_mode`).
@@ -239,6 +246,14 @@ impl std::fmt::Debug for RedisSettings {
             .field("publish_rates", &self.publish_rates)
             .field("groups", &self.groups)
             .field("cursors", &self.cursors)
+            .field(
+                "tenant_urls",
+                &self
+                    .tenant_urls
+                    .keys()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -739,6 +754,11 @@ impl Config {
             if r.url.trim().is_empty() {
                 return Err(ConfigError::Invalid("redis.url must not be empty".into()));
             }
+            if let Some((tenant, _)) = r.tenant_urls.iter().find(|(_, u)| u.trim().is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "redis.tenant_urls.{tenant} must not be empty"
+                )));
+            }
         }
         if let Some(pg) = &file.postgres {
             let s = pg.registry_schema.as_bytes();
@@ -896,6 +916,37 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("/etc/tenantry"))
+    }
+
+    #[test]
+    fn redis_tenant_urls() {
+        let c = parse(
+            "[redis]\nurl = \"redis://u:secret@shared\"\n\
+             [redis.tenant_urls]\nacme = \"redis://u:secret@own\"\nbeta = \"redis://own2\"\n",
+        )
+        .unwrap();
+        let r = c.redis.clone().unwrap();
+        let ids: Vec<&str> = r.tenant_urls.keys().map(|t| t.as_str()).collect();
+        assert_eq!(ids, ["acme", "beta"]);
+        assert_eq!(
+            r.tenant_urls[&TenantId::parse("acme").unwrap()],
+            "redis://u:secret@own"
+        );
+        // URLs may hold passwords: never printed.
+        let debug = format!("{r:?}");
+        assert!(
+            !debug.contains("secret") && !debug.contains("own2"),
+            "{debug}"
+        );
+        assert!(debug.contains("acme"), "{debug}");
+        // Not a tenant id, or no URL: refused.
+        for bad in ["\"Not_A_Tenant\" = \"redis://x\"", "acme = \" \""] {
+            let text = format!("[redis]\nurl = \"redis://x\"\n[redis.tenant_urls]\n{bad}\n");
+            assert!(parse(&text).is_err(), "{bad}");
+        }
+        // Without the table: nobody has a Redis of their own.
+        let c = parse("[redis]\nurl = \"redis://x\"\n").unwrap();
+        assert!(c.redis.unwrap().tenant_urls.is_empty());
     }
 
     #[test]

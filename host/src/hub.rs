@@ -23,15 +23,17 @@
 //! remarks above on seq 1 and removed topics then apply to Redis's seq key
 //! instead (see that module).
 //!
-//! **Topic observer**: [`Hub::observe_topics`] lets one listener (the
+//! **Topic observers**: [`Hub::observe_topics`] lets a listener (the
 //! sharded Redis bus, which subscribes in Redis only to the topics this host
-//! has subscribers for) learn when a `(tenant, topic)` gets its first local
-//! subscriber ([`TopicEvent::Occupied`]) and loses its last
-//! ([`TopicEvent::Vacated`]). The hub offers each event with `try_send` on a
-//! bounded queue after releasing its locks, so it never waits for the
-//! listener; when the queue is full the event is dropped and the listener
-//! is told to resynchronise from [`Hub::topics`] instead (see
-//! [`TopicEvents`]).
+//! has subscribers for) learn when a `(tenant, topic)` of the tenants it
+//! serves (a [`TenantScope`]) gets its first local subscriber
+//! ([`TopicEvent::Occupied`]) and loses its last ([`TopicEvent::Vacated`]).
+//! There is one listener per Redis a host uses (tenants with a Redis of
+//! their own have their own bus). The hub offers each event with `try_send`
+//! on each interested listener's bounded queue after releasing its locks, so
+//! it never waits for a listener; when a queue is full the event is dropped
+//! and that listener is told to resynchronise from [`Hub::topics`] instead
+//! (see [`TopicEvents`]).
 //!
 //! **Qualified topics**: a hub topic may carry a qualifier after
 //! [`QUALIFIER`] (a byte no wire topic contains): `__group:lobby\x1fadmin`
@@ -56,7 +58,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc};
 
 use crate::protocol;
-use crate::tenant::TenantId;
+use crate::tenant::{TenantId, TenantScope};
 
 /// Number of shards of the topic table (a power of two).
 const SHARDS: usize = 16;
@@ -130,6 +132,7 @@ pub enum TopicEvent {
 
 /// The hub's side of [`Hub::observe_topics`].
 struct Observer {
+    scope: TenantScope,
     events: mpsc::Sender<TopicEvent>,
     lost: Arc<LostEvents>,
 }
@@ -163,8 +166,7 @@ pub enum TopicChanges {
 
 impl TopicEvents {
     /// Wait for the next events (at most `limit`, at least 1) or for word
-    /// that some were dropped. `None` once the hub is gone or observed by
-    /// a newer listener.
+    /// that some were dropped. `None` once the hub is gone.
     pub async fn recv(&mut self, limit: usize) -> Option<TopicChanges> {
         loop {
             if self.lost.lost.swap(false, Ordering::AcqRel) {
@@ -221,8 +223,8 @@ pub struct Hub {
     hasher: std::collections::hash_map::RandomState,
     next_connection: AtomicU64,
     dropped: AtomicU64,
-    /// The listener of [`Hub::observe_topics`], if any.
-    observer: RwLock<Option<Observer>>,
+    /// The listeners of [`Hub::observe_topics`].
+    observers: RwLock<Vec<Observer>>,
 }
 
 impl Default for Hub {
@@ -232,7 +234,7 @@ impl Default for Hub {
             hasher: Default::default(),
             next_connection: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
-            observer: RwLock::new(None),
+            observers: RwLock::new(Vec::new()),
         }
     }
 }
@@ -435,16 +437,19 @@ impl Hub {
             .sum()
     }
 
-    /// Report topic changes to a listener from now on, through a queue of
-    /// `capacity` events (at least 1): see [`TopicEvent`] and
-    /// [`TopicEvents`]. The listener learns only changes, so it takes the
-    /// current state from [`Hub::topics`] after this call. A hub has one
-    /// listener; a new call replaces the previous one (whose
-    /// [`TopicEvents::recv`] then returns `None`).
-    pub fn observe_topics(&self, capacity: usize) -> TopicEvents {
+    /// Report the topic changes of the tenants in `scope` to a new listener
+    /// from now on, through a queue of `capacity` events (at least 1): see
+    /// [`TopicEvent`] and [`TopicEvents`]. The listener learns only
+    /// changes, so it takes the current state from [`Hub::topics`] after
+    /// this call. A hub may have several listeners (each for its own
+    /// tenants); one whose [`TopicEvents`] is dropped is forgotten.
+    pub fn observe_topics(&self, capacity: usize, scope: TenantScope) -> TopicEvents {
         let (events, rx) = mpsc::channel(capacity.max(1));
         let lost = Arc::new(LostEvents::default());
-        *self.observer.write() = Some(Observer {
+        let mut observers = self.observers.write();
+        observers.retain(|o| !o.events.is_closed());
+        observers.push(Observer {
+            scope,
             events,
             lost: Arc::clone(&lost),
         });
@@ -466,16 +471,19 @@ impl Hub {
             .collect()
     }
 
-    /// Offer `event` to the listener, if any, without waiting: a full queue
-    /// drops it and tells the listener to resynchronise.
+    /// Offer `event` to each listener of its tenant without waiting: a full
+    /// queue drops it and tells that listener to resynchronise.
     fn report(&self, event: TopicEvent) {
-        let observer = self.observer.read();
-        let Some(observer) = observer.as_ref() else {
-            return;
+        let observers = self.observers.read();
+        let tenant = match &event {
+            TopicEvent::Occupied(t, _) | TopicEvent::Vacated(t, _) => t,
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = observer.events.try_send(event) {
-            observer.lost.lost.store(true, Ordering::Release);
-            observer.lost.wake.notify_one();
+        for observer in observers.iter().filter(|o| o.scope.contains(tenant)) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = observer.events.try_send(event.clone())
+            {
+                observer.lost.lost.store(true, Ordering::Release);
+                observer.lost.wake.notify_one();
+            }
         }
     }
 
@@ -1057,7 +1065,7 @@ mod tests {
         let a = hub.connect(tid("acme"), tx.clone(), 10);
         let b = hub.connect(tid("acme"), tx.clone(), 10);
         a.subscribe("before").unwrap();
-        let mut events = hub.observe_topics(16);
+        let mut events = hub.observe_topics(16, TenantScope::All);
         assert_eq!(hub.topics(), vec![(tid("acme"), Box::from("before"))]);
         a.subscribe("t").unwrap();
         b.subscribe("t").unwrap();
@@ -1101,7 +1109,7 @@ mod tests {
         let hub = Hub::new();
         let (tx, _rx) = mpsc::channel(16);
         let conn = hub.connect(tid("acme"), tx, 10);
-        let mut events = hub.observe_topics(2);
+        let mut events = hub.observe_topics(2, TenantScope::All);
         for topic in ["a", "b", "c"] {
             conn.subscribe(topic).unwrap();
         }
@@ -1119,8 +1127,34 @@ mod tests {
         );
         // A wake whose word was taken does not end a wait early.
         assert_nothing_queued(&mut events).await;
-        // A newer listener replaces this one.
-        let _newer = hub.observe_topics(2);
-        assert_eq!(events.recv(10).await, None);
+    }
+
+    #[tokio::test]
+    async fn each_observer_hears_only_the_tenants_it_serves() {
+        let hub = Hub::new();
+        let (tx, _rx) = mpsc::channel(16);
+        let own: Arc<HashSet<TenantId>> = Arc::new([tid("beta")].into_iter().collect());
+        let mut shared = hub.observe_topics(8, TenantScope::AllBut(Arc::clone(&own)));
+        let mut dedicated = hub.observe_topics(8, TenantScope::Only(own));
+        let gone = hub.observe_topics(8, TenantScope::All);
+        drop(gone);
+        let acme = hub.connect(tid("acme"), tx.clone(), 10);
+        let beta = hub.connect(tid("beta"), tx, 10);
+        acme.subscribe("t").unwrap();
+        beta.subscribe("t").unwrap();
+        let occupied = |t: &str| TopicEvent::Occupied(tid(t), Box::from("t"));
+        assert_eq!(
+            shared.recv(10).await,
+            Some(TopicChanges::Events(vec![occupied("acme")]))
+        );
+        assert_eq!(
+            dedicated.recv(10).await,
+            Some(TopicChanges::Events(vec![occupied("beta")]))
+        );
+        assert_nothing_queued(&mut shared).await;
+        assert_nothing_queued(&mut dedicated).await;
+        // A dropped listener is forgotten at the next registration.
+        let _again = hub.observe_topics(8, TenantScope::All);
+        assert_eq!(hub.observers.read().len(), 3);
     }
 }

@@ -3,7 +3,7 @@
 //! The tenant of a connection is decided by the server from server-trust
 //! facts only (path, subdomain, trusted header); see [`crate::server`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +68,32 @@ impl fmt::Display for TenantId {
 impl fmt::Debug for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TenantId({})", &self.0)
+    }
+}
+
+/// A set of tenants named by what it leaves out or keeps: which tenants one
+/// backend serves when tenants are spread over several (a tenant with a
+/// Redis of its own is served by that Redis's backends, every other tenant
+/// by the shared one). Cheap to clone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TenantScope {
+    /// Every tenant.
+    #[default]
+    All,
+    /// Every tenant but these.
+    AllBut(Arc<HashSet<TenantId>>),
+    /// Only these tenants.
+    Only(Arc<HashSet<TenantId>>),
+}
+
+impl TenantScope {
+    /// Whether `tenant` is in the set.
+    pub fn contains(&self, tenant: &TenantId) -> bool {
+        match self {
+            TenantScope::All => true,
+            TenantScope::AllBut(out) => !out.contains(tenant),
+            TenantScope::Only(only) => only.contains(tenant),
+        }
     }
 }
 

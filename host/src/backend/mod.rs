@@ -18,6 +18,7 @@ pub mod publish_rate;
 pub mod ratelimit;
 pub mod redis;
 pub mod replay;
+pub mod routed;
 
 use std::sync::Arc;
 use std::time::Duration;

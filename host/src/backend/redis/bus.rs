@@ -113,7 +113,7 @@ use crate::backend::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::backend::replay::ReplaySettings;
 use crate::backend::{BackendError, Bus};
 use crate::hub::Hub;
-use crate::tenant::TenantId;
+use crate::tenant::{TenantId, TenantScope};
 
 /// First wait before resubscribing after the subscription was lost.
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -217,13 +217,17 @@ impl RedisBus {
             hub,
             breaker,
             ReplaySettings::default(),
+            TenantScope::All,
         )
         .await
     }
 
     /// As [`RedisBus::start_with_breaker`], buffering events for replay as
     /// `replay` says (its `size` and `ttl`; the memory-only bounds do not
-    /// apply).
+    /// apply), for the tenants of `scope` only: their events are delivered
+    /// from this Redis and they get this breaker's notices (a host using
+    /// several Redis servers has a bus on each, see
+    /// [`crate::backend::routed`]).
     pub async fn start_configured(
         conn: ConnectionManager,
         url: &str,
@@ -231,6 +235,7 @@ impl RedisBus {
         hub: Arc<Hub>,
         breaker: Arc<CircuitBreaker>,
         replay: ReplaySettings,
+        scope: TenantScope,
     ) -> Result<Arc<RedisBus>, BackendError> {
         check_namespace(&namespace)?;
         let client = Client::open(url)
@@ -243,6 +248,7 @@ impl RedisBus {
             hub: Arc::clone(&hub),
             breaker: breaker.subscribe(),
             subscribed: Arc::clone(&subscribed),
+            scope: scope.clone(),
         };
         let pubsub = subscriber.subscribe().await.map_err(|e| {
             BackendError::Unavailable(format!("cannot subscribe to the Redis bus: {e}"))
@@ -250,7 +256,7 @@ impl RedisBus {
         tracing::info!(namespace, "Redis bus subscribed");
         subscribed.store(true, Ordering::Release);
         let task = tokio::spawn(subscriber.run(pubsub));
-        let fallback = LocalFallback::new(namespace.clone(), Arc::clone(&hub));
+        let fallback = LocalFallback::new(namespace.clone(), Arc::clone(&hub), scope);
         let notices = fallback.spawn_notices(&breaker);
         Ok(Arc::new(RedisBus {
             pipeline: PublishPipeline::start(conn, Script::new(PUBLISH_SCRIPT), replay),
@@ -573,16 +579,20 @@ fn publish_error(e: &RedisError) -> BackendError {
 pub(crate) struct LocalFallback {
     namespace: String,
     hub: Arc<Hub>,
+    /// The tenants whose `__realtime` subscribers hear this bus's notices.
+    scope: TenantScope,
     /// Whether this outage's local-only publishing was logged.
     degradation_logged: Arc<AtomicBool>,
 }
 
 impl LocalFallback {
-    /// Fallback publishing into `hub` for the bus of `namespace`.
-    pub(crate) fn new(namespace: String, hub: Arc<Hub>) -> Self {
+    /// Fallback publishing into `hub` for the bus of `namespace` serving
+    /// the tenants of `scope`.
+    pub(crate) fn new(namespace: String, hub: Arc<Hub>, scope: TenantScope) -> Self {
         Self {
             namespace,
             hub,
+            scope,
             degradation_logged: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -614,6 +624,7 @@ impl LocalFallback {
         tokio::spawn(send_notices(
             breaker.subscribe(),
             Arc::clone(&self.hub),
+            self.scope.clone(),
             Arc::clone(&self.degradation_logged),
         ))
     }
@@ -627,10 +638,11 @@ fn unix_ms() -> u64 {
 }
 
 /// Send `event` with `{"at": <unix ms>}` on [`REALTIME_TOPIC`] to the local
-/// subscribers of each tenant separately.
-fn notify_tenants(hub: &Hub, event: &str) {
+/// subscribers of each tenant of `scope` separately.
+fn notify_tenants(hub: &Hub, scope: &TenantScope, event: &str) {
     let data = format!("{{\"at\":{}}}", unix_ms());
-    for tenant in hub.tenants_subscribed_to(REALTIME_TOPIC) {
+    let tenants = hub.tenants_subscribed_to(REALTIME_TOPIC);
+    for tenant in tenants.into_iter().filter(|t| scope.contains(t)) {
         hub.publish(&tenant, REALTIME_TOPIC, event, &data);
     }
 }
@@ -640,6 +652,7 @@ fn notify_tenants(hub: &Hub, event: &str) {
 async fn send_notices(
     mut states: watch::Receiver<BreakerState>,
     hub: Arc<Hub>,
+    scope: TenantScope,
     degradation_logged: Arc<AtomicBool>,
 ) {
     let mut degraded = false;
@@ -648,13 +661,13 @@ async fn send_notices(
         match state {
             BreakerState::Broken if !degraded => {
                 degraded = true;
-                notify_tenants(&hub, "degraded");
+                notify_tenants(&hub, &scope, "degraded");
             }
             BreakerState::Healthy if degraded => {
                 degraded = false;
                 degradation_logged.store(false, Ordering::Relaxed);
                 tracing::info!("Redis bus recovered: publishing through Redis again");
-                notify_tenants(&hub, "recovered");
+                notify_tenants(&hub, &scope, "recovered");
             }
             _ => {}
         }
@@ -725,6 +738,8 @@ struct Subscriber {
     breaker: watch::Receiver<BreakerState>,
     /// Whether the subscription is active (read by publish).
     subscribed: Arc<AtomicBool>,
+    /// The tenants this bus serves: messages of others are skipped.
+    scope: TenantScope,
 }
 
 impl Subscriber {
@@ -814,6 +829,7 @@ impl Subscriber {
         deliver(
             &self.hub,
             &self.namespace,
+            &self.scope,
             Channel::Bus,
             channel,
             msg.get_payload_bytes(),
@@ -827,11 +843,27 @@ pub(crate) fn timed_out(what: &'static str) -> RedisError {
 }
 
 /// Hand the message `payload` received on `channel` (of kind `kind`) to
-/// `hub`, or log and skip it if it is malformed.
-pub(crate) fn deliver(hub: &Hub, namespace: &str, kind: Channel, channel: &str, payload: &[u8]) {
+/// `hub` if its tenant is in `scope` (a tenant whose events go through
+/// another Redis is never delivered from this one), or log and skip it if
+/// it is malformed.
+pub(crate) fn deliver(
+    hub: &Hub,
+    namespace: &str,
+    scope: &TenantScope,
+    kind: Channel,
+    channel: &str,
+    payload: &[u8],
+) {
     match parse_message(namespace, kind, channel, payload) {
-        Ok(m) => {
+        Ok(m) if scope.contains(&m.tenant) => {
             hub.deliver(&m.tenant, m.topic, m.event, m.data, m.seq);
+        }
+        Ok(m) => {
+            tracing::warn!(
+                channel,
+                tenant = %m.tenant,
+                "skipping a Redis bus message of a tenant served by another Redis"
+            );
         }
         Err(e) => {
             tracing::warn!(channel, error = %e, "skipping malformed Redis bus message");
@@ -1370,6 +1402,7 @@ mod tests {
             hub: Hub::new(),
             breaker: watch::channel(BreakerState::Healthy).1,
             subscribed: Arc::new(AtomicBool::new(false)),
+            scope: TenantScope::All,
         };
         let (mut sink, mut stream) = subscriber.subscribe().await.unwrap().split();
         let channel = TenantKeys::new(&ns, &tid("acme")).fixed("bus");

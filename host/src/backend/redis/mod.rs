@@ -12,6 +12,7 @@
 //! (`backend::{replay, ratelimit, lock, idempotency, presence, groups,
 //! cursor, publish_rate}::redis`) and share the call helpers below.
 
+pub mod backends;
 pub mod bus;
 pub mod keys;
 pub mod kv;
@@ -20,6 +21,8 @@ pub mod sharded_bus;
 pub(crate) mod test_support;
 
 use std::time::Duration;
+
+pub use backends::{RedisBackends, fleet_backends};
 
 use redis::RedisError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

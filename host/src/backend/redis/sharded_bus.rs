@@ -94,7 +94,7 @@ use crate::backend::breaker::{BreakerState, CircuitBreaker};
 use crate::backend::replay::ReplaySettings;
 use crate::backend::{BackendError, Bus};
 use crate::hub::{Hub, TopicChanges, TopicEvent, TopicEvents};
-use crate::tenant::TenantId;
+use crate::tenant::{TenantId, TenantScope};
 
 /// Capacity of the hub's topic-event queue (past it the bus compares the
 /// whole set of topics instead of single changes).
@@ -126,8 +126,10 @@ impl RedisShardedBus {
     /// buffering for replay as `replay` says (its `size` and `ttl`).
     /// Returns once subscribed: `Unavailable` if Redis cannot be reached or
     /// the URL is invalid, `Invalid` if `namespace` is not `[a-z0-9_-]+`.
-    /// The bus takes over the hub's topic observer
-    /// ([`Hub::observe_topics`]).
+    /// The bus serves the tenants of `scope` (all but those with a Redis of
+    /// their own, or only those: see [`crate::backend::routed`]): it
+    /// follows their topics through a hub topic observer
+    /// ([`Hub::observe_topics`]) and sends them its breaker's notices.
     pub async fn start(
         conn: ConnectionManager,
         url: &str,
@@ -135,6 +137,7 @@ impl RedisShardedBus {
         hub: Arc<Hub>,
         breaker: Arc<CircuitBreaker>,
         replay: ReplaySettings,
+        scope: TenantScope,
     ) -> Result<Arc<RedisShardedBus>, BackendError> {
         check_namespace(&namespace)?;
         let client = resp3_client(url)?;
@@ -143,16 +146,17 @@ impl RedisShardedBus {
             client,
             namespace: namespace.clone(),
             hub: Arc::clone(&hub),
-            events: hub.observe_topics(TOPIC_EVENTS),
+            events: hub.observe_topics(TOPIC_EVENTS, scope.clone()),
             follows: Arc::clone(&follows),
             breaker: breaker.subscribe(),
+            scope: scope.clone(),
         };
         let link = follower.connect().await.map_err(|e| {
             BackendError::Unavailable(format!("cannot subscribe to the Redis sharded bus: {e}"))
         })?;
         tracing::info!(namespace, "Redis sharded bus subscribed");
         let task = tokio::spawn(follower.run(link));
-        let fallback = LocalFallback::new(namespace.clone(), Arc::clone(&hub));
+        let fallback = LocalFallback::new(namespace.clone(), Arc::clone(&hub), scope);
         let notices = fallback.spawn_notices(&breaker);
         Ok(Arc::new(RedisShardedBus {
             pipeline: PublishPipeline::start(conn, Script::new(SPUBLISH_SCRIPT), replay),
@@ -320,6 +324,8 @@ struct Follower {
     follows: Arc<Follows>,
     /// The breaker's state: healing cuts a reconnect backoff short.
     breaker: watch::Receiver<BreakerState>,
+    /// The tenants whose topics this bus follows.
+    scope: TenantScope,
 }
 
 impl Follower {
@@ -361,13 +367,13 @@ impl Follower {
     }
 
     /// Follow the hub's changes forever, reconnecting whenever the
-    /// connection is lost. Ends if the hub gets another topic observer.
+    /// connection is lost. Ends when the hub is gone.
     async fn run(mut self, mut link: Link) {
         loop {
             let Some(reason) = self.pump(&mut link).await else {
                 tracing::warn!(
                     namespace = self.namespace,
-                    "Redis sharded bus: the hub is observed by someone else; not following"
+                    "Redis sharded bus: the hub is gone; not following"
                 );
                 self.follows.disconnected();
                 return;
@@ -475,7 +481,7 @@ impl Follower {
             .hub
             .topics()
             .iter()
-            .filter(|(_, topic)| !is_reserved(topic))
+            .filter(|(tenant, topic)| self.scope.contains(tenant) && !is_reserved(topic))
             .map(|(tenant, topic)| (self.channel(tenant, topic), true))
             .collect();
         for channel in self.follows.active.lock().iter() {
@@ -549,7 +555,14 @@ fn handle_push(hub: &Hub, namespace: &str, lost: &Notify, push: PushInfo) {
         PushKind::SMessage => match push.data.as_slice() {
             [Value::BulkString(channel), Value::BulkString(payload)] => {
                 match std::str::from_utf8(channel) {
-                    Ok(channel) => deliver(hub, namespace, Channel::Sharded, channel, payload),
+                    Ok(channel) => deliver(
+                        hub,
+                        namespace,
+                        &TenantScope::All,
+                        Channel::Sharded,
+                        channel,
+                        payload,
+                    ),
                     Err(_) => tracing::warn!("skipping Redis shard message on a non-UTF-8 channel"),
                 }
             }
@@ -588,6 +601,7 @@ mod tests {
             Arc::clone(&hub),
             breaker,
             ReplaySettings::default(),
+            TenantScope::All,
         )
         .await
         .unwrap();
@@ -1010,6 +1024,7 @@ mod tests {
                 Arc::clone(&hub),
                 Arc::clone(&breaker),
                 ReplaySettings::default(),
+                TenantScope::All,
             )
             .await
             .unwrap(),
@@ -1065,6 +1080,7 @@ mod tests {
                 Hub::new(),
                 Arc::new(CircuitBreaker::new("redis", BreakerConfig::default())),
                 ReplaySettings::default(),
+                TenantScope::All,
             )
         };
         for ns in ["", "a:b", "A", "a*"] {

@@ -144,6 +144,7 @@ mod tests {
     use crate::backend::redis::test_support::{Namespace, redis_url};
     use crate::backend::replay::{ReplaySettings, conformance};
     use crate::hub::Hub;
+    use crate::tenant::TenantScope;
 
     async fn pair(ns: &Namespace, settings: ReplaySettings) -> (Arc<RedisBus>, RedisReplay) {
         let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
@@ -155,6 +156,7 @@ mod tests {
             Hub::new(),
             Arc::clone(&breaker),
             settings,
+            TenantScope::All,
         )
         .await
         .unwrap();
