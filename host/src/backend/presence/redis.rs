@@ -21,6 +21,14 @@
 //! separators are unambiguous whatever else (`:`, `}`) they contain. Every
 //! key vanishes when it would be empty.
 //!
+//! **Safety expiry**: every join and heartbeat that sets a deadline also
+//! sets each key it touches to expire [`KEY_GRACE`] after that deadline, so
+//! no key ever expires while it holds a live connection, and a living fleet
+//! removes dead connections (announcing their leaves) long before. If every
+//! host of a fleet is gone (or a tenant's hosts no longer serve it) for that
+//! long, its presence data disappears by itself instead of staying in Redis
+//! forever; the users it held are then never announced as gone.
+//!
 //! # Scripts
 //!
 //! `join`, `leave`, `expire` (per batch), `heartbeat` (per tenant and
@@ -70,6 +78,11 @@ pub const HEARTBEAT_BATCH: usize = 256;
 
 /// `heartbeat` script runs in flight at once (over tenants and batches).
 pub const HEARTBEAT_PARALLEL: usize = 8;
+
+/// How long a presence key outlives the latest deadline written into it
+/// (see the module docs). Long enough that a fleet restarted within it
+/// still expires, and announces, the users of before.
+pub const KEY_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// Connections one `purge_tenant` script run removes.
 pub const PURGE_BATCH: usize = 256;
@@ -146,11 +159,20 @@ local function flag(b)
   if b then return '1' end
   return '0'
 end
+
+-- The keys given expire `keep` ms from now (the safety expiry); keys that
+-- do not exist are left alone.
+local function keep_keys(keep, ...)
+  for _, k in ipairs({...}) do
+    redis.call('PEXPIRE', k, keep)
+  end
+end
 "#;
 
 /// KEYS users, live, conns, deadlines, owners. ARGV topic, user, instance,
 /// conn, data, ttl ms, max users per topic, max conns per user, max conns
-/// per tenant. Returns {'ok', first, topic_was_empty} or {refusal}.
+/// per tenant, safety expiry ms. Returns {'ok', first, topic_was_empty} or
+/// {refusal}.
 const JOIN: &str = r#"
 local users, live, conns, deadlines, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local topic, user, instance, conn, data = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -179,6 +201,7 @@ redis.call('ZADD', deadlines, at, m)
 redis.call('HSET', owners, m, instance)
 redis.call('HSET', users, user, data)
 settle(users, live, conns, user)
+keep_keys(ARGV[10], users, live, conns, deadlines, owners)
 return {'ok', flag(live_conns == 0), flag(was_empty)}
 "#;
 
@@ -236,15 +259,15 @@ return out
 "#;
 
 /// KEYS deadlines, owners. ARGV instance, ttl ms, live prefix, conns
-/// prefix, then topic, user, conn of each connection. Returns how many
-/// were refreshed.
+/// prefix, users prefix, safety expiry ms, then topic, user, conn of each
+/// connection. Returns how many were refreshed.
 const HEARTBEAT: &str = r#"
 local deadlines, owners = KEYS[1], KEYS[2]
 local instance = ARGV[1]
 local at = int(now + tonumber(ARGV[2]))
-local live_p, conns_p = ARGV[3], ARGV[4]
+local live_p, conns_p, users_p, keep = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local refreshed = 0
-for i = 5, #ARGV - 2, 3 do
+for i = 7, #ARGV - 2, 3 do
   local topic, user, conn = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local m = entry(topic, user, conn)
   local current = redis.call('ZSCORE', deadlines, m)
@@ -254,8 +277,12 @@ for i = 5, #ARGV - 2, 3 do
     redis.call('ZADD', conns, at, conn)
     local top = redis.call('ZRANGE', conns, -1, -1, 'WITHSCORES')
     redis.call('ZADD', live_p .. topic, top[2], user)
+    keep_keys(keep, conns, live_p .. topic, users_p .. topic)
     refreshed = refreshed + 1
   end
+end
+if refreshed > 0 then
+  keep_keys(keep, deadlines, owners)
 end
 return refreshed
 "#;
@@ -440,13 +467,21 @@ impl RedisPresence {
             .arg(instance)
             .arg(ttl_ms)
             .arg(names.prefix(LIVE))
-            .arg(names.prefix(CONNS));
+            .arg(names.prefix(CONNS))
+            .arg(names.prefix(USERS))
+            .arg(keep_ms(ttl_ms));
         for c in conns {
             inv.arg(&c.topic).arg(&c.user_key).arg(&c.conn);
         }
         let _refreshed: u64 = self.run("presence heartbeat", &inv).await?;
         Ok(())
     }
+}
+
+/// The safety expiry of keys given a deadline `ttl_ms` from now.
+fn keep_ms(ttl_ms: u64) -> u64 {
+    let grace = u64::try_from(KEY_GRACE.as_millis()).unwrap_or(u64::MAX);
+    ttl_ms.saturating_add(grace)
 }
 
 /// A script reply that is not what the script returns.
@@ -486,7 +521,8 @@ impl PresenceStore for RedisPresence {
             .arg(ttl_ms)
             .arg(self.limits.max_users_per_topic)
             .arg(self.limits.max_conns_per_user)
-            .arg(self.limits.max_conns_per_tenant);
+            .arg(self.limits.max_conns_per_tenant)
+            .arg(keep_ms(ttl_ms));
         let reply: Vec<String> = self.run("presence join", &inv).await?;
         match reply.as_slice() {
             [ok, first, empty] if ok == "ok" => Ok(Joined {
@@ -665,6 +701,52 @@ mod tests {
         let ns = Namespace::new();
         conformance::suite(&store(&ns).await).await;
         assert_eq!(ns.keys(), Vec::<String>::new(), "the suite left keys");
+    }
+
+    /// Every presence key carries the safety expiry: past the deadline of
+    /// the connections it holds, at most [`KEY_GRACE`] after it; a
+    /// heartbeat moves it on.
+    #[tokio::test]
+    async fn presence_keys_expire_by_themselves_after_the_grace() {
+        let ns = Namespace::new();
+        let s = store(&ns).await;
+        let t = tid("acme");
+        s.join(&t, "hall", "ann", "h1", "c1", "{}", LONG)
+            .await
+            .unwrap();
+        let mut conn = ns.conn().await;
+        let grace = u64::try_from(KEY_GRACE.as_millis()).unwrap();
+        let long = u64::try_from(LONG.as_millis()).unwrap();
+        let after_join = key_ttls(&ns, &mut conn).await;
+        assert_eq!(after_join.len(), 5, "{after_join:?}");
+        for (key, ttl) in &after_join {
+            let ttl = u64::try_from(*ttl).unwrap_or(0);
+            assert!(ttl > long && ttl <= long + grace, "{key}: {ttl}");
+        }
+        // A heartbeat with a longer deadline pushes every key further.
+        let refs = [ConnRef {
+            tenant: t.clone(),
+            topic: "hall".into(),
+            user_key: "ann".into(),
+            conn: "c1".into(),
+        }];
+        s.heartbeat("h1", &refs, LONG * 10).await.unwrap();
+        for (key, ttl) in key_ttls(&ns, &mut conn).await {
+            let ttl = u64::try_from(ttl).unwrap_or(0);
+            assert!(ttl > long * 10, "{key}: {ttl}");
+        }
+        s.purge_tenant(&t).await.unwrap();
+        assert_eq!(ns.keys(), Vec::<String>::new());
+    }
+
+    /// Every key of `ns` with its `PTTL`.
+    async fn key_ttls(ns: &Namespace, conn: &mut ConnectionManager) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for key in ns.keys() {
+            let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(conn).await.unwrap();
+            out.push((key, ttl));
+        }
+        out
     }
 
     /// Two stores with their own connections: two hosts of a fleet.
