@@ -268,9 +268,10 @@ pub struct ReplayTable {
     /// Seconds a topic with no publish is kept (seq included); 0: forever.
     /// Default 86400.
     pub ttl_s: u64,
-    /// In-memory buffers only: MiB of events one tenant may hold. Default 8.
+    /// MiB of buffered events one tenant may hold (memory and Redis;
+    /// at least 1). Default 8.
     pub max_mb_per_tenant: u64,
-    /// In-memory buffers only: topics one tenant may have. Default 10000.
+    /// Topics one tenant may buffer (memory and Redis). Default 10000.
     pub max_topics_per_tenant: usize,
 }
 
@@ -307,6 +308,11 @@ impl ReplayTable {
         if self.max_topics_per_tenant == 0 {
             return Err(ConfigError::Invalid(
                 "replay.max_topics_per_tenant must be greater than 0".into(),
+            ));
+        }
+        if self.max_mb_per_tenant == 0 {
+            return Err(ConfigError::Invalid(
+                "replay.max_mb_per_tenant must be greater than 0".into(),
             ));
         }
         Ok(())

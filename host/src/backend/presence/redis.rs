@@ -743,7 +743,11 @@ mod tests {
     async fn key_ttls(ns: &Namespace, conn: &mut ConnectionManager) -> Vec<(String, i64)> {
         let mut out = Vec::new();
         for key in ns.keys() {
-            let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(conn).await.unwrap();
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(conn)
+                .await
+                .unwrap();
             out.push((key, ttl));
         }
         out

@@ -130,11 +130,24 @@ pub const PUBLISH_QUEUE: usize = 4096;
 pub const PUBLISH_BATCH: usize = 256;
 
 /// The publish script, ending in `$publish` (`PUBLISH` or `SPUBLISH`) to
-/// the channel. `KEYS[1]` the topic's seq key, `KEYS[2]` its replay buffer;
-/// `ARGV[1]` the channel, `ARGV[2]` the keys' TTL in ms (0: none),
-/// `ARGV[3]` the topic, `ARGV[4]` the buffer size (0: keep nothing),
-/// `ARGV[5]` `<event>\n<data>`. `%d` keeps large seqs out of Lua's float
-/// notation.
+/// the channel. `KEYS[1]` the topic's seq key, `KEYS[2]` its replay
+/// buffer, `KEYS[3]` the tenant's replay index (sorted set topic → last
+/// publish ms), `KEYS[4]` its buffer sizes (hash topic → bytes), `KEYS[5]`
+/// its total buffered bytes; `ARGV[1]` the channel, `ARGV[2]` the keys'
+/// TTL in ms (0: none), `ARGV[3]` the topic, `ARGV[4]` the buffer size (0:
+/// keep nothing), `ARGV[5]` `<event>\n<data>`, `ARGV[6]` the most topics a
+/// tenant may buffer, `ARGV[7]` the most bytes (0: no bound), `ARGV[8]` /
+/// `ARGV[9]` the prefixes of seq keys and buffers (+ topic). Other topics'
+/// keys are derived, not declared: they share the tenant's hash tag, so
+/// they are in the same Redis Cluster slot.
+///
+/// The per-tenant bounds are those of the memory buffers: over the topic
+/// bound the least recently published topic is forgotten (seq and buffer),
+/// over the byte bound the oldest events of the least recently published
+/// topics go (the topic being published last). An event costs its member's
+/// length plus [`REPLAY_EVENT_OVERHEAD`]. Topics idle past the TTL (their
+/// keys expired by themselves) leave the index at the next publish.
+/// `%d` keeps large seqs out of Lua's float notation.
 macro_rules! publish_script {
     ($publish:literal) => {
         concat!(
@@ -147,10 +160,87 @@ if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
 if size > 0 then
-  redis.call('ZADD', KEYS[2], seq, id .. '\n' .. ARGV[5])
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(size + 1))
+  local buf, index, sizes, total = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+  local topic = ARGV[3]
+  local max_topics, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local seq_p, buf_p = ARGV[8], ARGV[9]
+  local overhead = 48
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  local function count(t, delta)
+    if delta ~= 0 then
+      if redis.call('HINCRBY', sizes, t, delta) <= 0 then
+        redis.call('HDEL', sizes, t)
+      end
+      redis.call('INCRBY', total, delta)
+    end
+  end
+  local function forget(t)
+    local b = tonumber(redis.call('HGET', sizes, t) or '0')
+    redis.call('HDEL', sizes, t)
+    if b ~= 0 then
+      redis.call('DECRBY', total, b)
+    end
+    redis.call('ZREM', index, t)
+  end
   if ttl > 0 then
-    redis.call('PEXPIRE', KEYS[2], ttl)
+    local idle = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. string.format('%d', now - ttl), 'LIMIT', 0, 64)
+    for _, t in ipairs(idle) do
+      forget(t)
+    end
+  end
+  redis.call('ZADD', index, now, topic)
+  local member = id .. '\n' .. ARGV[5]
+  redis.call('ZADD', buf, seq, member)
+  count(topic, #member + overhead)
+  local over = redis.call('ZCARD', buf) - size
+  if over > 0 then
+    local freed = 0
+    for _, m in ipairs(redis.call('ZRANGE', buf, 0, over - 1)) do
+      freed = freed + #m + overhead
+    end
+    redis.call('ZREMRANGEBYRANK', buf, 0, over - 1)
+    count(topic, -freed)
+  end
+  if max_topics > 0 then
+    local excess = redis.call('ZCARD', index) - max_topics
+    if excess > 0 then
+      for _, t in ipairs(redis.call('ZRANGE', index, 0, excess)) do
+        if excess <= 0 then
+          break
+        end
+        if t ~= topic then
+          forget(t)
+          redis.call('DEL', seq_p .. t, buf_p .. t)
+          excess = excess - 1
+        end
+      end
+    end
+  end
+  if max_bytes > 0 and tonumber(redis.call('GET', total) or '0') > max_bytes then
+    local victims = {}
+    for _, t in ipairs(redis.call('ZRANGE', index, 0, 255)) do
+      if t ~= topic then
+        table.insert(victims, t)
+      end
+    end
+    table.insert(victims, topic)
+    local i, pops = 1, 0
+    while victims[i] and pops < 1024 and tonumber(redis.call('GET', total) or '0') > max_bytes do
+      local popped = redis.call('ZPOPMIN', buf_p .. victims[i])
+      if #popped == 0 then
+        i = i + 1
+      else
+        pops = pops + 1
+        count(victims[i], -(#popped[1] + overhead))
+      end
+    end
+  end
+  if ttl > 0 then
+    redis.call('PEXPIRE', buf, ttl)
+    redis.call('PEXPIRE', index, ttl)
+    redis.call('PEXPIRE', sizes, ttl)
+    redis.call('PEXPIRE', total, ttl)
   end
 end
 redis.call('",
@@ -161,6 +251,11 @@ return seq
         )
     };
 }
+
+/// Bytes a buffered event costs in Redis beyond its member
+/// (`<seq>\n<event>\n<data>`) for the per-tenant byte bound (the
+/// publish script's `overhead`).
+pub const REPLAY_EVENT_OVERHEAD: usize = 48;
 
 /// The bus's publish script (see `publish_script!`): `PUBLISH` to the
 /// tenant's bus channel.
@@ -344,11 +439,24 @@ pub(crate) fn check_namespace(namespace: &str) -> Result<(), BackendError> {
     }
 }
 
+/// The tenant's replay index: sorted set topic → last publish (ms).
+pub(crate) const REPLAY_INDEX: &str = "replay-index";
+/// The tenant's buffer sizes: hash topic → bytes.
+pub(crate) const REPLAY_SIZES: &str = "replay-sizes";
+/// The tenant's buffered bytes in all.
+pub(crate) const REPLAY_TOTAL: &str = "replay-total";
+
 /// One publish script call: its keys and arguments (see
 /// `publish_script!`), built by [`PublishCall::new`].
 pub(crate) struct PublishCall {
     seq_key: String,
     replay_key: String,
+    /// The tenant's replay index, buffer sizes and total bytes.
+    replay_index: String,
+    replay_sizes: String,
+    replay_total: String,
+    seq_prefix: String,
+    replay_prefix: String,
     channel: String,
     topic: String,
     /// `<event>\n<data>`.
@@ -378,6 +486,11 @@ impl PublishCall {
         Ok(Self {
             seq_key: keys.name("seq", topic),
             replay_key: keys.name("replay", topic),
+            replay_index: keys.fixed(REPLAY_INDEX),
+            replay_sizes: keys.fixed(REPLAY_SIZES),
+            replay_total: keys.fixed(REPLAY_TOTAL),
+            seq_prefix: keys.name("seq", ""),
+            replay_prefix: keys.name("replay", ""),
             channel,
             topic: topic.to_owned(),
             payload,
@@ -412,6 +525,8 @@ impl PublishPipeline {
                 u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
             }),
             size: replay.size,
+            max_topics: replay.max_topics_per_tenant,
+            max_bytes: replay.max_bytes_per_tenant,
             round_trips: Arc::clone(&round_trips),
         };
         let task = tokio::spawn(sender.run(rx));
@@ -458,6 +573,8 @@ struct BatchSender {
     script: Script,
     ttl_ms: u64,
     size: usize,
+    max_topics: usize,
+    max_bytes: usize,
     round_trips: Arc<AtomicU64>,
 }
 
@@ -524,9 +641,12 @@ impl BatchSender {
         for Pending { call, .. } in batch {
             pipe.cmd("EVALSHA")
                 .arg(self.script.get_hash())
-                .arg(2)
+                .arg(5)
                 .arg(&call.seq_key)
                 .arg(&call.replay_key)
+                .arg(&call.replay_index)
+                .arg(&call.replay_sizes)
+                .arg(&call.replay_total)
                 .arg(&call.channel)
                 .arg(self.ttl_ms)
                 .arg(&call.topic)
@@ -537,7 +657,11 @@ impl BatchSender {
                 } else {
                     self.size
                 })
-                .arg(&call.payload);
+                .arg(&call.payload)
+                .arg(self.max_topics)
+                .arg(self.max_bytes)
+                .arg(&call.seq_prefix)
+                .arg(&call.replay_prefix);
         }
         let mut conn = self.conn.clone();
         self.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -1373,6 +1497,8 @@ mod tests {
             PUBLISH_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'"),
             SPUBLISH_SCRIPT
         );
+        // The script counts events as the constant says.
+        assert!(PUBLISH_SCRIPT.contains(&format!("local overhead = {REPLAY_EVENT_OVERHEAD}\n")));
     }
 
     #[test]

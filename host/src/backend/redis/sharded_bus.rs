@@ -871,6 +871,15 @@ mod tests {
             beta.name("seq", "room"),
             beta.name("replay", "room"),
         ];
+        for keys in [&acme, &beta] {
+            for index in [
+                super::super::bus::REPLAY_INDEX,
+                super::super::bus::REPLAY_SIZES,
+                super::super::bus::REPLAY_TOTAL,
+            ] {
+                want.push(keys.fixed(index));
+            }
+        }
         want.sort();
         let mut keys = keys;
         keys.sort();

@@ -3,7 +3,7 @@
 
 use futures_util::future::join_all;
 
-use super::{ReplayBuffer, ReplayEvent};
+use super::{ReplayBuffer, ReplayEvent, ReplaySettings};
 use crate::backend::Bus;
 use crate::tenant::TenantId;
 
@@ -101,4 +101,64 @@ pub async fn suite(bus: &dyn Bus, replay: &dyn ReplayBuffer) {
     assert_eq!(replay.seq(&b, topic).await, Ok(1), "b untouched");
     assert!(replay.purge_tenant(&b).await.unwrap() >= 1);
     assert_eq!(replay.seq(&b, topic).await, Ok(0));
+}
+
+/// The settings [`bounds`] expects the implementation under test to use.
+pub const BOUNDS: ReplaySettings = ReplaySettings {
+    size: 1000,
+    ttl: None,
+    max_bytes_per_tenant: 10_000,
+    max_topics_per_tenant: 3,
+};
+
+/// The per-tenant bounds, with `bus` and `replay` configured as
+/// [`BOUNDS`]: past the topic bound the least recently published topic is
+/// forgotten (seq too); past the byte bound the coldest topic's events go
+/// first (its seq is kept), the newest event stays, and another tenant's
+/// budget is its own. Uses tenants `conformance-bounds-{a,b,c}` and purges
+/// them at the end.
+pub async fn bounds(bus: &dyn Bus, replay: &dyn ReplayBuffer) {
+    let (a, b, c) = (
+        tenant("conformance-bounds-a"),
+        tenant("conformance-bounds-b"),
+        tenant("conformance-bounds-c"),
+    );
+    for topic in ["t1", "t2", "t3", "t4"] {
+        bus.publish(&a, topic, "e", "1").await.unwrap();
+    }
+    assert_eq!(replay.seq(&a, "t1").await, Ok(0), "t1 forgotten");
+    for topic in ["t2", "t3", "t4"] {
+        assert_eq!(replay.seq(&a, topic).await, Ok(1), "{topic}");
+        assert_eq!(replay.since(&a, topic, 0).await.unwrap().events.len(), 1);
+    }
+
+    let data = format!("\"{}\"", "x".repeat(98));
+    for _ in 0..20 {
+        bus.publish(&b, "cold", "e", &data).await.unwrap();
+    }
+    for _ in 0..200 {
+        bus.publish(&b, "hot", "e", &data).await.unwrap();
+    }
+    let cold = replay.since(&b, "cold", 0).await.unwrap();
+    let hot = replay.since(&b, "hot", 0).await.unwrap();
+    assert!(cold.events.is_empty(), "the cold topic gave way first");
+    assert_eq!(cold.seq, 20, "its seq is kept");
+    assert!(
+        !hot.events.is_empty() && hot.events.len() < 200,
+        "{}",
+        hot.events.len()
+    );
+    assert_eq!(hot.events.last().map(|e| e.seq), Some(200), "newest kept");
+    let bytes: usize = hot
+        .events
+        .iter()
+        .map(|e| e.event.len() + e.data.len() + 48)
+        .sum();
+    assert!(bytes <= BOUNDS.max_bytes_per_tenant, "{bytes}");
+
+    bus.publish(&c, "cold", "e", &data).await.unwrap();
+    assert_eq!(replay.since(&c, "cold", 0).await.unwrap().events.len(), 1);
+    for t in [&a, &b, &c] {
+        replay.purge_tenant(t).await.unwrap();
+    }
 }

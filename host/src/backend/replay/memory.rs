@@ -250,51 +250,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tenant_over_its_byte_budget_loses_its_coldest_events_first() {
-        let replay = MemoryReplay::new(ReplaySettings {
-            size: 1000,
-            ttl: None,
-            max_bytes_per_tenant: 10_000,
-            max_topics_per_tenant: 100,
-        });
-        let a = tid("budget-a");
-        let data = "x".repeat(100);
-        for _ in 0..20 {
-            replay.append_then(&a, "cold", "e", &data, |_| {});
-        }
-        for _ in 0..200 {
-            replay.append_then(&a, "hot", "e", &data, |_| {});
-        }
-        let cold = replay.since(&a, "cold", 0).await.unwrap();
-        let hot = replay.since(&a, "hot", 0).await.unwrap();
-        assert!(cold.events.is_empty(), "the cold topic gave way first");
-        assert_eq!(cold.seq, 20, "its seq is kept");
-        assert!(!hot.events.is_empty() && hot.events.len() < 200);
-        assert_eq!(hot.events.last().unwrap().seq, 200, "newest kept");
-        let total: usize = hot.events.iter().map(event_bytes).sum();
-        assert!(total <= 10_000);
-        // Another tenant's budget is its own.
-        let b = tid("budget-b");
-        replay.append_then(&b, "cold", "e", &data, |_| {});
-        assert_eq!(replay.since(&b, "cold", 0).await.unwrap().events.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn too_many_topics_forget_the_least_recently_published() {
-        let replay = MemoryReplay::new(ReplaySettings {
-            size: 10,
-            ttl: None,
-            max_bytes_per_tenant: usize::MAX,
-            max_topics_per_tenant: 3,
-        });
-        let a = tid("topics-a");
-        for topic in ["t1", "t2", "t3", "t4"] {
-            replay.append_then(&a, topic, "e", "1", |_| {});
-        }
-        assert_eq!(replay.seq(&a, "t1").await.unwrap(), 0, "t1 forgotten");
-        for topic in ["t2", "t3", "t4"] {
-            assert_eq!(replay.seq(&a, topic).await.unwrap(), 1, "{topic}");
-        }
+    async fn memory_replay_passes_the_bounds_suite() {
+        let replay = std::sync::Arc::new(MemoryReplay::new(super::super::conformance::BOUNDS));
+        let bus = crate::backend::memory::MemoryBus::with_replay(
+            crate::hub::Hub::new(),
+            std::sync::Arc::clone(&replay),
+        );
+        super::super::conformance::bounds(&bus, &*replay).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -46,9 +46,9 @@ pub const DEFAULT_SIZE: usize = 1000;
 /// Default [`ReplaySettings::ttl`]: a day. The seeds default to "never";
 /// a finite default keeps Redis from growing with every topic ever used.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-/// Default [`ReplaySettings::max_bytes_per_tenant`] (memory buffers only).
+/// Default [`ReplaySettings::max_bytes_per_tenant`].
 pub const DEFAULT_MAX_BYTES_PER_TENANT: usize = 8 << 20;
-/// Default [`ReplaySettings::max_topics_per_tenant`] (memory buffers only).
+/// Default [`ReplaySettings::max_topics_per_tenant`].
 pub const DEFAULT_MAX_TOPICS_PER_TENANT: usize = 10_000;
 
 /// How much the replay buffers keep (the `[replay]` table).
@@ -58,10 +58,10 @@ pub struct ReplaySettings {
     pub size: usize,
     /// A topic with no publish for this long is forgotten; `None`: never.
     pub ttl: Option<Duration>,
-    /// Memory buffers: bytes of buffered events one tenant may hold; over
+    /// Bytes of buffered events one tenant may hold (memory and Redis); over
     /// it, the oldest events of the least recently published topics go.
     pub max_bytes_per_tenant: usize,
-    /// Memory buffers: topics one tenant may have; over it, the least
+    /// Topics one tenant may buffer (memory and Redis); over it, the least
     /// recently published topic is forgotten (seq included).
     pub max_topics_per_tenant: usize,
 }

@@ -2,7 +2,11 @@
 //! ([`crate::backend::redis::bus`]), read here. Layout, per topic, both in
 //! the tenant's slot: `{ns}:t:{<tenant>}:seq:<topic>` (the seq, a string)
 //! and `{ns}:t:{<tenant>}:replay:<topic>` (sorted set scored by seq,
-//! members `<seq>\n<event>\n<data>`).
+//! members `<seq>\n<event>\n<data>`); per tenant, the index the
+//! per-tenant bounds (`max_topics_per_tenant`, `max_bytes_per_tenant`) are
+//! kept with: `replay-index` (topic → last publish), `replay-sizes` (topic →
+//! bytes) and `replay-total` (see the publish script in
+//! [`crate::backend::redis::bus`]).
 
 use std::sync::Arc;
 
@@ -13,8 +17,9 @@ use redis::{AsyncCommands, Script};
 use super::{ReplayBuffer, ReplayEvent, ReplayPage, page};
 use crate::backend::BackendError;
 use crate::backend::breaker::CircuitBreaker;
+use crate::backend::redis::bus::{REPLAY_INDEX, REPLAY_SIZES, REPLAY_TOTAL};
 use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{COMMAND_TIMEOUT, bounded, delete_matching};
+use crate::backend::redis::{COMMAND_TIMEOUT, bounded, call, delete_matching};
 use crate::tenant::TenantId;
 
 /// `KEYS[1]` seq key, `KEYS[2]` buffer; `ARGV[1]` since. Returns the seq,
@@ -129,6 +134,18 @@ impl ReplayBuffer for RedisReplay {
             &keys.name("replay", ""),
         )
         .await?;
+        let mut del = redis::cmd("DEL");
+        del.arg(keys.fixed(REPLAY_INDEX))
+            .arg(keys.fixed(REPLAY_SIZES))
+            .arg(keys.fixed(REPLAY_TOTAL));
+        let mut conn = self.conn.clone();
+        let _: u64 = call(
+            &self.breaker,
+            "replay purge",
+            COMMAND_TIMEOUT,
+            del.query_async(&mut conn),
+        )
+        .await?;
         Ok(topics)
     }
 }
@@ -171,6 +188,14 @@ mod tests {
         assert_eq!(e.data, "{\"a\":\"x\\ny\"}\nz");
         assert!(parse_member("x\ny\nz").is_err());
         assert!(parse_member("7\nno-data").is_err());
+    }
+
+    #[tokio::test]
+    async fn redis_replay_passes_the_bounds_suite() {
+        let ns = Namespace::new();
+        let (bus, replay) = pair(&ns, conformance::BOUNDS).await;
+        conformance::bounds(&*bus, &replay).await;
+        assert_eq!(ns.keys(), Vec::<String>::new(), "purge left nothing");
     }
 
     #[tokio::test]
