@@ -206,13 +206,23 @@ fn run_admin(cmd: AdminCommand) -> ExitCode {
     }
 }
 
+/// The environment variable choosing the log format: `json` (one JSON
+/// object per line, with the span fields: tenant, plugin version, session,
+/// path, request id) or anything else for text.
+pub const LOG_FORMAT_ENV: &str = "TENANTRY_LOG_FORMAT";
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let json = std::env::var(LOG_FORMAT_ENV).is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn run_serve(args: ServeArgs) -> Result<(), CliError> {
@@ -251,9 +261,13 @@ pub async fn serve_config(
         ),
         None => None,
     };
+    if !crate::metrics::configure(&config.metrics) {
+        tracing::warn!("metrics were set up before the configuration was read; [metrics] ignored");
+    }
     let hub = Hub::new();
     let backends = build_backends(&config, &hub).await?;
     let purgeable = backends.clone();
+    let purgeable_breakers = backends.breakers.clone();
     let publish_rates = Arc::clone(&backends.publish_rates);
     let replay = Arc::clone(&backends.replay);
     let idempotency = Arc::clone(&backends.idempotency);
@@ -306,6 +320,11 @@ pub async fn serve_config(
         (None, None) => Arc::new(MemoryCatalog::new()),
     };
     let registry = Arc::new(Registry::new());
+    crate::metrics::set_live_source(live_metrics(
+        Arc::clone(&registry),
+        Arc::clone(&hub),
+        purgeable.breakers.clone(),
+    ));
     let presence_events = PresenceEvents::new(
         Arc::clone(&purgeable.presence_events),
         Arc::clone(&purgeable.presence),
@@ -377,7 +396,11 @@ pub async fn serve_config(
             let admin_addr = local_addr(&listener, config.admin_listen.as_deref().unwrap_or(""))?;
             tracing::info!(addr = %admin_addr, "admin API listening");
             print_line(&format!("tenantry admin listening on http://{admin_addr}"));
-            let state = AdminState::new(Arc::clone(&control), &token);
+            let metrics_token = std::env::var(admin::METRICS_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.trim().is_empty());
+            let state = AdminState::new(Arc::clone(&control), &token)
+                .with_metrics_token(metrics_token.as_deref());
             let mut stop = stop_rx.clone();
             Some(tokio::spawn(admin::serve(listener, state, async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -405,6 +428,7 @@ pub async fn serve_config(
         idempotency,
         cursors,
         bus: cursor_bus,
+        readiness: crate::health::Readiness::new(purgeable_breakers),
     });
     let state = AppState::new(
         registry,
@@ -438,6 +462,41 @@ pub async fn serve_config(
     served.map_err(CliError::Serve)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The scrape-time gauges: per tenant its connections, subscriptions and
+/// serving plugin versions; per Redis its breaker state.
+fn live_metrics(
+    registry: Arc<Registry>,
+    hub: Arc<Hub>,
+    breakers: Vec<Arc<crate::backend::breaker::CircuitBreaker>>,
+) -> crate::metrics::LiveSource {
+    Box::new(move || {
+        let subscriptions = hub.subscriptions_by_tenant();
+        let tenants = registry
+            .ids()
+            .into_iter()
+            .filter_map(|id| {
+                let tenant = registry.get(&id)?;
+                let deployment = tenant.deployment();
+                let versions = deployment
+                    .active
+                    .iter()
+                    .chain(deployment.canary.as_ref().map(|(p, _)| p))
+                    .map(|p| p.version.clone())
+                    .collect();
+                let subs = subscriptions.get(&id).copied().unwrap_or(0);
+                Some((id, tenant.quota.connections(), subs, versions))
+            })
+            .collect();
+        crate::metrics::LiveSnapshot {
+            tenants,
+            breakers: breakers
+                .iter()
+                .map(|b| (b.name().to_owned(), b.state_code()))
+                .collect(),
+        }
+    })
 }
 
 /// The backends `config` asks for: in memory, or on Redis (`[redis]`, per

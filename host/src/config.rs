@@ -593,6 +593,8 @@ pub struct Config {
     pub presence: PresenceTable,
     /// Broadcast group member TTL.
     pub groups: GroupsTable,
+    /// Metric names and label bounds (the `[metrics]` table).
+    pub metrics: crate::metrics::MetricsSettings,
     /// Process-wide limits.
     pub limits: Limits,
     /// Every plan by name (built-ins, changed and added ones).
@@ -623,6 +625,7 @@ impl Default for Config {
                 replay: ReplayTable::default(),
                 presence: PresenceTable::default(),
                 groups: GroupsTable::default(),
+                metrics: crate::metrics::MetricsSettings::default(),
                 limits: Limits::default(),
                 plans: BTreeMap::new(),
                 default_plan: DEFAULT_PLAN.to_owned(),
@@ -654,6 +657,8 @@ struct FileConfig {
     presence: PresenceTable,
     #[serde(default)]
     groups: GroupsTable,
+    #[serde(default)]
+    metrics: crate::metrics::MetricsSettings,
     #[serde(default)]
     limits: Limits,
     default_plan: Option<String>,
@@ -744,6 +749,7 @@ impl Config {
         file.replay.validate()?;
         file.presence.validate()?;
         file.groups.validate()?;
+        file.metrics.validate().map_err(ConfigError::Invalid)?;
         if let Some(r) = &file.redis {
             let ns = r.namespace.as_bytes();
             if ns.is_empty()
@@ -904,6 +910,7 @@ impl Config {
             replay: file.replay,
             presence: file.presence,
             groups: file.groups,
+            metrics: file.metrics,
             limits: file.limits,
             plans,
             default_plan,

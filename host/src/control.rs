@@ -560,6 +560,11 @@ impl Control {
         Ok(rec)
     }
 
+    /// The tenants this host serves now (live state: connections, plans, usage).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
     /// The backends (for reads the admin API serves, e.g. publish rates).
     pub fn backends(&self) -> &Backends {
         &self.backends

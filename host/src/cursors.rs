@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::backend::cursor::{CursorStore, Throttle, Throttled};
 use crate::backend::{BackendError, Bus};
+use crate::metrics::{self, CursorEvent};
 use crate::tenant::TenantId;
 
 /// The reserved topic prefix cursor frames travel on: `__cursor:{topic}`.
@@ -99,14 +100,19 @@ impl Cursors {
             .insert(topic.to_owned());
         let key = (tenant.clone(), topic.to_owned(), conn.to_owned());
         let decided = self.throttle.lock().update(key, entry, Instant::now());
+        metrics::cursor(tenant, topic, CursorEvent::Update);
         match decided {
             Throttled::Send(entry) => self.send(tenant, topic, conn, &entry).await,
-            Throttled::Deferred(_) => self.wake.notify_one(),
+            Throttled::Deferred(_) => {
+                metrics::cursor(tenant, topic, CursorEvent::Throttled);
+                self.wake.notify_one();
+            }
             Throttled::Dropped => {}
         }
     }
 
     async fn send(&self, tenant: &TenantId, topic: &str, conn: &str, entry: &str) {
+        metrics::cursor(tenant, topic, CursorEvent::Broadcast);
         if let Err(e) = self.store.update(tenant, topic, conn, entry, TTL).await {
             tracing::debug!(%tenant, topic, error = %e, "cursor not stored");
         }

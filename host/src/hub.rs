@@ -456,6 +456,26 @@ impl Hub {
         TopicEvents { events: rx, lost }
     }
 
+    /// Per tenant, how many client subscriptions its connections hold here
+    /// (memberships of the host's own `__` channels not counted). Walks
+    /// every topic: for scrapes, not for the hot path.
+    pub fn subscriptions_by_tenant(&self) -> HashMap<TenantId, u64> {
+        let mut counts: HashMap<TenantId, u64> = HashMap::new();
+        for shard in self.shards.iter() {
+            for (tenant, topics) in shard.read().iter() {
+                let n: usize = topics
+                    .iter()
+                    .filter(|(topic, _)| !topic.starts_with("__"))
+                    .map(|(_, t)| t.lock().subscribers.len())
+                    .sum();
+                if n > 0 {
+                    *counts.entry(tenant.clone()).or_default() += n as u64;
+                }
+            }
+        }
+        counts
+    }
+
     /// Every `(tenant, topic)` with at least one local subscriber now.
     pub fn topics(&self) -> Vec<(TenantId, Box<str>)> {
         self.shards

@@ -295,6 +295,7 @@ impl Presence {
     /// Add a change to `topic`'s next diff, scheduling its publication in
     /// [`COALESCE`] if it is the first.
     fn announce(&self, tenant: &TenantId, topic: &str, change: Change<'_>) {
+        crate::metrics::presence_change(tenant, topic, matches!(change, Change::Join(..)));
         let first = {
             let mut pending = self.pending.lock();
             let key = (tenant.clone(), topic.to_owned());
@@ -404,7 +405,10 @@ impl Presence {
                 .await
         };
         match beat {
-            Ok(()) => *self.last_beat.lock() = Instant::now(),
+            Ok(()) => {
+                *self.last_beat.lock() = Instant::now();
+                crate::metrics::presence_heartbeat();
+            }
             Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
         }
         for tenant in tenants {
@@ -416,6 +420,9 @@ impl Presence {
                         break;
                     }
                 };
+                if !expired.is_empty() {
+                    crate::metrics::presence_stale_cleaned(tenant, expired.len() as u64);
+                }
                 for e in &expired {
                     self.announce(tenant, &e.topic, Change::Leave(&e.user_key, &e.data));
                     self.report(tenant, &e.topic, &e.user_key).await;

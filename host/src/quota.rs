@@ -122,6 +122,8 @@ pub struct TenantQuota {
     logs_dropped: AtomicU64,
     /// Worker threads this tenant's long-running guest code may occupy at once.
     cpu_slots: Arc<Semaphore>,
+    /// What the tenant used on this host (calls, CPU, bytes, SQL time).
+    pub usage: crate::usage::TenantUsage,
 }
 
 /// Holds one of a tenant's connection slots until dropped.
@@ -162,6 +164,7 @@ impl TenantQuota {
             logs: RateLimiter::new(),
             logs_dropped: AtomicU64::new(0),
             cpu_slots: Arc::new(Semaphore::new(cpu_slots.max(1))),
+            usage: crate::usage::TenantUsage::default(),
         })
     }
 

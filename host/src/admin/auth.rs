@@ -53,7 +53,7 @@ impl Caller {
 }
 
 /// Equal in constant time (both sides hashed first, so lengths match).
-fn same_secret(a: &str, b: &str) -> bool {
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
     let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
     a.iter()
         .zip(b.iter())

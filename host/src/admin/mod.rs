@@ -39,6 +39,9 @@ use error::{ApiError, REQUEST_ID};
 pub struct AdminState {
     control: Arc<Control>,
     token: Arc<str>,
+    /// With it, `/metrics` needs `Authorization: Bearer <token>` (this one
+    /// or the operator's).
+    metrics_token: Option<Arc<str>>,
 }
 
 impl AdminState {
@@ -47,7 +50,15 @@ impl AdminState {
         Self {
             control,
             token: Arc::from(token),
+            metrics_token: None,
         }
+    }
+
+    /// The same state with `/metrics` protected by `token` (see
+    /// [`METRICS_TOKEN_ENV`]).
+    pub fn with_metrics_token(mut self, token: Option<&str>) -> Self {
+        self.metrics_token = token.map(Arc::from);
+        self
     }
 }
 
@@ -58,13 +69,22 @@ pub fn router(state: AdminState) -> Router {
     let upload_limit = state.control.settings().max_upload_bytes;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(crate::server::metrics_text))
+        .route(
+            "/readyz",
+            get(|State(s): State<AdminState>| async move {
+                crate::health::readyz(&crate::health::Readiness::new(
+                    s.control.backends().breakers.clone(),
+                ))
+            }),
+        )
+        .route("/metrics", get(metrics))
         .route("/admin/tenants", post(create_tenant).get(list_tenants))
         .route(
             "/admin/tenants/{id}",
             get(get_tenant).patch(update_tenant).delete(delete_tenant),
         )
         .route("/admin/tenants/{id}/publish-rates", get(publish_rates))
+        .route("/admin/tenants/{id}/usage", get(usage))
         .route("/admin/tenants/{id}/suspend", post(suspend))
         .route("/admin/tenants/{id}/resume", post(resume))
         .route("/admin/tenants/{id}/keys", post(create_key).get(list_keys))
@@ -247,6 +267,26 @@ async fn get_tenant(
     ok(StatusCode::OK, tenant_view(&s.control.get(&id).await?))
 }
 
+/// The environment variable holding the token `/metrics` asks for (unset:
+/// `/metrics` is open to whoever reaches the admin listener).
+pub const METRICS_TOKEN_ENV: &str = "TENANTRY_METRICS_TOKEN";
+
+/// `GET /metrics`: the Prometheus text; with a metrics token, only for a
+/// bearer of it or of the operator token (401 otherwise).
+async fn metrics(State(s): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(want) = &s.metrics_token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !(auth::same_secret(given, want) || auth::same_secret(given, &s.token)) {
+            return ApiError::unauthorized("/metrics needs the metrics token").into_response();
+        }
+    }
+    crate::server::metrics_text().await.into_response()
+}
+
 /// `GET /admin/tenants/{id}/publish-rates`: the tenant's busiest topics
 /// over the whole fleet (the seeds' `topPublishers`).
 async fn publish_rates(
@@ -268,6 +308,62 @@ async fn publish_rates(
     ok(
         StatusCode::OK,
         json!({ "tenant": id.as_str(), "topPublishers": top }),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    /// Minutes of the window (1-60, default 60).
+    window: Option<usize>,
+}
+
+/// `GET /admin/tenants/{id}/usage[?window=MINUTES]`: what the tenant used
+/// on this host — open connections and KV holdings now, and calls,
+/// errors, CPU, bytes in/out and SQL time in the last `window` minutes and
+/// since the host started. Open to the operator and the tenant's deploy
+/// key.
+async fn usage(
+    State(s): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<UsageQuery>,
+) -> ApiResult {
+    let id = tenant_id(&id)?;
+    caller.for_tenant(&id)?;
+    s.control.get(&id).await?;
+    let minutes = q.window.unwrap_or(crate::usage::WINDOW_MINUTES);
+    if !(1..=crate::usage::WINDOW_MINUTES).contains(&minutes) {
+        return Err(ApiError::invalid(format!(
+            "window must be 1-{} minutes",
+            crate::usage::WINDOW_MINUTES
+        )));
+    }
+    let (kv_keys, kv_bytes) = s
+        .control
+        .backends()
+        .kv
+        .stored(&id)
+        .await
+        .map_err(|e| ControlError::Backend(format!("KV usage unavailable: {e}")))?;
+    let live = s.control.registry().get(&id);
+    let (connections, window, totals) = match &live {
+        Some(t) => (
+            t.quota.connections(),
+            t.quota.usage.window(minutes),
+            t.quota.usage.totals(),
+        ),
+        None => (0, Default::default(), Default::default()),
+    };
+    ok(
+        StatusCode::OK,
+        json!({
+            "tenant": id.as_str(),
+            "connections": connections,
+            "kv": {"keys": kv_keys, "bytes": kv_bytes},
+            "window": {"minutes": minutes, "usage": window},
+            "since_start": totals,
+        }),
     )
 }
 

@@ -116,28 +116,43 @@ struct Inner {
 /// A circuit breaker (see the module docs). Share it as `Arc<CircuitBreaker>`.
 #[derive(Debug)]
 pub struct CircuitBreaker {
-    name: &'static str,
+    name: Arc<str>,
     config: BreakerConfig,
     inner: Mutex<Inner>,
     state: watch::Sender<BreakerState>,
 }
 
 impl CircuitBreaker {
-    /// A healthy breaker; `name` identifies it in logs (e.g. `"redis"`).
-    /// A `failure_threshold` of 0 is taken as 1.
-    pub fn new(name: &'static str, config: BreakerConfig) -> Self {
+    /// A healthy breaker; `name` identifies it in logs and metrics (e.g.
+    /// `"redis"`). A `failure_threshold` of 0 is taken as 1.
+    pub fn new(name: impl Into<Arc<str>>, config: BreakerConfig) -> Self {
         let config = BreakerConfig {
             failure_threshold: config.failure_threshold.max(1),
             ..config
         };
         Self {
-            name,
+            name: name.into(),
             config,
             inner: Mutex::new(Inner {
                 phase: Phase::Healthy,
                 failures: 0,
             }),
             state: watch::Sender::new(BreakerState::Healthy),
+        }
+    }
+
+    /// The name given at creation (the `backend` label of its metrics).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The state as the `breaker_state` metric shows it: 0 healthy, 1
+    /// probing, 2 broken.
+    pub fn state_code(&self) -> i64 {
+        match self.state() {
+            BreakerState::Healthy => 0,
+            BreakerState::Probing => 1,
+            BreakerState::Broken => 2,
         }
     }
 
@@ -250,7 +265,9 @@ impl CircuitBreaker {
         call: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
         self.guard()?;
+        let started = std::time::Instant::now();
         let result = call.await;
+        crate::metrics::backend_command(&self.name, started.elapsed());
         self.record(&result);
         result
     }
@@ -276,15 +293,15 @@ impl CircuitBreaker {
         }
         match to {
             BreakerState::Broken => tracing::warn!(
-                breaker = self.name,
+                breaker = &*self.name,
                 retry_in_ms = self.config.reset_timeout.as_millis() as u64,
                 "circuit breaker broken: calls fail fast"
             ),
             BreakerState::Probing => {
-                tracing::info!(breaker = self.name, "circuit breaker probing")
+                tracing::info!(breaker = &*self.name, "circuit breaker probing")
             }
             BreakerState::Healthy => {
-                tracing::info!(breaker = self.name, "circuit breaker healthy again")
+                tracing::info!(breaker = &*self.name, "circuit breaker healthy again")
             }
         }
     }

@@ -130,6 +130,9 @@ pub trait Kv: Send + Sync + 'static {
     /// Remove every key of `tenant` (the tenant is being deleted); returns
     /// how many were removed. Other tenants are untouched.
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError>;
+    /// Keys and bytes (keys plus values) held by `tenant`, as its quota
+    /// counts them (expired keys not yet swept may be included).
+    async fn stored(&self, tenant: &TenantId) -> Result<(u64, u64), BackendError>;
 }
 
 /// The set of backends a host process uses.
@@ -159,6 +162,9 @@ pub struct Backends {
     pub groups: Arc<crate::groups::Groups>,
     /// Live cursors.
     pub cursors: Arc<dyn cursor::CursorStore>,
+    /// The circuit breaker of every remote backend (one per Redis server;
+    /// none in memory), for health checks and metrics.
+    pub breakers: Vec<Arc<breaker::CircuitBreaker>>,
 }
 
 impl Backends {

@@ -128,6 +128,10 @@ impl Kv for Routed<dyn Kv> {
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
         self.route(tenant).purge_tenant(tenant).await
     }
+
+    async fn stored(&self, tenant: &TenantId) -> Result<(u64, u64), BackendError> {
+        self.route(tenant).stored(tenant).await
+    }
 }
 
 #[async_trait]

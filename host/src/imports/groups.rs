@@ -4,7 +4,9 @@
 
 use serde::de::IgnoredAny;
 
+use crate::backend::BackendError;
 use crate::backend::groups::{MAX_META_BYTES, Role};
+use crate::metrics::{self, GroupEvent};
 use crate::runtime::HostState;
 use crate::runtime::wit::groups::{GroupInfo, GroupMember, Host, Joined, Role as WitRole};
 use crate::runtime::wit::types::HostError;
@@ -79,6 +81,13 @@ impl Host for HostState {
             .join(&s.tenant, &conn.id, &outbound, &name, role_from_wit(role))
             .await;
         self.cpu.resume();
+        match &r {
+            Ok(j) if j.new => metrics::group(&s.tenant, &name, GroupEvent::Join),
+            Err(BackendError::QuotaExceeded(_)) => {
+                metrics::group(&s.tenant, &name, GroupEvent::Rejected);
+            }
+            _ => {}
+        }
         let joined = r.map_err(HostError::from)?;
         Ok(Joined {
             new: joined.new,
@@ -95,6 +104,9 @@ impl Host for HostState {
         let s = &self.scope;
         let r = s.backends.groups.leave(&s.tenant, &conn, &name).await;
         self.cpu.resume();
+        if let Ok(true) = r {
+            metrics::group(&s.tenant, &name, GroupEvent::Leave);
+        }
         r.map_err(HostError::from)
     }
 
@@ -119,6 +131,7 @@ impl Host for HostState {
             s.backends
                 .publish_rates
                 .record(&s.tenant, &crate::groups::channel(&name), data.len());
+            metrics::group(&s.tenant, &name, GroupEvent::Publish);
         }
         r.map_err(HostError::from)
     }

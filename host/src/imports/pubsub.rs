@@ -61,6 +61,7 @@ impl Host for HostState {
                 .backends
                 .publish_rates
                 .record(&scope.tenant, &topic, data.len());
+            metrics::replay_publish(&scope.tenant, &topic);
         }
         r.map_err(HostError::from)
     }

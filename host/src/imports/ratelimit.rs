@@ -28,6 +28,7 @@ impl Host for HostState {
             .await;
         self.cpu.resume();
         let d = r.map_err(HostError::from)?;
+        crate::metrics::ratelimit(&s.tenant, d.allowed);
         Ok(RateDecision {
             allowed: d.allowed,
             remaining: d.remaining,
@@ -53,6 +54,9 @@ impl Host for HostState {
             .ban(&s.tenant, &key, Duration::from_millis(duration_ms))
             .await;
         self.cpu.resume();
+        if r.is_ok() {
+            crate::metrics::ratelimit_ban(&s.tenant);
+        }
         r.map_err(HostError::from)
     }
 

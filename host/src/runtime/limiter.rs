@@ -33,6 +33,14 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// Bytes of linear memory the store holds now (memories never shrink,
+    /// so this is also its peak).
+    pub fn memory_used(&self) -> usize {
+        self.memory_used
+    }
+}
+
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,

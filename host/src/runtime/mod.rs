@@ -536,6 +536,7 @@ impl Plugin {
         let reuse = plan.instance_reuse > 1;
         let warm = if reuse { self.take_warm(&plan) } else { None };
         let work = async move {
+            let mut instantiation = None;
             let (mut store, instance, uses) = match warm {
                 Some(mut w) => {
                     w.store.data_mut().begin_call(plan.call_deadline());
@@ -547,6 +548,7 @@ impl Plugin {
                 }
                 None => {
                     let mut store = self.new_store(&plan);
+                    let started = Instant::now();
                     let instantiated = match self.pre.instantiate_async(&mut store).await {
                         Ok(raw) => self
                             .indices
@@ -554,6 +556,7 @@ impl Plugin {
                             .map(|core| Sandbox { core, raw }),
                         Err(e) => Err(e),
                     };
+                    instantiation = Some(started.elapsed());
                     match instantiated {
                         Ok(i) => (store, i, 0),
                         Err(e) => return Err(classify(e, &store, true)),
@@ -564,6 +567,7 @@ impl Plugin {
             store.data_mut().connection = connection;
             let result = f(&instance, &mut store).await;
             store.data_mut().cpu.release_slot();
+            self.account(&mut store, instantiation, &plan);
             let asked = store.data_mut().effects.take().unwrap_or_default();
             store.data_mut().connection = None;
             match result {
@@ -600,6 +604,35 @@ impl Plugin {
                 Err(CallError::Timeout)
             }
         }
+    }
+
+    /// Count what the call that just ran in `store` cost: the tenant's
+    /// usage (CPU) and the call metrics.
+    fn account(&self, store: &mut Store<HostState>, instantiation: Option<Duration>, plan: &Plan) {
+        let cpu = store.data_mut().cpu.used();
+        let fuel = if self.runtime.config.fuel {
+            let granted = if plan.fuel_per_call == 0 {
+                u64::MAX
+            } else {
+                plan.fuel_per_call
+            };
+            store
+                .get_fuel()
+                .ok()
+                .map(|left| granted.saturating_sub(left))
+        } else {
+            None
+        };
+        self.scope.quota.usage.cpu(cpu);
+        metrics::call_finished(
+            &self.tenant,
+            &metrics::CallStats {
+                instantiation,
+                cpu,
+                memory_bytes: store.data().limiter.memory_used() as u64,
+                fuel,
+            },
+        );
     }
 
     /// A warm instance that has not sat idle past the plan's limit, if any.

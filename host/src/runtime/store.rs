@@ -195,6 +195,12 @@ impl CpuBudget {
         self.used >= self.budget
     }
 
+    /// The running time of the call so far (accounting the current slice).
+    pub fn used(&mut self) -> Duration {
+        let _ = self.charge();
+        self.used
+    }
+
     /// A full budget of `budget`, starting now (for a reused instance;
     /// allocates nothing).
     pub fn reset(&mut self, budget: Duration) {

@@ -186,6 +186,14 @@ pub async fn metrics_text() -> ([(axum::http::HeaderName, &'static str); 1], Str
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(
+                |axum::extract::State(s): axum::extract::State<AppState>| async move {
+                    crate::health::readyz(&s.services().readiness)
+                },
+            ),
+        )
         .route("/ws", get(ws::ws_default))
         .route("/t/{tenant}/ws", get(ws::ws_tenant))
         .with_state(state)

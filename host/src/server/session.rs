@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -67,6 +68,8 @@ pub struct Services {
     pub cursors: Arc<Cursors>,
     /// The bus (to wait until a new subscription receives the fleet's events).
     pub bus: Arc<dyn Bus>,
+    /// What `/readyz` checks.
+    pub readiness: crate::health::Readiness,
 }
 
 /// Who is present on a topic the connection just joined: send it as
@@ -314,14 +317,22 @@ impl Session {
     }
 
     async fn read_replay(&self, topic: &str, since: u64) -> Result<ReplayPage, Denied> {
-        self.services
+        let page = self
+            .services
             .replay
             .since(&self.tenant.id, topic, since)
             .await
             .map_err(|e| {
                 tracing::warn!(topic, error = %e, "replay buffer unavailable");
                 Denied::new("SERVICE_UNAVAILABLE")
-            })
+            })?;
+        crate::metrics::replayed(
+            &self.tenant.id,
+            topic,
+            page.events.len() as u64,
+            page.truncated,
+        );
+        Ok(page)
     }
 
     /// One topic of a `resume`: check it like [`Session::subscribe`],
@@ -482,8 +493,14 @@ impl Session {
     ) -> Result<(String, Vec<PresenceSnapshot>), CallError> {
         let ctx = self.call_context();
         let request_id = ctx.request_id.clone();
+        let span = tracing::info_span!("call", path, request_id = %request_id);
         let result = match self.plugin() {
-            Ok(plugin) => plugin.call_with_effects(ctx, path, args_json).await,
+            Ok(plugin) => {
+                plugin
+                    .call_with_effects(ctx, path, args_json)
+                    .instrument(span)
+                    .await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = &result {

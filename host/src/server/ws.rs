@@ -226,6 +226,7 @@ async fn run_connection(
         tenant = %tenant.id,
         plugin_version = %plugin.version,
         session = %session_id,
+        user = tracing::field::Empty,
     );
     connection(socket, state, tenant, plugin, session_id, request)
         .instrument(span)
@@ -298,13 +299,24 @@ async fn connection(
     {
         return;
     }
-    tracing::debug!(user = session.user().map(|u| u.id.as_str()), "connected");
+    if let Some(user) = session.user() {
+        tracing::Span::current().record("user", user.id.as_str());
+    }
+    tracing::debug!("connected");
 
     let (sink, stream) = socket.split();
     let (close_tx, close_rx) = oneshot::channel();
     let ping = Arc::new(Notify::new());
-    let mut writer =
-        tokio::spawn(write_loop(sink, rx, close_rx, Arc::clone(&ping)).in_current_span());
+    let mut writer = tokio::spawn(
+        write_loop(
+            sink,
+            rx,
+            close_rx,
+            Arc::clone(&ping),
+            Arc::clone(session.tenant()),
+        )
+        .in_current_span(),
+    );
     let conn = Connection {
         session: Arc::clone(&session),
         tx,
@@ -356,12 +368,13 @@ async fn connection(
 /// Write queued frames, flushing once per batch, until the connection
 /// closes. A close frame from `close_rx` is sent at once (queued frames are
 /// discarded); a dropped `close_rx` sender ends the writer silently; `ping`
-/// sends a ping.
+/// sends a ping. The bytes sent count toward `tenant`'s usage and metrics.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     mut close_rx: oneshot::Receiver<CloseFrame>,
     ping: Arc<Notify>,
+    tenant: Arc<Tenant>,
 ) {
     loop {
         tokio::select! {
@@ -379,12 +392,14 @@ async fn write_loop(
             }
             next = rx.recv() => {
                 let Some(Outbound::Text(text)) = next else { return };
+                let mut bytes = text.len() as u64;
                 if sink.feed(Message::Text(text)).await.is_err() {
                     return;
                 }
                 for _ in 1..WRITE_BATCH {
                     match rx.try_recv() {
                         Ok(Outbound::Text(text)) => {
+                            bytes += text.len() as u64;
                             if sink.feed(Message::Text(text)).await.is_err() {
                                 return;
                             }
@@ -395,9 +410,18 @@ async fn write_loop(
                 if sink.flush().await.is_err() {
                     return;
                 }
+                tenant.quota.usage.bytes_out(bytes);
+                metrics::bytes_sent(&tenant.id, bytes);
             }
         }
     }
+}
+
+/// Count `len` bytes received on `conn` toward its tenant's usage and metrics.
+fn received(conn: &Connection, len: usize) {
+    let tenant = conn.session.tenant();
+    tenant.quota.usage.bytes_in(len as u64);
+    metrics::bytes_received(&tenant.id, len as u64);
 }
 
 /// Whether a read error is the library's message size limit.
@@ -468,8 +492,14 @@ async fn read_loop(
                 tracing::debug!(error = %e, "read error");
                 break None;
             }
-            Some(Ok(Message::Text(text))) => protocol::decode_text(text.as_str()),
-            Some(Ok(Message::Binary(bytes))) => protocol::decode_binary(&bytes),
+            Some(Ok(Message::Text(text))) => {
+                received(conn, text.len());
+                protocol::decode_text(text.as_str())
+            }
+            Some(Ok(Message::Binary(bytes))) => {
+                received(conn, bytes.len());
+                protocol::decode_binary(&bytes)
+            }
             // The library answers pings and the peer's close itself; the
             // stream ends after the close handshake.
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => continue,
@@ -851,13 +881,19 @@ async fn run_call(
             Vec::new(),
         );
     }
-    match session
+    let started = std::time::Instant::now();
+    let (answer, snapshots) = match session
         .call(&call.path, &call.args_json, call.idempotency_key.as_deref())
         .await
     {
         Ok((json, snapshots)) => (Ok(json), snapshots),
         Err(e) => (Err(RpcErrorBody::from(&e)), Vec::new()),
-    }
+    };
+    let tenant = session.tenant();
+    tenant.quota.usage.call(answer.is_ok());
+    let code = answer.as_ref().map_or_else(|e| e.code.as_str(), |_| "OK");
+    metrics::rpc(&tenant.id, code, started.elapsed());
+    (answer, snapshots)
 }
 
 /// Send each snapshot as `presence_state` `{key: data, …}` on

@@ -253,7 +253,11 @@ async fn kv_purge_conformance(kv: &dyn Kv) {
         .await
         .unwrap();
     kv.set(&b, "k1", b"b".to_vec(), None, q).await.unwrap();
+    // What each tenant holds, as its quota counts it (key + value bytes).
+    assert_eq!(kv.stored(&a).await.unwrap(), (2, 6));
+    assert_eq!(kv.stored(&b).await.unwrap(), (1, 3));
     assert_eq!(kv.purge_tenant(&a).await.unwrap(), 2);
+    assert_eq!(kv.stored(&a).await.unwrap(), (0, 0));
     assert_eq!(kv.get(&a, "k1").await.unwrap(), None);
     assert_eq!(kv.get(&a, "k2").await.unwrap(), None);
     assert_eq!(kv.get(&b, "k1").await.unwrap(), Some(b"b".to_vec()));

@@ -290,6 +290,14 @@ fn parse_redis_int(value: &[u8]) -> Option<i64> {
 
 #[async_trait]
 impl Kv for MemoryKv {
+    async fn stored(&self, tenant: &TenantId) -> Result<(u64, u64), BackendError> {
+        let shard = self.shard(tenant).lock();
+        Ok(shard
+            .tenants
+            .get(tenant)
+            .map_or((0, 0), |m| (m.entries.len() as u64, m.bytes as u64)))
+    }
+
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
         let removed = {
             let mut shard = self.shard(tenant).lock();

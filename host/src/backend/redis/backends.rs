@@ -58,11 +58,12 @@ pub struct RedisBackends {
 
 impl RedisBackends {
     /// Connect to the Redis at `url` and build the extensions `settings`
-    /// enables, for the tenants of `scope` (whose bus events this server
+    /// enables, with one breaker called `name` (its logs and metrics), for the tenants of `scope` (whose bus events this server
     /// carries, and who hear its breaker's notices), the bus delivering
     /// into `hub` and buffering as `replay` says. `Unavailable` if the
     /// server cannot be reached.
     pub async fn connect(
+        name: &str,
         url: &str,
         settings: &RedisSettings,
         hub: &Arc<Hub>,
@@ -70,7 +71,7 @@ impl RedisBackends {
         scope: TenantScope,
     ) -> Result<Self, BackendError> {
         let conn = super::connect(url).await?;
-        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
+        let breaker = Arc::new(CircuitBreaker::new(name, BreakerConfig::default()));
         breaker::spawn_redis_prober(&breaker, conn.clone());
         let ns = &settings.namespace;
         let store = |conn: &ConnectionManager| (conn.clone(), ns.clone(), Arc::clone(&breaker));
@@ -153,7 +154,8 @@ pub async fn fleet_backends(
     } else {
         TenantScope::AllBut(own)
     };
-    let shared = RedisBackends::connect(&settings.url, settings, hub, replay, shared_scope).await?;
+    let shared =
+        RedisBackends::connect("redis", &settings.url, settings, hub, replay, shared_scope).await?;
     let mut dedicated = Vec::with_capacity(urls.len());
     for (index, url) in urls.iter().enumerate() {
         let served: HashSet<TenantId> = tenants
@@ -161,22 +163,21 @@ pub async fn fleet_backends(
             .filter(|&(_, &i)| i == index)
             .map(|(t, _)| t.clone())
             .collect();
-        let names: Vec<&str> = served.iter().map(TenantId::as_str).collect();
-        let set = RedisBackends::connect(
-            url,
-            settings,
-            hub,
-            replay,
-            TenantScope::Only(Arc::new(served.clone())),
-        )
-        .await
-        .map_err(|e| {
-            BackendError::Unavailable(format!("the Redis of tenant(s) {}: {e}", names.join(", ")))
-        })?;
+        let mut names: Vec<&str> = served.iter().map(TenantId::as_str).collect();
+        names.sort_unstable();
+        let name = format!("redis:{}", names.join(","));
+        let scope = TenantScope::Only(Arc::new(served.clone()));
+        let set = RedisBackends::connect(&name, url, settings, hub, replay, scope)
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("the Redis of {name}: {e}")))?;
         tracing::info!(tenants = ?names, "Redis of their own connected");
         dedicated.push((set, served.into_iter().collect()));
     }
     let mut backends = crate::backend::memory::backends_with_replay(Arc::clone(hub), replay);
+    backends.breakers = std::iter::once(&shared)
+        .chain(dedicated.iter().map(|(set, _)| set))
+        .map(|set| Arc::clone(&set.breaker))
+        .collect();
     let routes = Routes {
         shared: &shared,
         dedicated: &dedicated,

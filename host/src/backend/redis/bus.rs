@@ -407,10 +407,13 @@ impl Bus for RedisBus {
                 .fallback
                 .publish(tenant, topic, event, data, &open.into());
         }
+        let started = std::time::Instant::now();
         let result = self.pipeline.call(call).await;
+        crate::metrics::backend_command(self.breaker.name(), started.elapsed());
         self.breaker.record(&result);
         match result {
             Ok(seq) => {
+                crate::metrics::bus_relayed(tenant);
                 if !self.subscribed.load(Ordering::Acquire) {
                     // Our subscription is still coming back: local
                     // subscribers get it now, with the Redis seq.
@@ -596,6 +599,7 @@ impl BatchSender {
     /// Send `batch` as one pipeline (plus, after `NOSCRIPT`, a script load
     /// and one more pipeline for the calls that got it) and answer each.
     async fn send(&self, batch: &mut Vec<Pending>) {
+        crate::metrics::relay_batch(batch.len());
         let results = match self.round_trip(batch).await {
             Ok(results) => results,
             Err(e) => return answer_all(batch.drain(..), &e),
@@ -980,6 +984,7 @@ pub(crate) fn deliver(
 ) {
     match parse_message(namespace, kind, channel, payload) {
         Ok(m) if scope.contains(&m.tenant) => {
+            crate::metrics::bus_received(&m.tenant);
             hub.deliver(&m.tenant, m.topic, m.event, m.data, m.seq);
         }
         Ok(m) => {

@@ -475,6 +475,10 @@ fn bad_reply(what: &str, reply: &[String]) -> BackendError {
 
 #[async_trait]
 impl Kv for RedisKv {
+    async fn stored(&self, tenant: &TenantId) -> Result<(u64, u64), BackendError> {
+        RedisKv::stored(self, tenant).await
+    }
+
     async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
         self.check_key(key)?;
         let value_key = Names::new(&self.namespace, tenant).value(key);

@@ -228,10 +228,13 @@ impl Bus for RedisShardedBus {
             .follows
             .local_delivery_needed(&self.hub, tenant, topic, &channel)
             .await;
+        let started = std::time::Instant::now();
         let result = self.pipeline.call(call).await;
+        crate::metrics::backend_command(self.breaker.name(), started.elapsed());
         self.breaker.record(&result);
         match result {
             Ok(seq) => {
+                crate::metrics::bus_relayed(tenant);
                 if local {
                     // Our subscription of the channel is not active: local
                     // subscribers get it now, with the Redis seq.
