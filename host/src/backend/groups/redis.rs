@@ -775,10 +775,12 @@ mod tests {
     use futures_util::future::join_all;
 
     use super::*;
-    use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
+    use crate::backend::breaker::OPEN_MESSAGE;
     use crate::backend::groups::conformance;
-    use crate::backend::redis::test_support::{Namespace, breaker, tid};
-    use crate::backend::redis::{COMMAND_TIMEOUT, SCRIPT_TIMEOUT};
+    use crate::backend::redis::SCRIPT_TIMEOUT;
+    use crate::backend::redis::test_support::{
+        Namespace, breaker, tid, tripping_breaker, unreachable_conn,
+    };
 
     async fn store(ns: &Namespace) -> RedisGroups {
         RedisGroups::new(ns.conn().await, ns.name(), breaker())
@@ -922,13 +924,7 @@ mod tests {
     #[tokio::test]
     async fn open_breaker_fails_fast() {
         let ns = Namespace::new();
-        let shared = Arc::new(CircuitBreaker::new(
-            "redis",
-            BreakerConfig {
-                failure_threshold: 1,
-                reset_timeout: Duration::from_secs(60),
-            },
-        ));
+        let shared = tripping_breaker();
         let s = RedisGroups::new(ns.conn().await, ns.name(), Arc::clone(&shared));
         let t = tid("acme");
         s.create_or_get(&t, "g", 5, "{}").await.unwrap();
@@ -967,15 +963,7 @@ mod tests {
     /// A Redis that does not answer is an error, not a hang.
     #[tokio::test]
     async fn unreachable_redis_is_an_error() {
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", closed.local_addr().unwrap());
-        drop(closed);
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1);
-        let lazy = ConnectionManager::new_lazy_with_config(client, config).unwrap();
+        let lazy = unreachable_conn().await;
         let s = RedisGroups::new(lazy, "tenantry-test-unreachable".into(), breaker());
         let started = Instant::now();
         let err = s

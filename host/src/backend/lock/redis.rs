@@ -217,9 +217,9 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
+    use crate::backend::breaker::OPEN_MESSAGE;
     use crate::backend::lock::conformance;
-    use crate::backend::redis::test_support::{Namespace, breaker, tid};
+    use crate::backend::redis::test_support::{Namespace, breaker, tid, tripping_breaker};
 
     async fn store(ns: &Namespace) -> RedisLock {
         RedisLock::new(ns.conn().await, ns.name(), breaker())
@@ -280,13 +280,7 @@ mod tests {
     #[tokio::test]
     async fn an_open_breaker_fails_fast() {
         let ns = Namespace::new();
-        let shared = Arc::new(CircuitBreaker::new(
-            "redis",
-            BreakerConfig {
-                failure_threshold: 1,
-                reset_timeout: Duration::from_secs(60),
-            },
-        ));
+        let shared = tripping_breaker();
         let lock = RedisLock::new(ns.conn().await, ns.name(), Arc::clone(&shared));
         let t = tid("acme");
         let ttl = Duration::from_secs(10);

@@ -113,14 +113,12 @@ impl RateBoard for RedisRateBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::breaker::BreakerConfig;
-    use crate::backend::redis::test_support::Namespace;
+    use crate::backend::redis::test_support::{Namespace, breaker};
 
     #[tokio::test]
     async fn redis_board_passes_the_conformance_suite_across_two_hosts() {
         let ns = Namespace::new();
-        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
-        let board = RedisRateBoard::new(ns.conn().await, ns.name(), breaker);
+        let board = RedisRateBoard::new(ns.conn().await, ns.name(), breaker());
         super::super::conformance(&board).await;
         assert_eq!(ns.keys(), Vec::<String>::new());
     }

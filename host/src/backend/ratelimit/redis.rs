@@ -277,9 +277,9 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
+    use crate::backend::breaker::OPEN_MESSAGE;
     use crate::backend::ratelimit::conformance;
-    use crate::backend::redis::test_support::{Namespace, breaker, tid};
+    use crate::backend::redis::test_support::{Namespace, breaker, tid, tripping_breaker};
 
     async fn limiter(ns: &Namespace) -> RedisRateLimiter {
         RedisRateLimiter::new(ns.conn().await, ns.name(), breaker())
@@ -373,13 +373,7 @@ mod tests {
     #[tokio::test]
     async fn an_open_breaker_fails_closed_without_calling_redis() {
         let ns = Namespace::new();
-        let shared = Arc::new(CircuitBreaker::new(
-            "redis",
-            BreakerConfig {
-                failure_threshold: 1,
-                reset_timeout: Duration::from_secs(60),
-            },
-        ));
+        let shared = tripping_breaker();
         let rl = RedisRateLimiter::new(ns.conn().await, ns.name(), Arc::clone(&shared));
         let t = tid("acme");
         let r = rule(5, Duration::from_secs(60), Duration::ZERO);

@@ -127,15 +127,14 @@ mod tests {
 
     use super::*;
     use crate::backend::Bus;
-    use crate::backend::breaker::BreakerConfig;
     use crate::backend::redis::bus::RedisBus;
-    use crate::backend::redis::test_support::{Namespace, redis_url};
+    use crate::backend::redis::test_support::{Namespace, breaker, redis_url};
     use crate::backend::replay::{ReplaySettings, conformance};
     use crate::hub::Hub;
     use crate::tenant::TenantScope;
 
     async fn pair(ns: &Namespace, settings: ReplaySettings) -> (Arc<RedisBus>, RedisReplay) {
-        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
+        let breaker = breaker();
         let conn = ns.conn().await;
         let bus = RedisBus::start_configured(
             conn.clone(),
@@ -244,7 +243,7 @@ mod tests {
     #[tokio::test]
     async fn reads_fail_fast_while_the_breaker_is_open() {
         let ns = Namespace::new();
-        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
+        let breaker = breaker();
         let replay = RedisReplay::new(ns.conn().await, ns.name(), Arc::clone(&breaker));
         for _ in 0..breaker.config().failure_threshold {
             breaker.failure();
