@@ -25,18 +25,20 @@
 //!
 //! # Outages
 //!
-//! Every call goes through the shared [`CircuitBreaker`] via
-//! [`crate::backend::redis::call`], bounded by [`SCRIPT_TIMEOUT`]
-//! (`Timeout`); connection errors are `Unavailable`; while the breaker is
-//! broken every call fails fast with `Unavailable("Redis circuit breaker
-//! open")` (the host skips cursor writes then, as the seeds do).
+//! Every call goes through the shared [`CircuitBreaker`] via the store's
+//! [`RedisScope`], bounded by [`SCRIPT_TIMEOUT`] (`Timeout`); connection
+//! errors are `Unavailable`; while the breaker is broken every call fails
+//! fast with `Unavailable("Redis circuit breaker open")` (the host skips cursor writes then, as the seeds do).
+//!
+//! [`TenantKeys`]: crate::backend::redis::keys::TenantKeys
+//! [`SCRIPT_TIMEOUT`]: crate::backend::redis::SCRIPT_TIMEOUT
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::Script;
 use redis::aio::ConnectionManager;
-use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::{
     CursorEntry, CursorLimits, CursorStore, check_name, check_update, too_many_entries,
@@ -44,8 +46,7 @@ use super::{
 };
 use crate::backend::BackendError;
 use crate::backend::breaker::CircuitBreaker;
-use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{SCRIPT_TIMEOUT, call};
+use crate::backend::redis::RedisScope;
 use crate::tenant::TenantId;
 
 /// Topics one `purge_tenant` script run removes.
@@ -197,21 +198,10 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
 
 /// A [`CursorStore`] in Redis, shared by every host process on the same
 /// Redis and namespace (see the module docs for the layout and scripts).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RedisCursors {
-    conn: ConnectionManager,
-    namespace: String,
-    breaker: Arc<CircuitBreaker>,
+    scope: RedisScope,
     limits: CursorLimits,
-}
-
-impl std::fmt::Debug for RedisCursors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisCursors")
-            .field("namespace", &self.namespace)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisCursors {
@@ -220,9 +210,7 @@ impl RedisCursors {
     /// on the same Redis), with the default [`CursorLimits`].
     pub fn new(conn: ConnectionManager, namespace: String, breaker: Arc<CircuitBreaker>) -> Self {
         Self {
-            conn,
-            namespace,
-            breaker,
+            scope: RedisScope::new(conn, namespace, breaker),
             limits: CursorLimits::default(),
         }
     }
@@ -236,28 +224,12 @@ impl RedisCursors {
 
     /// The data hash, live set and topic index of `topic`.
     fn topic_keys(&self, tenant: &TenantId, topic: &str) -> [String; 3] {
-        let keys = TenantKeys::new(&self.namespace, tenant);
+        let keys = self.scope.keys(tenant);
         [
             keys.name(DATA, topic),
             keys.name(LIVE, topic),
             keys.fixed(TOPICS),
         ]
-    }
-
-    /// Run `inv` through the breaker, bounded by [`SCRIPT_TIMEOUT`].
-    async fn run<T: FromRedisValue>(
-        &self,
-        what: &str,
-        inv: &ScriptInvocation<'_>,
-    ) -> Result<T, BackendError> {
-        let mut conn = self.conn.clone();
-        call(
-            &self.breaker,
-            what,
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await
     }
 }
 
@@ -283,7 +255,7 @@ impl CursorStore for RedisCursors {
             .arg(ttl_ms)
             .arg(self.limits.max_entries_per_topic)
             .arg(self.limits.max_topics_per_tenant);
-        let reply: String = self.run("cursor update", &inv).await?;
+        let reply: String = self.scope.script("cursor update", &inv).await?;
         match reply.as_str() {
             "ok" => Ok(()),
             "entries" => Err(too_many_entries(&self.limits)),
@@ -305,7 +277,7 @@ impl CursorStore for RedisCursors {
         let [data, live, topics] = self.topic_keys(tenant, topic);
         let mut inv = SCRIPTS.remove.prepare_invoke();
         inv.key(data).key(live).key(topics).arg(topic).arg(key);
-        let was_live: u64 = self.run("cursor remove", &inv).await?;
+        let was_live: u64 = self.scope.script("cursor remove", &inv).await?;
         Ok(was_live == 1)
     }
 
@@ -320,7 +292,7 @@ impl CursorStore for RedisCursors {
         inv.key(data)
             .key(live)
             .arg(self.limits.max_entries_per_topic);
-        let reply: Vec<String> = self.run("cursor snapshot", &inv).await?;
+        let reply: Vec<String> = self.scope.script("cursor snapshot", &inv).await?;
         if !reply.len().is_multiple_of(2) {
             return Err(BackendError::Other(format!(
                 "cursor snapshot: unexpected Redis script reply of {} fields",
@@ -337,7 +309,7 @@ impl CursorStore for RedisCursors {
     }
 
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
-        let keys = TenantKeys::new(&self.namespace, tenant);
+        let keys = self.scope.keys(tenant);
         let mut total = 0;
         for _ in 0..MAX_PURGE_ROUNDS {
             let mut inv = SCRIPTS.purge.prepare_invoke();
@@ -345,7 +317,7 @@ impl CursorStore for RedisCursors {
                 .arg(keys.name(DATA, ""))
                 .arg(keys.name(LIVE, ""))
                 .arg(PURGE_BATCH);
-            let (removed, left): (u64, u64) = self.run("cursor purge", &inv).await?;
+            let (removed, left): (u64, u64) = self.scope.script("cursor purge", &inv).await?;
             total += removed;
             if left == 0 {
                 return Ok(total);
@@ -363,10 +335,12 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
+    use crate::backend::breaker::OPEN_MESSAGE;
     use crate::backend::cursor::conformance;
-    use crate::backend::redis::COMMAND_TIMEOUT;
-    use crate::backend::redis::test_support::{Namespace, breaker, tid};
+    use crate::backend::redis::SCRIPT_TIMEOUT;
+    use crate::backend::redis::test_support::{
+        Namespace, breaker, tid, tripping_breaker, unreachable_conn,
+    };
 
     async fn store(ns: &Namespace) -> RedisCursors {
         RedisCursors::new(ns.conn().await, ns.name(), breaker())
@@ -469,13 +443,7 @@ mod tests {
     #[tokio::test]
     async fn open_breaker_fails_fast() {
         let ns = Namespace::new();
-        let shared = Arc::new(CircuitBreaker::new(
-            "redis",
-            BreakerConfig {
-                failure_threshold: 1,
-                reset_timeout: Duration::from_secs(60),
-            },
-        ));
+        let shared = tripping_breaker();
         let s = RedisCursors::new(ns.conn().await, ns.name(), Arc::clone(&shared));
         let t = tid("acme");
         s.update(&t, "canvas", "k", "1", LONG).await.unwrap();
@@ -505,15 +473,7 @@ mod tests {
     /// A Redis that does not answer is an error, not a hang.
     #[tokio::test]
     async fn unreachable_redis_is_an_error() {
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", closed.local_addr().unwrap());
-        drop(closed);
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1);
-        let lazy = ConnectionManager::new_lazy_with_config(client, config).unwrap();
+        let lazy = unreachable_conn().await;
         let s = RedisCursors::new(lazy, "tenantry-test-unreachable".into(), breaker());
         let started = Instant::now();
         let err = s

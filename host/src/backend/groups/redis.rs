@@ -34,11 +34,12 @@
 //!
 //! # Outages
 //!
-//! Every call goes through the shared [`CircuitBreaker`] via
-//! [`crate::backend::redis::call`], bounded by [`SCRIPT_TIMEOUT`]
-//! (`Timeout`); connection errors are `Unavailable`; while the breaker is
-//! broken every call fails fast with `Unavailable("Redis circuit breaker
-//! open")`.
+//! Every call goes through the shared [`CircuitBreaker`] via the store's
+//! [`RedisScope`], bounded by [`SCRIPT_TIMEOUT`] (`Timeout`); connection
+//! errors are `Unavailable`; while the breaker is broken every call fails
+//! fast with `Unavailable("Redis circuit breaker open")`.
+//!
+//! [`SCRIPT_TIMEOUT`]: crate::backend::redis::SCRIPT_TIMEOUT
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
@@ -46,8 +47,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
+use redis::Script;
 use redis::aio::ConnectionManager;
-use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::{
     ExpiredMember, GroupInfo, GroupLimits, GroupStore, Joined, Left, Member, MemberRef, Role,
@@ -56,8 +57,8 @@ use super::{
 };
 use crate::backend::BackendError;
 use crate::backend::breaker::CircuitBreaker;
+use crate::backend::redis::RedisScope;
 use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{COMMAND_TIMEOUT, SCRIPT_TIMEOUT, call};
 use crate::tenant::TenantId;
 
 /// Dead members one `expire` script run removes at most.
@@ -372,8 +373,7 @@ struct Names {
 }
 
 impl Names {
-    fn new(namespace: &str, tenant: &TenantId) -> Self {
-        let keys = TenantKeys::new(namespace, tenant);
+    fn new(keys: TenantKeys) -> Self {
         Self {
             deadlines: keys.fixed(DEADLINES),
             names: keys.fixed(NAMES),
@@ -402,21 +402,10 @@ impl Names {
 
 /// A [`GroupStore`] in Redis, shared by every host process on the same
 /// Redis and namespace (see the module docs for the layout and scripts).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RedisGroups {
-    conn: ConnectionManager,
-    namespace: String,
-    breaker: Arc<CircuitBreaker>,
+    scope: RedisScope,
     limits: GroupLimits,
-}
-
-impl std::fmt::Debug for RedisGroups {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisGroups")
-            .field("namespace", &self.namespace)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisGroups {
@@ -425,9 +414,7 @@ impl RedisGroups {
     /// on the same Redis), with the default [`GroupLimits`].
     pub fn new(conn: ConnectionManager, namespace: String, breaker: Arc<CircuitBreaker>) -> Self {
         Self {
-            conn,
-            namespace,
-            breaker,
+            scope: RedisScope::new(conn, namespace, breaker),
             limits: GroupLimits::default(),
         }
     }
@@ -440,23 +427,7 @@ impl RedisGroups {
     }
 
     fn names(&self, tenant: &TenantId) -> Names {
-        Names::new(&self.namespace, tenant)
-    }
-
-    /// Run `inv` through the breaker, bounded by [`SCRIPT_TIMEOUT`].
-    async fn run<T: FromRedisValue>(
-        &self,
-        what: &str,
-        inv: &ScriptInvocation<'_>,
-    ) -> Result<T, BackendError> {
-        let mut conn = self.conn.clone();
-        call(
-            &self.breaker,
-            what,
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await
+        Names::new(self.scope.keys(tenant))
     }
 
     /// One heartbeat script run: `members` (at most [`HEARTBEAT_BATCH`])
@@ -479,7 +450,7 @@ impl RedisGroups {
             inv.arg(&m.group).arg(&m.member);
         }
         let what = "group heartbeat";
-        let lost: Vec<usize> = self.run(what, &inv).await?;
+        let lost: Vec<usize> = self.scope.script(what, &inv).await?;
         lost.into_iter()
             .map(|i| {
                 members
@@ -549,7 +520,7 @@ impl GroupStore for RedisGroups {
             .arg(meta)
             .arg(self.limits.max_groups_per_tenant);
         let what = "group create";
-        let reply: Vec<String> = self.run(what, &inv).await?;
+        let reply: Vec<String> = self.scope.script(what, &inv).await?;
         match reply.as_slice() {
             [ok, created, max, meta, closed] if ok == "ok" => Ok(GroupInfo {
                 created: created == "1",
@@ -569,14 +540,7 @@ impl GroupStore for RedisGroups {
         check_name("group name", name)?;
         let mut cmd = redis::cmd("HGET");
         cmd.arg(self.names(tenant).info(name)).arg("meta");
-        let mut conn = self.conn.clone();
-        call(
-            &self.breaker,
-            "group meta",
-            COMMAND_TIMEOUT,
-            cmd.query_async(&mut conn),
-        )
-        .await
+        self.scope.cmd("group meta", &cmd).await
     }
 
     async fn set_meta(
@@ -589,7 +553,7 @@ impl GroupStore for RedisGroups {
         check_meta(meta)?;
         let mut inv = SCRIPTS.set_meta.prepare_invoke();
         inv.key(self.names(tenant).info(name)).arg(meta);
-        let found: u64 = self.run("group set_meta", &inv).await?;
+        let found: u64 = self.scope.script("group set_meta", &inv).await?;
         if found == 0 {
             return Err(no_such_group(name));
         }
@@ -620,7 +584,7 @@ impl GroupStore for RedisGroups {
             .arg(self.limits.max_members_per_group)
             .arg(self.limits.max_members_per_tenant);
         let what = "group join";
-        let reply: Vec<String> = self.run(what, &inv).await?;
+        let reply: Vec<String> = self.scope.script(what, &inv).await?;
         match reply.as_slice() {
             [ok, new, r, count] if ok == "ok" => Ok(Joined {
                 new: new == "1",
@@ -658,7 +622,7 @@ impl GroupStore for RedisGroups {
             .arg(name)
             .arg(member);
         let what = "group leave";
-        let (count, value): (u64, Option<String>) = self.run(what, &inv).await?;
+        let (count, value): (u64, Option<String>) = self.scope.script(what, &inv).await?;
         let role = match value {
             Some(v) => Some(self::member(what, member.to_owned(), &v)?.role),
             None => None,
@@ -673,7 +637,7 @@ impl GroupStore for RedisGroups {
         inv.key(names.members(name))
             .key(names.live(name))
             .arg(self.limits.max_members_per_group);
-        let reply: Vec<String> = self.run("group members", &inv).await?;
+        let reply: Vec<String> = self.scope.script("group members", &inv).await?;
         member_pairs("group members", reply)
     }
 
@@ -681,7 +645,7 @@ impl GroupStore for RedisGroups {
         check_name("group name", name)?;
         let mut inv = SCRIPTS.count.prepare_invoke();
         inv.key(self.names(tenant).live(name));
-        self.run("group count", &inv).await
+        self.scope.script("group count", &inv).await
     }
 
     async fn heartbeat(
@@ -724,7 +688,7 @@ impl GroupStore for RedisGroups {
                 .arg(names.prefix(MEMBERS))
                 .arg(names.prefix(LIVE))
                 .arg(batch);
-            let reply: Vec<String> = self.run(what, &inv).await?;
+            let reply: Vec<String> = self.scope.script(what, &inv).await?;
             let Some((removed, rest)) = reply.split_first() else {
                 return Err(bad_reply(what, &reply));
             };
@@ -758,7 +722,7 @@ impl GroupStore for RedisGroups {
             .key(&names.deadlines)
             .arg(name);
         let what = "group close";
-        let reply: Vec<String> = self.run(what, &inv).await?;
+        let reply: Vec<String> = self.scope.script(what, &inv).await?;
         match reply.split_first() {
             Some((ok, _)) if ok == "ok" => member_pairs(what, reply[1..].to_vec()),
             Some((missing, [])) if missing == "missing" => Err(no_such_group(name)),
@@ -776,7 +740,7 @@ impl GroupStore for RedisGroups {
             .key(&names.deadlines)
             .key(&names.names)
             .arg(name);
-        let existed: u64 = self.run("group delete", &inv).await?;
+        let existed: u64 = self.scope.script("group delete", &inv).await?;
         Ok(existed == 1)
     }
 
@@ -791,7 +755,7 @@ impl GroupStore for RedisGroups {
                 .arg(names.prefix(MEMBERS))
                 .arg(names.prefix(LIVE))
                 .arg(PURGE_BATCH);
-            let (removed, left): (u64, u64) = self.run("group purge", &inv).await?;
+            let (removed, left): (u64, u64) = self.scope.script("group purge", &inv).await?;
             total += removed;
             if left == 0 {
                 return Ok(total);
@@ -811,9 +775,12 @@ mod tests {
     use futures_util::future::join_all;
 
     use super::*;
-    use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
+    use crate::backend::breaker::OPEN_MESSAGE;
     use crate::backend::groups::conformance;
-    use crate::backend::redis::test_support::{Namespace, breaker, tid};
+    use crate::backend::redis::SCRIPT_TIMEOUT;
+    use crate::backend::redis::test_support::{
+        Namespace, breaker, tid, tripping_breaker, unreachable_conn,
+    };
 
     async fn store(ns: &Namespace) -> RedisGroups {
         RedisGroups::new(ns.conn().await, ns.name(), breaker())
@@ -957,13 +924,7 @@ mod tests {
     #[tokio::test]
     async fn open_breaker_fails_fast() {
         let ns = Namespace::new();
-        let shared = Arc::new(CircuitBreaker::new(
-            "redis",
-            BreakerConfig {
-                failure_threshold: 1,
-                reset_timeout: Duration::from_secs(60),
-            },
-        ));
+        let shared = tripping_breaker();
         let s = RedisGroups::new(ns.conn().await, ns.name(), Arc::clone(&shared));
         let t = tid("acme");
         s.create_or_get(&t, "g", 5, "{}").await.unwrap();
@@ -1002,15 +963,7 @@ mod tests {
     /// A Redis that does not answer is an error, not a hang.
     #[tokio::test]
     async fn unreachable_redis_is_an_error() {
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", closed.local_addr().unwrap());
-        drop(closed);
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1);
-        let lazy = ConnectionManager::new_lazy_with_config(client, config).unwrap();
+        let lazy = unreachable_conn().await;
         let s = RedisGroups::new(lazy, "tenantry-test-unreachable".into(), breaker());
         let started = Instant::now();
         let err = s

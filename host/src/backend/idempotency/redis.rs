@@ -16,10 +16,13 @@
 //! - abort: a Lua compare-and-delete: deletes only a pending marker.
 //!
 //! Every command goes through the shared [`CircuitBreaker`]; while it is
-//! open every call fails fast with `Unavailable`.
+//! open every call fails fast with `Unavailable`. The calls are made
+//! through the store's [`RedisScope`].
 //!
 //! Records are bounded only by their TTLs (results at most
 //! [`super::MAX_RESULT_BYTES`] each, kept at most [`super::MAX_TTL`]).
+//!
+//! [`TenantKeys`]: crate::backend::redis::keys::TenantKeys
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -31,9 +34,7 @@ use redis::aio::ConnectionManager;
 use super::{IdemAcquire, IdempotencyStore, check_key, check_result, ttl_ms};
 use crate::backend::BackendError;
 use crate::backend::breaker::CircuitBreaker;
-use crate::backend::redis::COMMAND_TIMEOUT;
-use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{SCRIPT_TIMEOUT, call, delete_matching};
+use crate::backend::redis::RedisScope;
 use crate::tenant::TenantId;
 
 /// The kind (key segment) of idempotency records.
@@ -56,19 +57,9 @@ return 0
 static ABORT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ABORT));
 
 /// An [`IdempotencyStore`] in Redis (see the module docs).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RedisIdempotency {
-    conn: ConnectionManager,
-    namespace: String,
-    breaker: Arc<CircuitBreaker>,
-}
-
-impl std::fmt::Debug for RedisIdempotency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisIdempotency")
-            .field("namespace", &self.namespace)
-            .finish_non_exhaustive()
-    }
+    scope: RedisScope,
 }
 
 impl RedisIdempotency {
@@ -77,19 +68,17 @@ impl RedisIdempotency {
     /// backends on the same Redis).
     pub fn new(conn: ConnectionManager, namespace: String, breaker: Arc<CircuitBreaker>) -> Self {
         Self {
-            conn,
-            namespace,
-            breaker,
+            scope: RedisScope::new(conn, namespace, breaker),
         }
     }
 
     /// The breaker every command of this store goes through.
     pub fn breaker(&self) -> &Arc<CircuitBreaker> {
-        &self.breaker
+        self.scope.breaker()
     }
 
     fn record(&self, tenant: &TenantId, key: &str) -> String {
-        TenantKeys::new(&self.namespace, tenant).name(KIND, key)
+        self.scope.keys(tenant).name(KIND, key)
     }
 }
 
@@ -110,14 +99,7 @@ impl IdempotencyStore for RedisIdempotency {
             .arg("PX")
             .arg(ms)
             .arg("GET");
-        let mut conn = self.conn.clone();
-        let before: Option<String> = call(
-            &self.breaker,
-            "idempotency acquire",
-            COMMAND_TIMEOUT,
-            cmd.query_async(&mut conn),
-        )
-        .await?;
+        let before: Option<String> = self.scope.cmd("idempotency acquire", &cmd).await?;
         match before.as_deref() {
             None => Ok(IdemAcquire::Acquired),
             Some(PENDING) => Ok(IdemAcquire::Pending),
@@ -149,14 +131,7 @@ impl IdempotencyStore for RedisIdempotency {
             .arg(value)
             .arg("PX")
             .arg(ms);
-        let mut conn = self.conn.clone();
-        let () = call(
-            &self.breaker,
-            "idempotency commit",
-            COMMAND_TIMEOUT,
-            cmd.query_async(&mut conn),
-        )
-        .await?;
+        let () = self.scope.cmd("idempotency commit", &cmd).await?;
         Ok(())
     }
 
@@ -164,20 +139,15 @@ impl IdempotencyStore for RedisIdempotency {
         check_key(key)?;
         let mut inv = ABORT_SCRIPT.prepare_invoke();
         inv.key(self.record(tenant, key));
-        let mut conn = self.conn.clone();
-        let deleted: i64 = call(
-            &self.breaker,
-            "idempotency abort",
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await?;
+        let deleted: i64 = self.scope.script("idempotency abort", &inv).await?;
         Ok(deleted == 1)
     }
 
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
-        let prefix = TenantKeys::new(&self.namespace, tenant).name(KIND, "");
-        delete_matching(&self.conn, &self.breaker, "idempotency purge", &prefix).await
+        let prefix = self.scope.keys(tenant).name(KIND, "");
+        self.scope
+            .delete_matching("idempotency purge", &prefix)
+            .await
     }
 }
 
@@ -186,9 +156,9 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
+    use crate::backend::breaker::OPEN_MESSAGE;
     use crate::backend::idempotency::conformance;
-    use crate::backend::redis::test_support::{Namespace, breaker, tid};
+    use crate::backend::redis::test_support::{Namespace, breaker, tid, tripping_breaker};
 
     async fn store(ns: &Namespace) -> RedisIdempotency {
         RedisIdempotency::new(ns.conn().await, ns.name(), breaker())
@@ -258,13 +228,7 @@ mod tests {
     #[tokio::test]
     async fn an_open_breaker_fails_fast() {
         let ns = Namespace::new();
-        let shared = Arc::new(CircuitBreaker::new(
-            "redis",
-            BreakerConfig {
-                failure_threshold: 1,
-                reset_timeout: Duration::from_secs(60),
-            },
-        ));
+        let shared = tripping_breaker();
         let s = RedisIdempotency::new(ns.conn().await, ns.name(), Arc::clone(&shared));
         let t = tid("acme");
         assert_eq!(s.acquire(&t, "k", LONG).await, Ok(IdemAcquire::Acquired));

@@ -23,7 +23,10 @@
 //! A waiting acquire runs the acquire script once per try (see
 //! `super::poll`). Every command goes through the shared
 //! [`CircuitBreaker`]; while it is open every call fails fast with
-//! `Unavailable` (a waiting acquire stops at the first error).
+//! `Unavailable` (a waiting acquire stops at the first error); the calls
+//! are made through the store's [`RedisScope`].
+//!
+//! [`TenantKeys`]: crate::backend::redis::keys::TenantKeys
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -35,9 +38,7 @@ use redis::aio::ConnectionManager;
 use super::{DistributedLock, LockLease, check_key, check_lease, check_wait, poll};
 use crate::backend::BackendError;
 use crate::backend::breaker::CircuitBreaker;
-use crate::backend::redis::COMMAND_TIMEOUT;
-use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{SCRIPT_TIMEOUT, call, delete_matching};
+use crate::backend::redis::RedisScope;
 use crate::tenant::TenantId;
 
 /// The kind (key segment) of lock keys.
@@ -89,19 +90,9 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 });
 
 /// A [`DistributedLock`] in Redis (see the module docs).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RedisLock {
-    conn: ConnectionManager,
-    namespace: String,
-    breaker: Arc<CircuitBreaker>,
-}
-
-impl std::fmt::Debug for RedisLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisLock")
-            .field("namespace", &self.namespace)
-            .finish_non_exhaustive()
-    }
+    scope: RedisScope,
 }
 
 impl RedisLock {
@@ -110,19 +101,17 @@ impl RedisLock {
     /// backends on the same Redis).
     pub fn new(conn: ConnectionManager, namespace: String, breaker: Arc<CircuitBreaker>) -> Self {
         Self {
-            conn,
-            namespace,
-            breaker,
+            scope: RedisScope::new(conn, namespace, breaker),
         }
     }
 
     /// The breaker every command of this store goes through.
     pub fn breaker(&self) -> &Arc<CircuitBreaker> {
-        &self.breaker
+        self.scope.breaker()
     }
 
     fn lock_key(&self, tenant: &TenantId, key: &str) -> String {
-        TenantKeys::new(&self.namespace, tenant).name(KIND, key)
+        self.scope.keys(tenant).name(KIND, key)
     }
 
     /// One try to take the lock.
@@ -134,14 +123,7 @@ impl RedisLock {
     ) -> Result<Option<LockLease>, BackendError> {
         let mut inv = SCRIPTS.acquire.prepare_invoke();
         inv.key(lock_key).key(counter).arg(ttl_ms);
-        let mut conn = self.conn.clone();
-        let token: Option<String> = call(
-            &self.breaker,
-            "lock acquire",
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await?;
+        let token: Option<String> = self.scope.script("lock acquire", &inv).await?;
         let Some(token) = token else {
             return Ok(None);
         };
@@ -166,14 +148,7 @@ impl RedisLock {
         if let Some(ms) = ttl_ms {
             inv.arg(ms);
         }
-        let mut conn = self.conn.clone();
-        let done: i64 = call(
-            &self.breaker,
-            what,
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await?;
+        let done: i64 = self.scope.script(what, &inv).await?;
         Ok(done == 1)
     }
 }
@@ -189,7 +164,7 @@ impl DistributedLock for RedisLock {
     ) -> Result<Option<LockLease>, BackendError> {
         let ttl_ms = check_lease(key, ttl)?;
         check_wait(wait)?;
-        let keys = TenantKeys::new(&self.namespace, tenant);
+        let keys = self.scope.keys(tenant);
         let (lock_key, counter) = (keys.name(KIND, key), keys.fixed(COUNTER));
         poll(wait, || self.try_acquire(&lock_key, &counter, ttl_ms)).await
     }
@@ -225,24 +200,14 @@ impl DistributedLock for RedisLock {
     }
 
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
-        let keys = TenantKeys::new(&self.namespace, tenant);
-        let removed = delete_matching(
-            &self.conn,
-            &self.breaker,
-            "lock purge",
-            &keys.name(KIND, ""),
-        )
-        .await?;
+        let keys = self.scope.keys(tenant);
+        let removed = self
+            .scope
+            .delete_matching("lock purge", &keys.name(KIND, ""))
+            .await?;
         let mut del = redis::cmd("DEL");
         del.arg(keys.fixed(COUNTER));
-        let mut conn = self.conn.clone();
-        let _: u64 = call(
-            &self.breaker,
-            "lock purge",
-            COMMAND_TIMEOUT,
-            del.query_async(&mut conn),
-        )
-        .await?;
+        let _: u64 = self.scope.cmd("lock purge", &del).await?;
         Ok(removed)
     }
 }
@@ -252,9 +217,9 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
+    use crate::backend::breaker::OPEN_MESSAGE;
     use crate::backend::lock::conformance;
-    use crate::backend::redis::test_support::{Namespace, breaker, tid};
+    use crate::backend::redis::test_support::{Namespace, breaker, tid, tripping_breaker};
 
     async fn store(ns: &Namespace) -> RedisLock {
         RedisLock::new(ns.conn().await, ns.name(), breaker())
@@ -315,13 +280,7 @@ mod tests {
     #[tokio::test]
     async fn an_open_breaker_fails_fast() {
         let ns = Namespace::new();
-        let shared = Arc::new(CircuitBreaker::new(
-            "redis",
-            BreakerConfig {
-                failure_threshold: 1,
-                reset_timeout: Duration::from_secs(60),
-            },
-        ));
+        let shared = tripping_breaker();
         let lock = RedisLock::new(ns.conn().await, ns.name(), Arc::clone(&shared));
         let t = tid("acme");
         let ttl = Duration::from_secs(10);

@@ -42,10 +42,10 @@
 //!
 //! # Outages
 //!
-//! Every call goes through the shared [`CircuitBreaker`]; a call is bounded
-//! by [`CALL_TIMEOUT`] (`Timeout`); connection errors are `Unavailable`;
-//! while the breaker is broken every call fails fast with
-//! `Unavailable("Redis circuit breaker open")`.
+//! Every call goes through the shared [`CircuitBreaker`] (by the store's
+//! [`RedisScope`]); a call is bounded by [`CALL_TIMEOUT`] (`Timeout`);
+//! connection errors are `Unavailable`; while the breaker is broken every
+//! call fails fast with `Unavailable("Redis circuit breaker open")`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
@@ -63,12 +63,15 @@ use super::{
 use crate::backend::BackendError;
 use crate::backend::breaker::CircuitBreaker;
 use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{COMMAND_TIMEOUT, redis_error};
+use crate::backend::redis::{RedisScope, SCRIPT_TIMEOUT};
 use crate::tenant::TenantId;
 
-/// Bound on one script call, including the reload after `NOSCRIPT`
-/// (three commands, each bounded by [`COMMAND_TIMEOUT`] in the connection).
-pub const CALL_TIMEOUT: Duration = COMMAND_TIMEOUT.saturating_mul(3);
+/// Bound on one script call, including the reload after `NOSCRIPT`: the
+/// [`SCRIPT_TIMEOUT`] every [`RedisScope::script`] call has (three
+/// commands, each bounded by
+/// [`COMMAND_TIMEOUT`](crate::backend::redis::COMMAND_TIMEOUT) in the
+/// connection).
+pub const CALL_TIMEOUT: Duration = SCRIPT_TIMEOUT;
 
 /// Dead connections one `expire` script run removes at most.
 pub const EXPIRE_BATCH: usize = 512;
@@ -357,8 +360,7 @@ struct Names {
 }
 
 impl Names {
-    fn new(namespace: &str, tenant: &TenantId) -> Self {
-        let keys = TenantKeys::new(namespace, tenant);
+    fn new(keys: TenantKeys) -> Self {
         Self {
             deadlines: keys.fixed(DEADLINES),
             owners: keys.fixed(OWNERS),
@@ -396,21 +398,10 @@ impl Names {
 
 /// A [`PresenceStore`] in Redis, shared by every host process on the same
 /// Redis and namespace (see the module docs for the layout and scripts).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RedisPresence {
-    conn: ConnectionManager,
-    namespace: String,
-    breaker: Arc<CircuitBreaker>,
+    scope: RedisScope,
     limits: PresenceLimits,
-}
-
-impl std::fmt::Debug for RedisPresence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisPresence")
-            .field("namespace", &self.namespace)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisPresence {
@@ -419,9 +410,7 @@ impl RedisPresence {
     /// on the same Redis), with the default [`PresenceLimits`].
     pub fn new(conn: ConnectionManager, namespace: String, breaker: Arc<CircuitBreaker>) -> Self {
         Self {
-            conn,
-            namespace,
-            breaker,
+            scope: RedisScope::new(conn, namespace, breaker),
             limits: PresenceLimits::default(),
         }
     }
@@ -433,24 +422,6 @@ impl RedisPresence {
         self
     }
 
-    /// Run `inv` through the breaker, bounded by [`CALL_TIMEOUT`].
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        what: &str,
-        inv: &ScriptInvocation<'_>,
-    ) -> Result<T, BackendError> {
-        let mut conn = self.conn.clone();
-        self.breaker
-            .call(async {
-                match tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async(&mut conn)).await {
-                    Err(_) => Err(BackendError::Timeout),
-                    Ok(Err(e)) => Err(redis_error(what, &e)),
-                    Ok(Ok(v)) => Ok(v),
-                }
-            })
-            .await
-    }
-
     /// One heartbeat script run: `conns` (at most [`HEARTBEAT_BATCH`]) of
     /// one tenant.
     async fn beat(
@@ -460,7 +431,7 @@ impl RedisPresence {
         conns: &[&ConnRef],
         ttl_ms: u64,
     ) -> Result<(), BackendError> {
-        let names = Names::new(&self.namespace, tenant);
+        let names = Names::new(self.scope.keys(tenant));
         let mut inv = SCRIPTS.heartbeat.prepare_invoke();
         inv.key(&names.deadlines)
             .key(&names.owners)
@@ -473,7 +444,7 @@ impl RedisPresence {
         for c in conns {
             inv.arg(&c.topic).arg(&c.user_key).arg(&c.conn);
         }
-        let _refreshed: u64 = self.run("presence heartbeat", &inv).await?;
+        let _refreshed: u64 = self.scope.script("presence heartbeat", &inv).await?;
         Ok(())
     }
 }
@@ -510,7 +481,7 @@ impl PresenceStore for RedisPresence {
         ttl: Duration,
     ) -> Result<Joined, BackendError> {
         let ttl_ms = check_join(topic, user_key, instance, conn, data, ttl)?;
-        let names = Names::new(&self.namespace, tenant);
+        let names = Names::new(self.scope.keys(tenant));
         let mut inv = SCRIPTS.join.prepare_invoke();
         names.user_keys(&mut inv, topic, user_key);
         inv.arg(topic)
@@ -523,7 +494,7 @@ impl PresenceStore for RedisPresence {
             .arg(self.limits.max_conns_per_user)
             .arg(self.limits.max_conns_per_tenant)
             .arg(keep_ms(ttl_ms));
-        let reply: Vec<String> = self.run("presence join", &inv).await?;
+        let reply: Vec<String> = self.scope.script("presence join", &inv).await?;
         match reply.as_slice() {
             [ok, first, empty] if ok == "ok" => Ok(Joined {
                 first: flag("presence join", first)?,
@@ -555,12 +526,12 @@ impl PresenceStore for RedisPresence {
         check_name("topic", topic)?;
         check_name("user key", user_key)?;
         check_name("connection id", conn)?;
-        let names = Names::new(&self.namespace, tenant);
+        let names = Names::new(self.scope.keys(tenant));
         let mut inv = SCRIPTS.leave.prepare_invoke();
         names.user_keys(&mut inv, topic, user_key);
         inv.arg(topic).arg(user_key).arg(conn);
         let (last, empty, data): (String, String, Option<String>) =
-            self.run("presence leave", &inv).await?;
+            self.scope.script("presence leave", &inv).await?;
         let last = flag("presence leave", &last)?;
         if last != data.is_some() {
             return Err(bad_reply("presence leave", &(last, data)));
@@ -574,12 +545,12 @@ impl PresenceStore for RedisPresence {
 
     async fn members(&self, tenant: &TenantId, topic: &str) -> Result<Vec<Member>, BackendError> {
         check_name("topic", topic)?;
-        let names = Names::new(&self.namespace, tenant);
+        let names = Names::new(self.scope.keys(tenant));
         let mut inv = SCRIPTS.members.prepare_invoke();
         inv.key(names.users(topic))
             .key(names.live(topic))
             .arg(self.limits.max_users_per_topic);
-        let reply: Vec<String> = self.run("presence members", &inv).await?;
+        let reply: Vec<String> = self.scope.script("presence members", &inv).await?;
         if !reply.len().is_multiple_of(2) {
             return Err(bad_reply("presence members", &reply.len()));
         }
@@ -617,7 +588,7 @@ impl PresenceStore for RedisPresence {
     }
 
     async fn expire(&self, tenant: &TenantId, limit: usize) -> Result<Vec<Expired>, BackendError> {
-        let names = Names::new(&self.namespace, tenant);
+        let names = Names::new(self.scope.keys(tenant));
         let mut gone = Vec::new();
         let mut remaining = limit;
         while remaining > 0 {
@@ -629,7 +600,7 @@ impl PresenceStore for RedisPresence {
                 .arg(names.prefix(LIVE))
                 .arg(names.prefix(CONNS))
                 .arg(batch);
-            let reply: Vec<String> = self.run("presence expire", &inv).await?;
+            let reply: Vec<String> = self.scope.script("presence expire", &inv).await?;
             let Some((removed, rest)) = reply.split_first() else {
                 return Err(bad_reply("presence expire", &reply));
             };
@@ -656,7 +627,7 @@ impl PresenceStore for RedisPresence {
     }
 
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
-        let names = Names::new(&self.namespace, tenant);
+        let names = Names::new(self.scope.keys(tenant));
         let mut total = 0;
         for _ in 0..MAX_PURGE_ROUNDS {
             let mut inv = SCRIPTS.purge.prepare_invoke();
@@ -666,7 +637,7 @@ impl PresenceStore for RedisPresence {
                 .arg(names.prefix(LIVE))
                 .arg(names.prefix(CONNS))
                 .arg(PURGE_BATCH);
-            let (removed, left): (u64, u64) = self.run("presence purge", &inv).await?;
+            let (removed, left): (u64, u64) = self.scope.script("presence purge", &inv).await?;
             total += removed;
             if left == 0 {
                 return Ok(total);
@@ -686,9 +657,11 @@ mod tests {
     use futures_util::future::join_all;
 
     use super::*;
-    use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
+    use crate::backend::breaker::OPEN_MESSAGE;
     use crate::backend::presence::conformance;
-    use crate::backend::redis::test_support::{Namespace, breaker, tid};
+    use crate::backend::redis::test_support::{
+        Namespace, breaker, tid, tripping_breaker, unreachable_conn,
+    };
 
     async fn store(ns: &Namespace) -> RedisPresence {
         RedisPresence::new(ns.conn().await, ns.name(), breaker())
@@ -870,13 +843,7 @@ mod tests {
     #[tokio::test]
     async fn open_breaker_fails_fast() {
         let ns = Namespace::new();
-        let shared = Arc::new(CircuitBreaker::new(
-            "redis",
-            BreakerConfig {
-                failure_threshold: 1,
-                reset_timeout: Duration::from_secs(60),
-            },
-        ));
+        let shared = tripping_breaker();
         let s = RedisPresence::new(ns.conn().await, ns.name(), Arc::clone(&shared));
         let t = tid("acme");
         s.join(&t, "room", "u", "i", "c", "{}", LONG).await.unwrap();
@@ -909,15 +876,7 @@ mod tests {
     /// A Redis that does not answer is an error, not a hang.
     #[tokio::test]
     async fn unreachable_redis_is_an_error() {
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", closed.local_addr().unwrap());
-        drop(closed);
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1);
-        let lazy = ConnectionManager::new_lazy_with_config(client, config).unwrap();
+        let lazy = unreachable_conn().await;
         let s = RedisPresence::new(lazy, "tenantry-test-unreachable".into(), breaker());
         let started = Instant::now();
         let err = s

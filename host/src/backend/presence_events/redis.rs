@@ -10,22 +10,24 @@
 //! Subjects are [`Subject::encode`]d. Every operation is one Lua script,
 //! so marks, claims and settles of several hosts never interleave; due
 //! times use `redis.call('TIME')`, so hosts agree. Every call goes through
-//! the shared [`CircuitBreaker`] (`Unavailable` while it is open).
+//! the shared [`CircuitBreaker`] (`Unavailable` while it is open), made
+//! through the outbox's [`RedisScope`].
+//!
+//! [`TenantKeys`]: crate::backend::redis::keys::TenantKeys
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::Script;
 use redis::aio::ConnectionManager;
-use redis::{Script, ScriptInvocation};
 
 use super::{
     Claimed, OutboxLimits, PresenceOutbox, Subject, check_duration, check_subject, too_many,
 };
 use crate::backend::BackendError;
 use crate::backend::breaker::CircuitBreaker;
-use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{SCRIPT_TIMEOUT, call};
+use crate::backend::redis::{RedisScope, SCRIPT_TIMEOUT};
 use crate::tenant::TenantId;
 
 const DUE: &str = "pev:due";
@@ -124,20 +126,10 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
 });
 
 /// A [`PresenceOutbox`] in Redis (see the module docs).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RedisPresenceOutbox {
-    conn: ConnectionManager,
-    namespace: String,
-    breaker: Arc<CircuitBreaker>,
+    scope: RedisScope,
     limits: OutboxLimits,
-}
-
-impl std::fmt::Debug for RedisPresenceOutbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisPresenceOutbox")
-            .field("namespace", &self.namespace)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisPresenceOutbox {
@@ -155,32 +147,15 @@ impl RedisPresenceOutbox {
         limits: OutboxLimits,
     ) -> Self {
         Self {
-            conn,
-            namespace,
-            breaker,
+            scope: RedisScope::new(conn, namespace, breaker),
             limits,
         }
     }
 
     /// The due, versions and states keys of `tenant`.
     fn keys(&self, tenant: &TenantId) -> [String; 3] {
-        let k = TenantKeys::new(&self.namespace, tenant);
+        let k = self.scope.keys(tenant);
         [k.fixed(DUE), k.fixed(VERSIONS), k.fixed(STATES)]
-    }
-
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        what: &str,
-        inv: &ScriptInvocation<'_>,
-    ) -> Result<T, BackendError> {
-        let mut conn = self.conn.clone();
-        call(
-            &self.breaker,
-            what,
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await
     }
 }
 
@@ -213,7 +188,7 @@ impl PresenceOutbox for RedisPresenceOutbox {
         for s in subjects {
             inv.arg(s.encode());
         }
-        let done: i64 = self.run("presence events mark", &inv).await?;
+        let done: i64 = self.scope.script("presence events mark", &inv).await?;
         if done == 1 {
             Ok(())
         } else {
@@ -235,7 +210,7 @@ impl PresenceOutbox for RedisPresenceOutbox {
         let mut inv = SCRIPTS.claim.prepare_invoke();
         inv.key(due).key(versions).key(states).arg(limit).arg(ms);
         let what = "presence events claim";
-        let reply: Vec<String> = self.run(what, &inv).await?;
+        let reply: Vec<String> = self.scope.script(what, &inv).await?;
         if !reply.len().is_multiple_of(3) {
             return Err(bad_reply(what, &reply));
         }
@@ -276,7 +251,7 @@ impl PresenceOutbox for RedisPresenceOutbox {
             .arg(claimed.subject.encode())
             .arg(claimed.version)
             .arg(u8::from(state));
-        let _: i64 = self.run("presence events settle", &inv).await?;
+        let _: i64 = self.scope.script("presence events settle", &inv).await?;
         Ok(())
     }
 
@@ -292,14 +267,11 @@ impl PresenceOutbox for RedisPresenceOutbox {
         cmd.arg(states)
             .arg(claimed.subject.encode())
             .arg(if state { "1?" } else { "0?" });
-        let mut conn = self.conn.clone();
-        let _: i64 = call(
-            &self.breaker,
-            "presence events begin",
-            SCRIPT_TIMEOUT,
-            cmd.query_async(&mut conn),
-        )
-        .await?;
+        // Plain commands here are bounded like script calls, as they always were.
+        let _: i64 = self
+            .scope
+            .cmd_within("presence events begin", SCRIPT_TIMEOUT, &cmd)
+            .await?;
         Ok(())
     }
 
@@ -314,29 +286,24 @@ impl PresenceOutbox for RedisPresenceOutbox {
         let [due, _, _] = self.keys(tenant);
         let mut inv = SCRIPTS.retry.prepare_invoke();
         inv.key(due).arg(claimed.subject.encode()).arg(ms);
-        let _: i64 = self.run("presence events retry", &inv).await?;
+        let _: i64 = self.scope.script("presence events retry", &inv).await?;
         Ok(())
     }
 
     async fn pending(&self, tenant: &TenantId) -> Result<u64, BackendError> {
         let [due, _, _] = self.keys(tenant);
-        let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("ZCARD");
         cmd.arg(due);
-        call(
-            &self.breaker,
-            "presence events pending",
-            SCRIPT_TIMEOUT,
-            cmd.query_async(&mut conn),
-        )
-        .await
+        self.scope
+            .cmd_within("presence events pending", SCRIPT_TIMEOUT, &cmd)
+            .await
     }
 
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
         let [due, versions, states] = self.keys(tenant);
         let mut inv = SCRIPTS.purge.prepare_invoke();
         inv.key(due).key(versions).key(states);
-        self.run("presence events purge", &inv).await
+        self.scope.script("presence events purge", &inv).await
     }
 }
 
@@ -344,6 +311,7 @@ impl PresenceOutbox for RedisPresenceOutbox {
 mod tests {
     use super::*;
     use crate::backend::presence_events::conformance;
+    use crate::backend::redis::keys::TenantKeys;
     use crate::backend::redis::test_support::{Namespace, breaker, tid};
 
     #[tokio::test]

@@ -12,8 +12,7 @@ use redis::aio::ConnectionManager;
 use super::{MergedRate, RateBoard, STALE_AFTER, TopicRate, merge};
 use crate::backend::BackendError;
 use crate::backend::breaker::CircuitBreaker;
-use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{SCRIPT_TIMEOUT, call};
+use crate::backend::redis::{RedisScope, SCRIPT_TIMEOUT};
 use crate::tenant::TenantId;
 
 /// `KEYS[1]` the hash; `ARGV[1]` instance, `ARGV[2]` JSON slice or `''`
@@ -38,9 +37,7 @@ return {string.format('%d', now), redis.call('HVALS', KEYS[1])}
 
 /// Publish-rate reports shared by a fleet (see the module docs).
 pub struct RedisRateBoard {
-    conn: ConnectionManager,
-    namespace: String,
-    breaker: Arc<CircuitBreaker>,
+    scope: RedisScope,
     report: Script,
     read: Script,
 }
@@ -49,16 +46,14 @@ impl RedisRateBoard {
     /// Reports under `namespace` on `conn`, through `breaker`.
     pub fn new(conn: ConnectionManager, namespace: String, breaker: Arc<CircuitBreaker>) -> Self {
         Self {
-            conn,
-            namespace,
-            breaker,
+            scope: RedisScope::new(conn, namespace, breaker),
             report: Script::new(REPORT_SCRIPT),
             read: Script::new(READ_SCRIPT),
         }
     }
 
     fn key(&self, tenant: &TenantId) -> String {
-        TenantKeys::new(&self.namespace, tenant).fixed("rates")
+        self.scope.keys(tenant).fixed("rates")
     }
 }
 
@@ -80,28 +75,15 @@ impl RateBoard for RedisRateBoard {
             .arg(instance)
             .arg(json)
             .arg(u64::try_from(STALE_AFTER.as_millis()).unwrap_or(u64::MAX));
-        let mut conn = self.conn.clone();
-        let _: i64 = call(
-            &self.breaker,
-            "publish rates report",
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await?;
+        let _: i64 = self.scope.script("publish rates report", &inv).await?;
         Ok(())
     }
 
     async fn merged(&self, tenant: &TenantId) -> Result<Vec<MergedRate>, BackendError> {
         let mut inv = self.read.prepare_invoke();
         inv.key(self.key(tenant));
-        let mut conn = self.conn.clone();
-        let (now, values): (String, Vec<String>) = call(
-            &self.breaker,
-            "publish rates read",
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await?;
+        let (now, values): (String, Vec<String>) =
+            self.scope.script("publish rates read", &inv).await?;
         let now: u64 = now.parse().unwrap_or(0);
         let stale = u64::try_from(STALE_AFTER.as_millis()).unwrap_or(u64::MAX);
         let slices: Vec<Vec<TopicRate>> = values
@@ -119,30 +101,24 @@ impl RateBoard for RedisRateBoard {
     }
 
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
-        let mut conn = self.conn.clone();
-        call(
-            &self.breaker,
-            "publish rates purge",
-            SCRIPT_TIMEOUT,
-            redis::cmd("DEL")
-                .arg(self.key(tenant))
-                .query_async(&mut conn),
-        )
-        .await
+        let mut del = redis::cmd("DEL");
+        del.arg(self.key(tenant));
+        // Bounded like a script call, as it always was.
+        self.scope
+            .cmd_within("publish rates purge", SCRIPT_TIMEOUT, &del)
+            .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::breaker::BreakerConfig;
-    use crate::backend::redis::test_support::Namespace;
+    use crate::backend::redis::test_support::{Namespace, breaker};
 
     #[tokio::test]
     async fn redis_board_passes_the_conformance_suite_across_two_hosts() {
         let ns = Namespace::new();
-        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
-        let board = RedisRateBoard::new(ns.conn().await, ns.name(), breaker);
+        let board = RedisRateBoard::new(ns.conn().await, ns.name(), breaker());
         super::super::conformance(&board).await;
         assert_eq!(ns.keys(), Vec::<String>::new());
     }

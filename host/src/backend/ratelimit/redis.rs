@@ -26,8 +26,9 @@
 //! open, or Redis does not answer, `consume` returns `Err` (`Unavailable`
 //! or `Timeout`) and the caller fails closed (refuses).
 //!
-//! Redis calls go through the helpers every Redis store shares
-//! ([`crate::backend::redis::call`], [`crate::backend::redis::delete_matching`]).
+//! Redis calls go through the [`RedisScope`] every Redis store holds.
+//!
+//! [`TenantKeys`]: crate::backend::redis::keys::TenantKeys
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -39,8 +40,7 @@ use redis::aio::ConnectionManager;
 use super::{Consume, NEVER, RateDecision, RateLimitRule, RateLimiter, check_ban, check_key};
 use crate::backend::BackendError;
 use crate::backend::breaker::CircuitBreaker;
-use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{COMMAND_TIMEOUT, SCRIPT_TIMEOUT, call, delete_matching};
+use crate::backend::redis::RedisScope;
 use crate::tenant::TenantId;
 
 /// The kind (key segment) of rate limit buckets.
@@ -180,19 +180,9 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
 });
 
 /// A [`RateLimiter`] in Redis (see the module docs).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RedisRateLimiter {
-    conn: ConnectionManager,
-    namespace: String,
-    breaker: Arc<CircuitBreaker>,
-}
-
-impl std::fmt::Debug for RedisRateLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisRateLimiter")
-            .field("namespace", &self.namespace)
-            .finish_non_exhaustive()
-    }
+    scope: RedisScope,
 }
 
 impl RedisRateLimiter {
@@ -201,19 +191,17 @@ impl RedisRateLimiter {
     /// backends on the same Redis).
     pub fn new(conn: ConnectionManager, namespace: String, breaker: Arc<CircuitBreaker>) -> Self {
         Self {
-            conn,
-            namespace,
-            breaker,
+            scope: RedisScope::new(conn, namespace, breaker),
         }
     }
 
     /// The breaker every command of this limiter goes through.
     pub fn breaker(&self) -> &Arc<CircuitBreaker> {
-        &self.breaker
+        self.scope.breaker()
     }
 
     fn bucket(&self, tenant: &TenantId, key: &str) -> String {
-        TenantKeys::new(&self.namespace, tenant).name(KIND, key)
+        self.scope.keys(tenant).name(KIND, key)
     }
 }
 
@@ -233,14 +221,7 @@ impl RateLimiter for RedisRateLimiter {
             .arg(c.interval_ms)
             .arg(c.block_ms)
             .arg(c.cost);
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> = call(
-            &self.breaker,
-            "rate limit consume",
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await?;
+        let reply: Vec<i64> = self.scope.script("rate limit consume", &inv).await?;
         let bad = || BackendError::Other(format!("rate limit consume: unexpected reply {reply:?}"));
         let &[allowed, remaining, retry, reset] = reply.as_slice() else {
             return Err(bad());
@@ -258,14 +239,7 @@ impl RateLimiter for RedisRateLimiter {
         check_key(key)?;
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.bucket(tenant, key));
-        let mut conn = self.conn.clone();
-        let _: u64 = call(
-            &self.breaker,
-            "rate limit reset",
-            COMMAND_TIMEOUT,
-            cmd.query_async(&mut conn),
-        )
-        .await?;
+        let _: u64 = self.scope.cmd("rate limit reset", &cmd).await?;
         Ok(())
     }
 
@@ -278,14 +252,7 @@ impl RateLimiter for RedisRateLimiter {
         let ms = check_ban(key, duration)?;
         let mut inv = SCRIPTS.ban.prepare_invoke();
         inv.key(self.bucket(tenant, key)).arg(ms);
-        let mut conn = self.conn.clone();
-        let _: i64 = call(
-            &self.breaker,
-            "rate limit ban",
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await?;
+        let _: i64 = self.scope.script("rate limit ban", &inv).await?;
         Ok(())
     }
 
@@ -293,20 +260,15 @@ impl RateLimiter for RedisRateLimiter {
         check_key(key)?;
         let mut inv = SCRIPTS.unban.prepare_invoke();
         inv.key(self.bucket(tenant, key));
-        let mut conn = self.conn.clone();
-        let _: i64 = call(
-            &self.breaker,
-            "rate limit unban",
-            SCRIPT_TIMEOUT,
-            inv.invoke_async(&mut conn),
-        )
-        .await?;
+        let _: i64 = self.scope.script("rate limit unban", &inv).await?;
         Ok(())
     }
 
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
-        let prefix = TenantKeys::new(&self.namespace, tenant).name(KIND, "");
-        delete_matching(&self.conn, &self.breaker, "rate limit purge", &prefix).await
+        let prefix = self.scope.keys(tenant).name(KIND, "");
+        self.scope
+            .delete_matching("rate limit purge", &prefix)
+            .await
     }
 }
 
@@ -315,9 +277,9 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::backend::breaker::{BreakerConfig, OPEN_MESSAGE};
+    use crate::backend::breaker::OPEN_MESSAGE;
     use crate::backend::ratelimit::conformance;
-    use crate::backend::redis::test_support::{Namespace, breaker, tid};
+    use crate::backend::redis::test_support::{Namespace, breaker, tid, tripping_breaker};
 
     async fn limiter(ns: &Namespace) -> RedisRateLimiter {
         RedisRateLimiter::new(ns.conn().await, ns.name(), breaker())
@@ -411,13 +373,7 @@ mod tests {
     #[tokio::test]
     async fn an_open_breaker_fails_closed_without_calling_redis() {
         let ns = Namespace::new();
-        let shared = Arc::new(CircuitBreaker::new(
-            "redis",
-            BreakerConfig {
-                failure_threshold: 1,
-                reset_timeout: Duration::from_secs(60),
-            },
-        ));
+        let shared = tripping_breaker();
         let rl = RedisRateLimiter::new(ns.conn().await, ns.name(), Arc::clone(&shared));
         let t = tid("acme");
         let r = rule(5, Duration::from_secs(60), Duration::ZERO);

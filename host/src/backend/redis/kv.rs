@@ -52,12 +52,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
-use redis::{RedisError, Script, ScriptInvocation};
+use redis::{Script, ScriptInvocation};
 
 use crate::backend::breaker::{BreakerConfig, CircuitBreaker, OPEN_MESSAGE};
 use crate::backend::memory::MemoryKvLimits;
+use crate::backend::redis::RedisScope;
 use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{COMMAND_TIMEOUT, bounded};
 use crate::backend::{BackendError, Kv, KvQuota};
 use crate::tenant::TenantId;
 
@@ -69,11 +69,6 @@ pub const SWEEP_BATCH_ON_REFUSAL: u32 = 1024;
 
 /// Entries `purge_tenant` removes per script run.
 pub const PURGE_BATCH: u32 = 256;
-
-/// Bound on one script call, including the reload after `NOSCRIPT`
-/// (three commands, each bounded by [`COMMAND_TIMEOUT`] in the connection).
-/// A plain command is bounded by [`COMMAND_TIMEOUT`].
-const CALL_TIMEOUT: Duration = COMMAND_TIMEOUT.saturating_mul(3);
 
 /// Longest TTL in ms: keeps `now + ttl` exact in Lua's doubles (< 2^53).
 const MAX_TTL_MS: u128 = 1 << 52;
@@ -288,8 +283,7 @@ struct Names {
 }
 
 impl Names {
-    fn new(namespace: &str, tenant: &TenantId) -> Self {
-        let keys = TenantKeys::new(namespace, tenant);
+    fn new(keys: TenantKeys) -> Self {
         Self {
             sizes: keys.fixed("kvsizes"),
             expiry: keys.fixed("kvexpiry"),
@@ -308,23 +302,18 @@ impl Names {
 /// namespace: quotas hold across the fleet (see the module docs for the
 /// layout and scripts). Refuses the same oversized keys and values as
 /// [`crate::backend::memory::MemoryKv`] with the same [`MemoryKvLimits`].
-#[derive(Clone)]
+///
+/// Script calls are bounded by
+/// [`SCRIPT_TIMEOUT`](crate::backend::redis::SCRIPT_TIMEOUT) (the reload
+/// after `NOSCRIPT` included), plain commands by
+/// [`COMMAND_TIMEOUT`](crate::backend::redis::COMMAND_TIMEOUT); both go
+/// through the store's [`RedisScope`].
+#[derive(Clone, Debug)]
 pub struct RedisKv {
-    conn: ConnectionManager,
-    namespace: String,
+    scope: RedisScope,
     limits: MemoryKvLimits,
     sweep_batch: u32,
     sweep_batch_on_refusal: u32,
-    breaker: Arc<CircuitBreaker>,
-}
-
-impl std::fmt::Debug for RedisKv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisKv")
-            .field("namespace", &self.namespace)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisKv {
@@ -336,59 +325,42 @@ impl RedisKv {
 
     /// A store with the given key and value size limits.
     pub fn with_limits(conn: ConnectionManager, namespace: String, limits: MemoryKvLimits) -> Self {
+        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
         Self {
-            conn,
-            namespace,
+            scope: RedisScope::new(conn, namespace, breaker),
             limits,
             sweep_batch: SWEEP_BATCH,
             sweep_batch_on_refusal: SWEEP_BATCH_ON_REFUSAL,
-            breaker: Arc::new(CircuitBreaker::new("redis", BreakerConfig::default())),
         }
     }
 
     /// Use `breaker` (shared with the other backends on the same Redis)
     /// instead of the store's own default one.
     pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
-        self.breaker = breaker;
+        self.scope = self.scope.with_breaker(breaker);
         self
     }
 
     /// The breaker every command of this store goes through.
     pub fn breaker(&self) -> &Arc<CircuitBreaker> {
-        &self.breaker
+        self.scope.breaker()
     }
 
-    /// `fut` (one Redis command or script call) through the breaker,
-    /// bounded by `limit`, with Redis errors mapped.
-    async fn bounded<T>(
-        &self,
-        what: &str,
-        limit: Duration,
-        fut: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, BackendError> {
-        self.breaker.guard()?;
-        let result = bounded(what, limit, fut).await;
-        self.breaker.record(&result);
-        result
+    /// The Redis names of `tenant`'s KV data.
+    fn names(&self, tenant: &TenantId) -> Names {
+        Names::new(self.scope.keys(tenant))
     }
 
     /// Keys and bytes (keys plus values) accounted to `tenant`, including
     /// expired keys the scripts have not swept yet.
     pub async fn stored(&self, tenant: &TenantId) -> Result<(u64, u64), BackendError> {
-        let names = Names::new(&self.namespace, tenant);
+        let names = self.names(tenant);
         let mut pipe = redis::pipe();
         pipe.cmd("HLEN")
             .arg(&names.sizes)
             .cmd("GET")
             .arg(&names.total);
-        let mut conn = self.conn.clone();
-        let (keys, bytes): (u64, Option<u64>) = self
-            .bounded(
-                "reading KV usage",
-                COMMAND_TIMEOUT,
-                pipe.query_async(&mut conn),
-            )
-            .await?;
+        let (keys, bytes): (u64, Option<u64>) = self.scope.pipe("reading KV usage", &pipe).await?;
         Ok((keys, bytes.unwrap_or(0)))
     }
 
@@ -423,10 +395,7 @@ impl RedisKv {
         quota: KvQuota,
     ) -> Result<Vec<String>, BackendError> {
         for _ in 0..MAX_WRITE_ROUNDS {
-            let mut conn = self.conn.clone();
-            let reply: Vec<String> = self
-                .bounded(what, CALL_TIMEOUT, inv.invoke_async(&mut conn))
-                .await?;
+            let reply: Vec<String> = self.scope.script(what, inv).await?;
             match reply.first().map(String::as_str) {
                 Some("retry") => continue,
                 Some("bytes") => {
@@ -481,21 +450,16 @@ impl Kv for RedisKv {
 
     async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
         self.check_key(key)?;
-        let value_key = Names::new(&self.namespace, tenant).value(key);
+        let value_key = self.names(tenant).value(key);
         let mut cmd = redis::cmd("GET");
         cmd.arg(value_key);
-        let mut conn = self.conn.clone();
-        let first = self
-            .bounded("KV get", COMMAND_TIMEOUT, cmd.query_async(&mut conn))
-            .await;
+        let first = self.scope.cmd("KV get", &cmd).await;
         match first {
             // The first command after Redis came back meets the connection
             // that died with it (the manager then reconnects): a read is
             // safe to try once more.
             Err(BackendError::Unavailable(ref why)) if why != OPEN_MESSAGE => {
-                let mut conn = self.conn.clone();
-                self.bounded("KV get", COMMAND_TIMEOUT, cmd.query_async(&mut conn))
-                    .await
+                self.scope.cmd("KV get", &cmd).await
             }
             other => other,
         }
@@ -512,7 +476,7 @@ impl Kv for RedisKv {
         self.check_key(key)?;
         self.limits.check_value(value.len())?;
         let ttl = ttl.map(ttl_ms).transpose()?.unwrap_or(0);
-        let names = Names::new(&self.namespace, tenant);
+        let names = self.names(tenant);
         let value_key = names.value(key);
         let mut inv = self.invocation(&SCRIPTS.set, &names, Some(&value_key), self.sweep_batch);
         inv.arg(key)
@@ -529,14 +493,11 @@ impl Kv for RedisKv {
 
     async fn delete(&self, tenant: &TenantId, key: &str) -> Result<bool, BackendError> {
         self.check_key(key)?;
-        let names = Names::new(&self.namespace, tenant);
+        let names = self.names(tenant);
         let value_key = names.value(key);
         let mut inv = self.invocation(&SCRIPTS.delete, &names, Some(&value_key), self.sweep_batch);
         inv.arg(key);
-        let mut conn = self.conn.clone();
-        let deleted: u64 = self
-            .bounded("KV delete", CALL_TIMEOUT, inv.invoke_async(&mut conn))
-            .await?;
+        let deleted: u64 = self.scope.script("KV delete", &inv).await?;
         Ok(deleted > 0)
     }
 
@@ -548,7 +509,7 @@ impl Kv for RedisKv {
         quota: KvQuota,
     ) -> Result<i64, BackendError> {
         self.check_key(key)?;
-        let names = Names::new(&self.namespace, tenant);
+        let names = self.names(tenant);
         let value_key = names.value(key);
         let mut inv = self.invocation(&SCRIPTS.incr, &names, Some(&value_key), self.sweep_batch);
         inv.arg(key)
@@ -568,17 +529,15 @@ impl Kv for RedisKv {
     }
 
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
-        let names = Names::new(&self.namespace, tenant);
+        let names = self.names(tenant);
         let mut removed = 0;
         let mut passes = 0;
         let mut cursor = String::from("0");
         loop {
             let mut inv = self.invocation(&SCRIPTS.purge, &names, None, PURGE_BATCH);
             inv.arg(&cursor);
-            let mut conn = self.conn.clone();
-            let (next, deleted, left): (String, u64, u64) = self
-                .bounded("KV purge", CALL_TIMEOUT, inv.invoke_async(&mut conn))
-                .await?;
+            let (next, deleted, left): (String, u64, u64) =
+                self.scope.script("KV purge", &inv).await?;
             removed += deleted;
             if left == 0 {
                 return Ok(removed);
@@ -620,6 +579,7 @@ mod tests {
     use super::*;
     use crate::backend::memory::conformance;
     use crate::backend::redis::test_support::{Namespace, redis_url};
+    use crate::backend::redis::{COMMAND_TIMEOUT, SCRIPT_TIMEOUT};
 
     fn tid(s: &str) -> TenantId {
         TenantId::parse(s).unwrap()
@@ -1040,7 +1000,7 @@ mod tests {
             "{err:?}"
         );
         assert!(
-            started.elapsed() < CALL_TIMEOUT * 2,
+            started.elapsed() < SCRIPT_TIMEOUT * 2,
             "{:?}",
             started.elapsed()
         );

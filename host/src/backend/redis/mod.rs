@@ -7,15 +7,18 @@
 //! Modules: [`keys`] (the key scheme), [`kv`] (the KV store), [`bus`] (the
 //! cross-instance pub/sub bus, one channel per tenant, with publish
 //! pipelining), [`sharded_bus`] (one channel per topic, SPUBLISH /
-//! SSUBSCRIBE, followed only while a topic has local subscribers). The
-//! other extensions' Redis versions live with their traits
-//! (`backend::{replay, ratelimit, lock, idempotency, presence, groups,
-//! cursor, publish_rate}::redis`) and share the call helpers below.
+//! SSUBSCRIBE, followed only while a topic has local subscribers),
+//! [`scope`] (what every store holds: connection, namespace and breaker,
+//! and its calls through them). The other extensions' Redis versions live
+//! with their traits (`backend::{replay, ratelimit, lock, idempotency,
+//! presence, presence_events, groups, cursor, publish_rate}::redis`) and
+//! make their calls through a [`RedisScope`] (the call helpers below).
 
 pub mod backends;
 pub mod bus;
 pub mod keys;
 pub mod kv;
+pub mod scope;
 pub mod sharded_bus;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -23,6 +26,7 @@ pub(crate) mod test_support;
 use std::time::Duration;
 
 pub use backends::{RedisBackends, fleet_backends};
+pub use scope::RedisScope;
 
 use redis::RedisError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

@@ -102,3 +102,30 @@ pub fn breaker() -> std::sync::Arc<crate::backend::breaker::CircuitBreaker> {
     use crate::backend::breaker::{BreakerConfig, CircuitBreaker};
     std::sync::Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()))
 }
+
+/// A fresh breaker that breaks at the first failure and stays broken for
+/// a minute (for the tests of an open breaker).
+pub fn tripping_breaker() -> std::sync::Arc<crate::backend::breaker::CircuitBreaker> {
+    use crate::backend::breaker::{BreakerConfig, CircuitBreaker};
+    std::sync::Arc::new(CircuitBreaker::new(
+        "redis",
+        BreakerConfig {
+            failure_threshold: 1,
+            reset_timeout: std::time::Duration::from_secs(60),
+        },
+    ))
+}
+
+/// A lazy connection to a port nobody listens on: every command fails
+/// (bounded by [`super::COMMAND_TIMEOUT`], one retry).
+pub async fn unreachable_conn() -> ConnectionManager {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(super::COMMAND_TIMEOUT))
+        .set_response_timeout(Some(super::COMMAND_TIMEOUT))
+        .set_number_of_retries(1);
+    ConnectionManager::new_lazy_with_config(client, config).unwrap()
+}

@@ -11,15 +11,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use redis::Script;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
 
 use super::{ReplayBuffer, ReplayEvent, ReplayPage, page};
 use crate::backend::BackendError;
 use crate::backend::breaker::CircuitBreaker;
+use crate::backend::redis::RedisScope;
 use crate::backend::redis::bus::{REPLAY_INDEX, REPLAY_SIZES, REPLAY_TOTAL};
-use crate::backend::redis::keys::TenantKeys;
-use crate::backend::redis::{COMMAND_TIMEOUT, bounded, call, delete_matching};
 use crate::tenant::TenantId;
 
 /// `KEYS[1]` seq key, `KEYS[2]` buffer; `ARGV[1]` since. Returns the seq,
@@ -40,9 +39,7 @@ return {string.format('%d', seq), oldest[2] or '', entries}
 /// namespace. Reads go through the Redis [`CircuitBreaker`]: while it is
 /// open they fail fast with `Unavailable`.
 pub struct RedisReplay {
-    conn: ConnectionManager,
-    namespace: String,
-    breaker: Arc<CircuitBreaker>,
+    scope: RedisScope,
     since_script: Script,
 }
 
@@ -51,9 +48,7 @@ impl RedisReplay {
     /// shared by every backend on this Redis).
     pub fn new(conn: ConnectionManager, namespace: String, breaker: Arc<CircuitBreaker>) -> Self {
         Self {
-            conn,
-            namespace,
-            breaker,
+            scope: RedisScope::new(conn, namespace, breaker),
             since_script: Script::new(SINCE_SCRIPT),
         }
     }
@@ -74,12 +69,9 @@ fn parse_member(member: &str) -> Result<ReplayEvent, BackendError> {
 #[async_trait]
 impl ReplayBuffer for RedisReplay {
     async fn seq(&self, tenant: &TenantId, topic: &str) -> Result<u64, BackendError> {
-        let key = TenantKeys::new(&self.namespace, tenant).name("seq", topic);
-        let mut conn = self.conn.clone();
-        let seq: Option<u64> = self
-            .breaker
-            .call(bounded("replay seq", COMMAND_TIMEOUT, conn.get(key)))
-            .await?;
+        let mut get = redis::cmd("GET");
+        get.arg(self.scope.keys(tenant).name("seq", topic));
+        let seq: Option<u64> = self.scope.cmd("replay seq", &get).await?;
         Ok(seq.unwrap_or(0))
     }
 
@@ -89,21 +81,14 @@ impl ReplayBuffer for RedisReplay {
         topic: &str,
         since: u64,
     ) -> Result<ReplayPage, BackendError> {
-        let keys = TenantKeys::new(&self.namespace, tenant);
+        let keys = self.scope.keys(tenant);
         let mut invocation = self.since_script.prepare_invoke();
         invocation
             .key(keys.name("seq", topic))
             .key(keys.name("replay", topic))
             .arg(since);
-        let mut conn = self.conn.clone();
-        let (seq, oldest, members): (String, String, Vec<String>) = self
-            .breaker
-            .call(bounded(
-                "replay since",
-                COMMAND_TIMEOUT.saturating_mul(3),
-                invocation.invoke_async(&mut conn),
-            ))
-            .await?;
+        let (seq, oldest, members): (String, String, Vec<String>) =
+            self.scope.script("replay since", &invocation).await?;
         let bad = || BackendError::Other("malformed replay answer from Redis".into());
         let seq: u64 = seq.parse().map_err(|_| bad())?;
         let oldest = if oldest.is_empty() {
@@ -119,33 +104,19 @@ impl ReplayBuffer for RedisReplay {
     }
 
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError> {
-        let keys = TenantKeys::new(&self.namespace, tenant);
-        let topics = delete_matching(
-            &self.conn,
-            &self.breaker,
-            "replay purge",
-            &keys.name("seq", ""),
-        )
-        .await?;
-        delete_matching(
-            &self.conn,
-            &self.breaker,
-            "replay purge",
-            &keys.name("replay", ""),
-        )
-        .await?;
+        let keys = self.scope.keys(tenant);
+        let topics = self
+            .scope
+            .delete_matching("replay purge", &keys.name("seq", ""))
+            .await?;
+        self.scope
+            .delete_matching("replay purge", &keys.name("replay", ""))
+            .await?;
         let mut del = redis::cmd("DEL");
         del.arg(keys.fixed(REPLAY_INDEX))
             .arg(keys.fixed(REPLAY_SIZES))
             .arg(keys.fixed(REPLAY_TOTAL));
-        let mut conn = self.conn.clone();
-        let _: u64 = call(
-            &self.breaker,
-            "replay purge",
-            COMMAND_TIMEOUT,
-            del.query_async(&mut conn),
-        )
-        .await?;
+        let _: u64 = self.scope.cmd("replay purge", &del).await?;
         Ok(topics)
     }
 }
@@ -156,15 +127,14 @@ mod tests {
 
     use super::*;
     use crate::backend::Bus;
-    use crate::backend::breaker::BreakerConfig;
     use crate::backend::redis::bus::RedisBus;
-    use crate::backend::redis::test_support::{Namespace, redis_url};
+    use crate::backend::redis::test_support::{Namespace, breaker, redis_url};
     use crate::backend::replay::{ReplaySettings, conformance};
     use crate::hub::Hub;
     use crate::tenant::TenantScope;
 
     async fn pair(ns: &Namespace, settings: ReplaySettings) -> (Arc<RedisBus>, RedisReplay) {
-        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
+        let breaker = breaker();
         let conn = ns.conn().await;
         let bus = RedisBus::start_configured(
             conn.clone(),
@@ -273,7 +243,7 @@ mod tests {
     #[tokio::test]
     async fn reads_fail_fast_while_the_breaker_is_open() {
         let ns = Namespace::new();
-        let breaker = Arc::new(CircuitBreaker::new("redis", BreakerConfig::default()));
+        let breaker = breaker();
         let replay = RedisReplay::new(ns.conn().await, ns.name(), Arc::clone(&breaker));
         for _ in 0..breaker.config().failure_threshold {
             breaker.failure();
