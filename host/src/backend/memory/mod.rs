@@ -73,5 +73,6 @@ pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
         publish_rates: Arc::new(PublishRates::new(Arc::new(MemoryRateBoard::new()))),
         cursors: Arc::new(MemoryCursors::new()),
         presence_events: Arc::new(MemoryPresenceOutbox::new()),
+        sql: None,
     }
 }
