@@ -231,6 +231,10 @@ pub struct SqlSettings {
 
 struct TenantPool {
     pool: Pool,
+    /// The tenant's calls in flight on this host, at most its pool size:
+    /// taken before the host-wide permit, so a tenant's queued calls never
+    /// hold permits other tenants could use.
+    slots: Arc<Semaphore>,
     limits: SqlLimits,
     last_used: Instant,
 }
@@ -324,16 +328,21 @@ impl TenantSql {
         self.admin.get().await.map_err(|e| pool_failure(&e))
     }
 
-    /// The pool of `tenant` for `limits`: the existing one, or (first call,
-    /// or the plan changed) a new one after provisioning.
-    async fn pool(&self, tenant: &TenantId, limits: &SqlLimits) -> Result<Pool, SqlFailure> {
+    /// The pool of `tenant` for `limits` and its call slots: the existing
+    /// one, or (first call, or the plan changed) a new one after
+    /// provisioning.
+    async fn pool(
+        &self,
+        tenant: &TenantId,
+        limits: &SqlLimits,
+    ) -> Result<(Pool, Arc<Semaphore>), SqlFailure> {
         {
             let mut pools = self.pools.lock();
             if let Some(p) = pools.get_mut(tenant)
                 && p.limits == *limits
             {
                 p.last_used = Instant::now();
-                return Ok(p.pool.clone());
+                return Ok((p.pool.clone(), Arc::clone(&p.slots)));
             }
         }
         self.provision(tenant, limits).await?;
@@ -351,7 +360,7 @@ impl TenantSql {
         if pools.len() >= MAX_POOLS && !pools.contains_key(tenant) {
             let oldest = pools
                 .iter()
-                .filter(|(_, p)| p.pool.status().size == p.pool.status().available)
+                .filter(|(_, p)| p.slots.available_permits() == p.pool.status().max_size)
                 .min_by_key(|(_, p)| p.last_used)
                 .map(|(id, _)| id.clone());
             match oldest {
@@ -367,17 +376,19 @@ impl TenantSql {
                 }
             }
         }
+        let slots = Arc::new(Semaphore::new(max));
         if let Some(old) = pools.insert(
             tenant.clone(),
             TenantPool {
                 pool: pool.clone(),
+                slots: Arc::clone(&slots),
                 limits: *limits,
                 last_used: Instant::now(),
             },
         ) {
             old.pool.close();
         }
-        Ok(pool)
+        Ok((pool, slots))
     }
 
     /// Run `statements` for `tenant` under `limits`: one statement on its
@@ -403,12 +414,22 @@ impl TenantSql {
                 ),
             ));
         }
-        let deadline = tokio::time::Instant::now() + limits.timeout + CANCEL_GRACE;
+        let (pool, slots) = self.pool(tenant, limits).await?;
+        // First the tenant's own slot, then the host's: a tenant at its cap
+        // waits without holding a host permit.
+        let _slot = tokio::time::timeout(CHECKOUT_TIMEOUT, slots.acquire_owned())
+            .await
+            .map_err(|_| {
+                SqlFailure::unavailable(
+                    "every SQL connection of this tenant is busy (sql_max_connections)",
+                )
+            })?
+            .map_err(|_| SqlFailure::unavailable("the tenant's SQL pool was closed"))?;
         let _permit = tokio::time::timeout(CHECKOUT_TIMEOUT, self.host_slots.acquire())
             .await
             .map_err(|_| SqlFailure::unavailable("every SQL connection of this host is busy"))?
             .map_err(|_| SqlFailure::unavailable("SQL is shutting down"))?;
-        let pool = self.pool(tenant, limits).await?;
+        let deadline = tokio::time::Instant::now() + limits.timeout + CANCEL_GRACE;
         let client = pool.get().await.map_err(|e| pool_failure(&e))?;
         let cancel = client.cancel_token();
         let work = execute(&client, statements, atomic, limits);

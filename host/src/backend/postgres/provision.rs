@@ -87,7 +87,10 @@ async fn role_exists(tx: &Transaction<'_>, name: &str) -> Result<bool, SqlFailur
 /// Create (or bring up to date) the role and schema `name` with
 /// `password` and `limits`, inside `tx`, holding the tenant's advisory
 /// lock. Refuses (and so rolls back) when the role could create objects
-/// in `public` or has been made a member of another role.
+/// in `public` or has been made a member of another role. (Nothing is
+/// granted or revoked on `public` itself: its ACL is one catalog row that
+/// concurrent provisioning of two tenants would both update, and the role
+/// never held a grant there; the check is what matters.)
 pub async fn provision(
     tx: &Transaction<'_>,
     name: &str,
@@ -112,7 +115,6 @@ pub async fn provision(
         format!("{verb} ROLE {role} WITH {attributes}"),
         format!("CREATE SCHEMA IF NOT EXISTS {role} AUTHORIZATION {role}"),
         format!("ALTER SCHEMA {role} OWNER TO {role}"),
-        format!("REVOKE ALL ON SCHEMA public FROM {role}"),
         format!("ALTER ROLE {role} SET search_path = {role}"),
         format!(
             "ALTER ROLE {role} SET statement_timeout = {}",

@@ -17,12 +17,16 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        Self::with_host_connections(8)
+    }
+
+    fn with_host_connections(max_connections: usize) -> Self {
         let prefix = format!("ut{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let sql = TenantSql::new(SqlSettings {
             url: url(),
             tenant_prefix: prefix.clone(),
             password_secret: b"test".to_vec(),
-            max_connections: 8,
+            max_connections,
         })
         .unwrap();
         Self { sql, prefix }
@@ -404,4 +408,51 @@ async fn another_tenants_schema_and_the_usual_escapes_are_refused() {
     );
     f.sql.drop_tenant(&a).await.unwrap();
     f.sql.drop_tenant(&b).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_at_its_connection_cap_waits_without_starving_others() {
+    // Three connections for the host; the free plan lets a tenant use two.
+    let f = Fixture::with_host_connections(3);
+    let (busy, quiet) = (tid("busy"), tid("quiet"));
+    query(&f, &busy, "SELECT 1 AS x", vec![]).await.unwrap();
+    query(&f, &quiet, "SELECT 1 AS x", vec![]).await.unwrap();
+    let sleepers: Vec<_> = (0..6)
+        .map(|_| {
+            let sql = Arc::clone(&f.sql);
+            let busy = busy.clone();
+            tokio::spawn(async move {
+                sql.run(
+                    &busy,
+                    &limits(),
+                    vec![st("SELECT pg_sleep(0.3)", vec![])],
+                    false,
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    query(&f, &quiet, "SELECT 2 AS x", vec![]).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "the quiet tenant waited {:?} behind the busy one",
+        started.elapsed()
+    );
+    for s in sleepers {
+        s.await.unwrap().unwrap();
+    }
+    let root = f.root().await;
+    let most: i64 = root
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+            &[&f.sql.ident(&busy)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(most <= 2, "{most} connections for a cap of 2");
+    f.sql.drop_tenant(&busy).await.unwrap();
+    f.sql.drop_tenant(&quiet).await.unwrap();
 }
