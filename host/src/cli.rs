@@ -480,6 +480,11 @@ fn tenant_sql(
         tenant_prefix: pg.tenant_prefix.clone(),
         password_secret: secret.into_bytes(),
         max_connections: pg.max_connections,
+        tenant_urls: pg
+            .tenant_urls
+            .iter()
+            .filter_map(|(id, url)| Some((TenantId::parse(id).ok()?, url.clone())))
+            .collect(),
     })
     .map_err(CliError::Sql)?;
     Ok(Some(sql))

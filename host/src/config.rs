@@ -160,6 +160,11 @@ pub struct PostgresSettings {
     /// Default 32.
     #[serde(default = "default_sql_max_connections")]
     pub max_connections: usize,
+    /// The isolated tier (`[postgres.tenant_urls]`): tenant id → the URL
+    /// (a superuser's) of a database of the tenant's own, where its schema
+    /// and role are made instead of in `url`'s database.
+    #[serde(default)]
+    pub tenant_urls: BTreeMap<String, String>,
 }
 
 fn default_tenant_prefix() -> String {
@@ -186,6 +191,7 @@ impl std::fmt::Debug for PostgresSettings {
                 &self.tenant_password_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("max_connections", &self.max_connections)
+            .field("tenant_urls", &self.tenant_urls.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -801,6 +807,18 @@ impl Config {
                     pg.tenant_prefix
                 )));
             }
+            for (id, url) in &pg.tenant_urls {
+                if TenantId::parse(id).is_err() {
+                    return Err(ConfigError::Invalid(format!(
+                        "postgres.tenant_urls: {id:?} is not a tenant id"
+                    )));
+                }
+                if url.trim().is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "postgres.tenant_urls.{id} must not be empty"
+                    )));
+                }
+            }
             if pg.max_connections == 0 || pg.max_connections > 10_000 {
                 return Err(ConfigError::Invalid(
                     "postgres.max_connections must be 1-10000".into(),
@@ -1022,6 +1040,16 @@ mod tests {
             assert!(parse(&toml).is_err(), "{bad}");
         }
         assert!(parse("[postgres]\nurl = \"x\"\nmax_connections = 0").is_err());
+        let c = parse(
+            "[postgres]\nurl = \"x\"\n[postgres.tenant_urls]\nacme = \"postgres://u:pw@db/acme\"",
+        )
+        .unwrap();
+        assert_eq!(c.postgres.as_ref().unwrap().tenant_urls.len(), 1);
+        assert!(
+            !format!("{c:?}").contains("pw@"),
+            "tenant URLs are never printed"
+        );
+        assert!(parse("[postgres]\nurl = \"x\"\n[postgres.tenant_urls]\nACME = \"y\"").is_err());
         assert!(
             parse("[postgres]\nregistry_schema = \"a\"").is_err(),
             "url is required"

@@ -9,7 +9,9 @@
 //! tenant's first call (after provisioning its role and schema, again, in
 //! case they are new or the plan changed), sized by the plan's
 //! `sql_max_connections` (the tenant's cap on this host; the role's
-//! `CONNECTION LIMIT` caps it across the fleet). Every checkout also takes
+//! `CONNECTION LIMIT` caps it across the fleet). A tenant of the isolated
+//! tier (`[postgres.tenant_urls]`) has its schema, role and pool in a
+//! database of its own; everything else is the same. Every checkout also takes
 //! a permit of one host-wide semaphore (`[postgres] max_connections`), so
 //! all tenants together never use more than that at once and one tenant
 //! cannot take every connection. Connections idle for
@@ -32,7 +34,7 @@
 pub mod provision;
 pub mod value;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::pin;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -227,6 +229,26 @@ pub struct SqlSettings {
     pub password_secret: Vec<u8>,
     /// Tenant connections in use at once on this host.
     pub max_connections: usize,
+    /// The isolated tier: tenants whose schema and role live in a database
+    /// of their own, with the (superuser) URL of that database.
+    pub tenant_urls: BTreeMap<TenantId, String>,
+}
+
+/// A database tenants live in: its host-side pool (provisioning) and the
+/// settings tenant connections start from.
+struct Database {
+    admin: Pool,
+    base: tokio_postgres::Config,
+}
+
+impl Database {
+    fn new(url: &str) -> Result<Self, SqlFailure> {
+        let base = client_config(url)
+            .map_err(|e| SqlFailure::unavailable(format!("bad PostgreSQL url: {e}")))?;
+        let admin = build_pool(base.clone(), ADMIN_CONNECTIONS, ADMIN_TIMEOUT)
+            .map_err(SqlFailure::unavailable)?;
+        Ok(Self { admin, base })
+    }
 }
 
 struct TenantPool {
@@ -241,8 +263,10 @@ struct TenantPool {
 
 /// The host's tenant SQL: provisioning, pools and calls. See the module docs.
 pub struct TenantSql {
-    admin: Pool,
-    base: tokio_postgres::Config,
+    /// The database of `[postgres] url`, where tenants live by default.
+    shared: Database,
+    /// The databases of isolated tenants.
+    isolated: HashMap<TenantId, Database>,
     prefix: String,
     secret: Vec<u8>,
     host_slots: Arc<Semaphore>,
@@ -254,13 +278,19 @@ impl TenantSql {
     /// reaper of idle connections and pools (it ends with the service).
     /// Connects lazily. Must run inside a tokio runtime.
     pub fn new(settings: SqlSettings) -> Result<Arc<Self>, SqlFailure> {
-        let base = client_config(&settings.url)
-            .map_err(|e| SqlFailure::unavailable(format!("bad [postgres] url: {e}")))?;
-        let admin = build_pool(base.clone(), ADMIN_CONNECTIONS, ADMIN_TIMEOUT)
-            .map_err(SqlFailure::unavailable)?;
+        let shared = Database::new(&settings.url)?;
+        let isolated = settings
+            .tenant_urls
+            .iter()
+            .map(|(id, url)| {
+                Database::new(url)
+                    .map(|db| (id.clone(), db))
+                    .map_err(|e| SqlFailure::unavailable(format!("tenant {id}: {}", e.message)))
+            })
+            .collect::<Result<_, _>>()?;
         let this = Arc::new(Self {
-            admin,
-            base,
+            shared,
+            isolated,
             prefix: settings.tenant_prefix,
             secret: settings.password_secret,
             host_slots: Arc::new(Semaphore::new(settings.max_connections)),
@@ -282,7 +312,7 @@ impl TenantSql {
         let name = self.ident(tenant);
         let password = provision::tenant_password(&self.secret, tenant);
         let work = async {
-            let mut client = self.admin_client().await?;
+            let mut client = self.admin_client(tenant).await?;
             let tx = client.transaction().await.map_err(admin_failure)?;
             provision::provision(&tx, &name, &password, limits).await?;
             tx.commit().await.map_err(admin_failure)
@@ -300,7 +330,7 @@ impl TenantSql {
         self.forget(tenant);
         let name = self.ident(tenant);
         let work = async {
-            let mut client = self.admin_client().await?;
+            let mut client = self.admin_client(tenant).await?;
             // No new sessions from here on (committed before they are ended).
             let tx = client.transaction().await.map_err(admin_failure)?;
             provision::disable_login(&tx, &name).await?;
@@ -324,8 +354,17 @@ impl TenantSql {
         }
     }
 
-    async fn admin_client(&self) -> Result<Object, SqlFailure> {
-        self.admin.get().await.map_err(|e| pool_failure(&e))
+    /// The database `tenant` lives in: its own (isolated tier) or the shared one.
+    fn database(&self, tenant: &TenantId) -> &Database {
+        self.isolated.get(tenant).unwrap_or(&self.shared)
+    }
+
+    async fn admin_client(&self, tenant: &TenantId) -> Result<Object, SqlFailure> {
+        self.database(tenant)
+            .admin
+            .get()
+            .await
+            .map_err(|e| pool_failure(&e))
     }
 
     /// The pool of `tenant` for `limits` and its call slots: the existing
@@ -346,7 +385,7 @@ impl TenantSql {
             }
         }
         self.provision(tenant, limits).await?;
-        let mut config = self.base.clone();
+        let mut config = self.database(tenant).base.clone();
         config
             .user(self.ident(tenant))
             .password(provision::tenant_password(&self.secret, tenant))

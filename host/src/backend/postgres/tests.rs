@@ -27,6 +27,7 @@ impl Fixture {
             tenant_prefix: prefix.clone(),
             password_secret: b"test".to_vec(),
             max_connections,
+            tenant_urls: BTreeMap::new(),
         })
         .unwrap();
         Self { sql, prefix }
@@ -455,4 +456,58 @@ async fn a_tenant_at_its_connection_cap_waits_without_starving_others() {
     assert!(most <= 2, "{most} connections for a cap of 2");
     f.sql.drop_tenant(&busy).await.unwrap();
     f.sql.drop_tenant(&quiet).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_isolated_tenant_lives_in_its_own_database() {
+    let f = Fixture::new();
+    let db = format!("{}_iso", f.prefix);
+    let root = f.root().await;
+    root.batch_execute(&format!("CREATE DATABASE \"{db}\""))
+        .await
+        .unwrap();
+    let base = url();
+    let iso_url = format!("{}/{db}", &base[..base.rfind('/').unwrap()]);
+    let t = tid("iso");
+    let sql = TenantSql::new(SqlSettings {
+        url: base,
+        tenant_prefix: f.prefix.clone(),
+        password_secret: b"test".to_vec(),
+        max_connections: 4,
+        tenant_urls: BTreeMap::from([(t.clone(), iso_url.clone())]),
+    })
+    .unwrap();
+    sql.run(
+        &t,
+        &limits(),
+        vec![st("CREATE TABLE here (x int)", vec![])],
+        false,
+    )
+    .await
+    .unwrap();
+    let out = sql
+        .run(
+            &t,
+            &limits(),
+            vec![st("SELECT current_database() AS d", vec![])],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0].rows, format!(r#"[{{"d":"{db}"}}]"#));
+    let name = sql.ident(&t);
+    let in_shared: i64 = root
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_shared, 0, "nothing in the shared database");
+    assert!(sql.drop_tenant(&t).await.unwrap());
+    drop(sql);
+    root.batch_execute(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
+        .await
+        .unwrap();
 }
