@@ -285,6 +285,15 @@ async fn transactions_commit_all_or_nothing_and_nothing_outlives_a_call() {
     assert_eq!(rows[0]["p"], name.as_str());
     assert_eq!(rows[0]["s"], "1s");
     assert_eq!(rows[0]["n"], 2);
+    // ... and the connection survived the reset and is reused.
+    let pid = |v: serde_json::Value| v[0]["pid"].as_i64().unwrap();
+    let first = pid(query(&f, &t, "SELECT pg_backend_pid() AS pid", vec![])
+        .await
+        .unwrap());
+    let second = pid(query(&f, &t, "SELECT pg_backend_pid() AS pid", vec![])
+        .await
+        .unwrap());
+    assert_eq!(first, second, "the reset kept the connection");
     f.sql.drop_tenant(&t).await.unwrap();
 }
 
