@@ -317,3 +317,13 @@ async fn deleting_a_tenant_drops_its_schema_and_role() {
         "the other tenant keeps its own"
     );
 }
+
+#[tokio::test]
+async fn without_postgres_sql_is_unavailable() {
+    let h = HostProcess::start_with(bin(), &[TenantSpec::new("alpha", "fixture")], "").unwrap();
+    let mut a = Client::connect(&h.url("/t/alpha/ws")).await.unwrap();
+    assert_eq!(
+        sql(&mut a, "SELECT 1").await.unwrap_err(),
+        "SERVICE_UNAVAILABLE: -: SQL is not configured on this host"
+    );
+}
