@@ -451,12 +451,15 @@ async fn echo(host: &HostProcess, conns: usize, seconds: u64) -> Result<()> {
     Ok(())
 }
 
+/// Builds the `n`th call's frame.
+type FrameFn = fn(u64) -> String;
+
 /// Closed-loop calls of `frame(n)` from every socket for `seconds`: the
 /// latencies (µs) of the successful calls and the number of failed ones.
 async fn closed_loop(
     sockets: Vec<Ws>,
     seconds: u64,
-    frame: fn(u64) -> String,
+    frame: FrameFn,
 ) -> Result<(Vec<u64>, u64, Vec<Ws>)> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -509,7 +512,7 @@ async fn sql(host: &HostProcess, conns: usize, seconds: u64) -> Result<()> {
         Some(Ok(Message::Text(t))) if t.as_str().contains(r#""ok":true"#) => {}
         other => bail!("creating the table failed: {other:?}"),
     }
-    let phases: [(&str, fn(u64) -> String); 2] = [
+    let phases: [(&str, FrameFn); 2] = [
         ("select_1", |n| {
             format!(r#"{{"rpc":"fixture/sql","id":"{n}","args":["SELECT 1 AS one"]}}"#)
         }),
