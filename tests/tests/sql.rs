@@ -202,6 +202,13 @@ async fn tenants_are_isolated_and_every_escape_fails() {
         format!("GRANT USAGE ON SCHEMA \"{sa}\" TO \"{sb}\""),
         format!("DROP SCHEMA \"{sa}\" CASCADE"),
         "CREATE EXTENSION dblink".to_owned(),
+        "SELECT set_config('role', 'root', false) AS r".to_owned(),
+        "DO $$ BEGIN EXECUTE 'SET ROLE root'; END $$".to_owned(),
+        "SELECT lo_import('/etc/passwd') AS o".to_owned(),
+        "SELECT pg_ls_dir('.') AS f".to_owned(),
+        "ALTER SYSTEM SET statement_timeout = 0".to_owned(),
+        "SELECT pg_terminate_backend(pid) AS t FROM pg_stat_activity WHERE usename = 'root'"
+            .to_owned(),
     ];
     for escape in &forbidden {
         let e = sql(&mut b, escape).await.unwrap_err();
