@@ -115,6 +115,9 @@ pub async fn provision(
         format!("{verb} ROLE {role} WITH {attributes}"),
         format!("CREATE SCHEMA IF NOT EXISTS {role} AUTHORIZATION {role}"),
         format!("ALTER SCHEMA {role} OWNER TO {role}"),
+        // A role may change its own defaults (and password): provisioning
+        // puts back exactly the host's.
+        format!("ALTER ROLE {role} RESET ALL"),
         format!("ALTER ROLE {role} SET search_path = {role}"),
         format!(
             "ALTER ROLE {role} SET statement_timeout = {}",

@@ -121,7 +121,16 @@ async fn provisioning_is_idempotent_concurrent_and_delete_drops_everything() {
     let (a, b) = tokio::join!(f.sql.provision(&t, &l), f.sql.provision(&t, &l));
     a.unwrap();
     b.unwrap();
-    f.sql.provision(&t, &limits()).await.unwrap();
+    // The role may change its own defaults; provisioning again undoes that.
+    query(
+        &f,
+        &t,
+        "ALTER ROLE CURRENT_USER SET work_mem = '1GB'",
+        vec![],
+    )
+    .await
+    .unwrap();
+    f.sql.provision(&t, &l).await.unwrap();
     let root = f.root().await;
     let row = root
         .query_one(
@@ -141,6 +150,7 @@ async fn provisioning_is_idempotent_concurrent_and_delete_drops_everything() {
     let config: String = row.get(9);
     assert!(config.contains(&format!("search_path={name}")), "{config}");
     assert!(config.contains("statement_timeout=1000"), "{config}");
+    assert!(!config.contains("work_mem"), "{config}");
 
     query(&f, &t, "CREATE TABLE t (id int)", vec![])
         .await
