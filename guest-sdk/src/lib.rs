@@ -14,8 +14,9 @@
 //! * [`Ctx`] gives the caller ([`Ctx::user`]), the connection and request ids,
 //!   [`Ctx::publish`], and [`Ctx::kv`], the tenant's key-value store.
 //!   [`log`] writes to the host's log. [`presence`], [`groups`] (broadcast
-//!   groups with roles), [`replay`], [`ratelimit`], [`lock`] and
-//!   [`idempotency`] are the other host services.
+//!   groups with roles), [`replay`], [`ratelimit`], [`lock`],
+//!   [`idempotency`] and [`sql`] (the tenant's own Postgres schema) are the
+//!   other host services.
 //! * Host failures are [`Error`]; `?` turns them into a [`LiveError`] with the
 //!   standard code (`RESOURCE_EXHAUSTED`, `SERVICE_UNAVAILABLE`, ...).
 //! * The [`Plugin`] hooks: [`Plugin::authenticate`] (default: everyone
@@ -132,6 +133,7 @@ pub mod presence;
 pub mod ratelimit;
 pub mod replay;
 mod router;
+pub mod sql;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 

@@ -4,7 +4,8 @@
 //! per test thread: [`crate::Kv`] works (with TTLs and `incr`), `publish`
 //! records what was published, [`crate::groups`] keeps its groups (the
 //! calling connection is `test-connection`, as in [`ctx`]) and records what
-//! was published to them, and the log keeps its entries. These functions
+//! was published to them, the log keeps its entries, and [`crate::sql`]
+//! answers with the handler given to [`set_sql`]. These functions
 //! look at and reset that state. They do not exist in a `wasm32` build.
 //!
 //! ```
@@ -29,6 +30,7 @@ use crate::error::Error;
 use crate::groups::{Joined, Role};
 use crate::host::imp::STATE;
 use crate::log::Level;
+use crate::sql::{Outcome, SqlError, SqlValue};
 
 /// One event published through the stand-in host.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,9 +58,25 @@ pub struct GroupPublished {
 }
 
 /// Forget everything this thread's stand-in host holds: keys, published
-/// events, groups and log entries.
+/// events, groups, log entries, the SQL handler and the statements run.
 pub fn reset() {
     STATE.with_borrow_mut(|s| *s = Default::default());
+    crate::sql::imp::SQL.with_borrow_mut(|s| *s = Default::default());
+}
+
+/// Answer every [`crate::sql`] statement on this thread with `handler`
+/// (the SQL text and parameters → the rows and affected count, or an
+/// error). Without one, SQL fails `unavailable`, as on a host without
+/// `[postgres]`. A [`crate::sql::transaction`] calls it once per statement
+/// and stops at the first error (the stand-in rolls nothing back).
+pub fn set_sql(handler: impl FnMut(&str, &[SqlValue]) -> Result<Outcome, SqlError> + 'static) {
+    crate::sql::imp::SQL.with_borrow_mut(|s| s.handler = Some(Box::new(handler)));
+}
+
+/// Take (and clear) the SQL statements run so far on this thread, with
+/// their parameters.
+pub fn take_sql() -> Vec<(String, Vec<SqlValue>)> {
+    crate::sql::imp::SQL.with_borrow_mut(|s| std::mem::take(&mut s.ran))
 }
 
 /// Take (and clear) the events published so far on this thread.

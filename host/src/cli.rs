@@ -124,6 +124,9 @@ pub enum CliError {
     /// The registry could not be opened or read.
     #[error("registry: {0}")]
     Registry(ControlError),
+    /// `[postgres]` is configured but tenant SQL cannot start.
+    #[error("postgres: {0}")]
+    Sql(crate::backend::postgres::SqlFailure),
     /// Redis is configured but unusable.
     #[error("redis: {0}")]
     Redis(crate::backend::BackendError),
@@ -265,7 +268,8 @@ pub async fn serve_config(
         tracing::warn!("metrics were set up before the configuration was read; [metrics] ignored");
     }
     let hub = Hub::new();
-    let backends = build_backends(&config, &hub).await?;
+    let mut backends = build_backends(&config, &hub).await?;
+    backends.sql = tenant_sql(&config)?;
     let purgeable = backends.clone();
     let purgeable_breakers = backends.breakers.clone();
     let publish_rates = Arc::clone(&backends.publish_rates);
@@ -497,6 +501,38 @@ fn live_metrics(
                 .collect(),
         }
     })
+}
+
+/// Tenant SQL when `[postgres]` is configured (it connects lazily).
+fn tenant_sql(
+    config: &Config,
+) -> Result<Option<Arc<crate::backend::postgres::TenantSql>>, CliError> {
+    use crate::backend::postgres::{DEV_PASSWORD_SECRET, SqlSettings, TenantSql};
+    let Some(pg) = &config.postgres else {
+        return Ok(None);
+    };
+    let secret = match &pg.tenant_password_secret {
+        Some(s) => s.clone(),
+        None => {
+            tracing::warn!(
+                "[postgres] tenant_password_secret is not set: tenant roles get passwords derived from a fixed development secret; set it in production"
+            );
+            DEV_PASSWORD_SECRET.to_owned()
+        }
+    };
+    let sql = TenantSql::new(SqlSettings {
+        url: pg.url.clone(),
+        tenant_prefix: pg.tenant_prefix.clone(),
+        password_secret: secret.into_bytes(),
+        max_connections: pg.max_connections,
+        tenant_urls: pg
+            .tenant_urls
+            .iter()
+            .filter_map(|(id, url)| Some((TenantId::parse(id).ok()?, url.clone())))
+            .collect(),
+    })
+    .map_err(CliError::Sql)?;
+    Ok(Some(sql))
 }
 
 /// The backends `config` asks for: in memory, or on Redis (`[redis]`, per

@@ -134,7 +134,9 @@ pub struct TenantConfig {
 }
 
 /// PostgreSQL (the `[postgres]` table). With it the registry of tenants
-/// and plugin versions lives in Postgres, shared by every host of a fleet.
+/// and plugin versions lives in Postgres, shared by every host of a fleet,
+/// and every tenant gets a schema and a role of its own for the `sql`
+/// import (see [`crate::backend::postgres`]).
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSettings {
@@ -143,6 +145,34 @@ pub struct PostgresSettings {
     /// Schema of the registry tables. Default `tenantry`.
     #[serde(default = "default_registry_schema")]
     pub registry_schema: String,
+    /// First part of every tenant's schema and role name
+    /// (`[a-z][a-z0-9_]{0,15}`), so deployments sharing a cluster do not
+    /// collide. Default `tenantry`.
+    #[serde(default = "default_tenant_prefix")]
+    pub tenant_prefix: String,
+    /// Secret the tenant roles' passwords are derived from
+    /// (HMAC-SHA256(secret, tenant id), hex): every host of a fleet derives
+    /// the same password and none is stored. Unset: a fixed development
+    /// value, with a warning at start-up.
+    #[serde(default)]
+    pub tenant_password_secret: Option<String>,
+    /// Tenant connections in use at once on this host, over all tenants.
+    /// Default 32.
+    #[serde(default = "default_sql_max_connections")]
+    pub max_connections: usize,
+    /// The isolated tier (`[postgres.tenant_urls]`): tenant id → the URL
+    /// (a superuser's) of a database of the tenant's own, where its schema
+    /// and role are made instead of in `url`'s database.
+    #[serde(default)]
+    pub tenant_urls: BTreeMap<String, String>,
+}
+
+fn default_tenant_prefix() -> String {
+    "tenantry".to_owned()
+}
+
+fn default_sql_max_connections() -> usize {
+    32
 }
 
 fn default_registry_schema() -> String {
@@ -155,6 +185,13 @@ impl std::fmt::Debug for PostgresSettings {
         f.debug_struct("PostgresSettings")
             .field("url", &"<redacted>")
             .field("registry_schema", &self.registry_schema)
+            .field("tenant_prefix", &self.tenant_prefix)
+            .field(
+                "tenant_password_secret",
+                &self.tenant_password_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_connections", &self.max_connections)
+            .field("tenant_urls", &self.tenant_urls.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -790,6 +827,35 @@ impl Config {
                     "postgres.url must not be empty".into(),
                 ));
             }
+            let p = pg.tenant_prefix.as_bytes();
+            let ok = !p.is_empty()
+                && p.len() <= 16
+                && p[0].is_ascii_lowercase()
+                && p.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_');
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "postgres.tenant_prefix {:?} must match [a-z][a-z0-9_]{{0,15}}",
+                    pg.tenant_prefix
+                )));
+            }
+            for (id, url) in &pg.tenant_urls {
+                if TenantId::parse(id).is_err() {
+                    return Err(ConfigError::Invalid(format!(
+                        "postgres.tenant_urls: {id:?} is not a tenant id"
+                    )));
+                }
+                if url.trim().is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "postgres.tenant_urls.{id} must not be empty"
+                    )));
+                }
+            }
+            if pg.max_connections == 0 || pg.max_connections > 10_000 {
+                return Err(ConfigError::Invalid(
+                    "postgres.max_connections must be 1-10000".into(),
+                ));
+            }
         }
         let plans = resolve_plans(&file.plans).map_err(ConfigError::Invalid)?;
         let default_plan = file.default_plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned());
@@ -1021,10 +1087,33 @@ mod tests {
         let pg = c.postgres.clone().unwrap();
         assert_eq!(pg.registry_schema, "tenantry");
         assert!(
-            !format!("{c:?}").contains("secret"),
+            !format!("{c:?}").contains("secret@"),
             "the URL is never printed"
         );
+        assert_eq!(pg.tenant_prefix, "tenantry");
+        assert_eq!(pg.max_connections, 32);
+        assert_eq!(pg.tenant_password_secret, None);
+        let c = parse("[postgres]\nurl = \"x\"\ntenant_password_secret = \"hush\"").unwrap();
+        assert!(
+            !format!("{c:?}").contains("hush"),
+            "the secret is never printed"
+        );
         assert!(parse("[postgres]\nurl = \"x\"\nregistry_schema = \"A-b\"").is_err());
+        for bad in ["\"\"", "\"1a\"", "\"a-b\"", "\"abcdefghijklmnopq\""] {
+            let toml = format!("[postgres]\nurl = \"x\"\ntenant_prefix = {bad}");
+            assert!(parse(&toml).is_err(), "{bad}");
+        }
+        assert!(parse("[postgres]\nurl = \"x\"\nmax_connections = 0").is_err());
+        let c = parse(
+            "[postgres]\nurl = \"x\"\n[postgres.tenant_urls]\nacme = \"postgres://u:pw@db/acme\"",
+        )
+        .unwrap();
+        assert_eq!(c.postgres.as_ref().unwrap().tenant_urls.len(), 1);
+        assert!(
+            !format!("{c:?}").contains("pw@"),
+            "tenant URLs are never printed"
+        );
+        assert!(parse("[postgres]\nurl = \"x\"\n[postgres.tenant_urls]\nACME = \"y\"").is_err());
         assert!(
             parse("[postgres]\nregistry_schema = \"a\"").is_err(),
             "url is required"

@@ -340,17 +340,33 @@ impl Control {
                 t.set_plan(plan_name, plan);
                 t
             }
-            None => self.registry.insert(Tenant::new(
-                rec.id.clone(),
-                plan_name,
-                TenantQuota::new(plan, self.settings.cpu_slots),
-            )),
+            None => {
+                self.provision_sql(&rec.id, &plan).await;
+                self.registry.insert(Tenant::new(
+                    rec.id.clone(),
+                    plan_name,
+                    TenantQuota::new(plan, self.settings.cpu_slots),
+                ))
+            }
         };
         tenant.set_suspended(rec.suspended);
         let deployment = self.prepare(&tenant, rec).await?;
         tenant.set_deployment(deployment);
         self.applied.lock().insert(rec.id.clone(), rec.revision);
         Ok(tenant)
+    }
+
+    /// Create the SQL role and schema of a tenant coming live in this
+    /// process (new, loaded at start, or first seen from another host),
+    /// when the host has `[postgres]`. A failure is logged, not fatal: the
+    /// tenant's first SQL call provisions again.
+    async fn provision_sql(&self, id: &TenantId, plan: &Plan) {
+        if let Some(sql) = &self.backends.sql {
+            let limits = crate::backend::postgres::SqlLimits::of(plan);
+            if let Err(e) = sql.provision(id, &limits).await {
+                tracing::error!(tenant = %id, error = %e, "could not provision the tenant's SQL schema and role");
+            }
+        }
     }
 
     /// The deployment `rec` describes, reusing plugins already loaded.
@@ -614,6 +630,9 @@ impl Control {
     fn forget(&self, id: &TenantId) {
         self.keys.write().retain(|_, (t, _)| t != id);
         self.applied.lock().remove(id);
+        if let Some(sql) = &self.backends.sql {
+            sql.forget(id);
+        }
         if let Some(t) = self.registry.remove(id) {
             t.set_suspended(true);
             t.evict(CLOSE_POLICY, "tenant deleted");

@@ -110,6 +110,18 @@ plan_fields! {
     log_lines_per_sec,
     /// Log lines kept in a burst above the rate.
     log_line_burst,
+    /// Run time of one `sql` import call (all its statements), ms; also the
+    /// role's `statement_timeout`. Over: `TIMEOUT`.
+    sql_statement_timeout_ms,
+    /// Rows one `sql` call may return. Over: `PAYLOAD_TOO_LARGE`.
+    sql_max_rows,
+    /// Bytes of JSON one `sql` call may return. Over: `PAYLOAD_TOO_LARGE`.
+    sql_max_result_bytes,
+    /// Postgres connections the tenant's role may hold (its pool size and
+    /// the role's `CONNECTION LIMIT`). Over: the call waits, then `SERVICE_UNAVAILABLE`.
+    sql_max_connections,
+    /// Bytes of SQL text plus parameters in one `sql` call. Over: `PAYLOAD_TOO_LARGE`.
+    sql_max_statement_bytes,
 }
 
 const KIB: u64 = 1 << 10;
@@ -147,6 +159,11 @@ impl Plan {
             kv_max_bytes: pick([MIB, 16 * MIB, 64 * MIB, 256 * MIB])?,
             log_lines_per_sec: pick([10, 50, 200, 1_000])?,
             log_line_burst: pick([20, 100, 400, 2_000])?,
+            sql_statement_timeout_ms: pick([1_000, 3_000, 10_000, 30_000])?,
+            sql_max_rows: pick([1_000, 10_000, 50_000, 100_000])?,
+            sql_max_result_bytes: pick([MIB, 4 * MIB, 8 * MIB, 16 * MIB])?,
+            sql_max_connections: pick([2, 4, 8, 16])?,
+            sql_max_statement_bytes: pick([64 * KIB, 256 * KIB, MIB, MIB])?,
         })
     }
 
@@ -158,6 +175,11 @@ impl Plan {
     /// The memory cap of one instance, in bytes.
     pub fn memory_limit_bytes(&self) -> usize {
         usize::try_from(self.memory_limit_mb.saturating_mul(MIB)).unwrap_or(usize::MAX)
+    }
+
+    /// The run-time bound of one `sql` import call.
+    pub fn sql_statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.sql_statement_timeout_ms)
     }
 
     /// How long a warm instance may sit unused.
@@ -180,6 +202,13 @@ impl Plan {
         // tokio's semaphore caps permits far below u64.
         if self.max_inflight_calls_per_connection > 1 << 20 {
             return Err("max_inflight_calls_per_connection must be at most 1048576".into());
+        }
+        // The role's CONNECTION LIMIT and the pool size are i32 / usize.
+        if self.sql_max_connections > 10_000 {
+            return Err("sql_max_connections must be at most 10000".into());
+        }
+        if self.sql_statement_timeout_ms > i32::MAX as u64 {
+            return Err("sql_statement_timeout_ms must be at most 2147483647".into());
         }
         if self.max_frame_bytes > 64 * MIB {
             return Err("max_frame_bytes must be at most 67108864 (64 MiB)".into());

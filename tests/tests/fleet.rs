@@ -30,10 +30,20 @@ impl Schema {
         ))
     }
 
+    /// The tenants' SQL schema and role prefix: this test's own (roles
+    /// are cluster-wide).
+    fn tenant_prefix(&self) -> String {
+        let digest = self.0.bytes().fold(0u64, |h, b| {
+            h.wrapping_mul(0x100_0000_01b3).wrapping_add(u64::from(b))
+        });
+        format!("fleet{:010x}", digest & 0xff_ffff_ffff)
+    }
+
     fn toml(&self) -> String {
         format!(
-            "[postgres]\nurl = {PG_URL:?}\nregistry_schema = {:?}\n",
-            self.0
+            "[postgres]\nurl = {PG_URL:?}\nregistry_schema = {:?}\ntenant_prefix = {:?}\n",
+            self.0,
+            self.tenant_prefix()
         )
     }
 }
@@ -41,6 +51,7 @@ impl Schema {
 impl Drop for Schema {
     fn drop(&mut self) {
         let name = self.0.clone();
+        let like = format!("{}\\_t\\_%", self.tenant_prefix());
         // Dropped from a plain thread: the test's runtime may be gone.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -56,6 +67,33 @@ impl Drop for Schema {
                     .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
                     .await
                     .unwrap();
+                // The tenants' SQL schemas and roles.
+                for row in client
+                    .query(
+                        "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                        &[&like],
+                    )
+                    .await
+                    .unwrap()
+                {
+                    let n: String = row.get(0);
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA \"{n}\" CASCADE"))
+                        .await;
+                }
+                for row in client
+                    .query(
+                        "SELECT rolname FROM pg_roles WHERE rolname LIKE $1",
+                        &[&like],
+                    )
+                    .await
+                    .unwrap()
+                {
+                    let n: String = row.get(0);
+                    let _ = client
+                        .batch_execute(&format!("DROP OWNED BY \"{n}\"; DROP ROLE \"{n}\""))
+                        .await;
+                }
             });
         })
         .join();

@@ -12,6 +12,7 @@ pub mod groups;
 pub mod idempotency;
 pub mod lock;
 pub mod memory;
+pub mod postgres;
 pub mod presence;
 pub mod presence_events;
 pub mod publish_rate;
@@ -165,6 +166,9 @@ pub struct Backends {
     /// The circuit breaker of every remote backend (one per Redis server;
     /// none in memory), for health checks and metrics.
     pub breakers: Vec<Arc<breaker::CircuitBreaker>>,
+    /// Tenant SQL (`[postgres]`): schemas, roles and the `sql` import;
+    /// `None` when the host has no Postgres.
+    pub sql: Option<Arc<postgres::TenantSql>>,
 }
 
 impl Backends {
@@ -227,6 +231,13 @@ impl Backends {
                 .purge_tenant(tenant)
                 .await
                 .map_err(|e| ("presence events", e))?,
+            sql_schema: match &self.sql {
+                Some(sql) => sql
+                    .drop_tenant(tenant)
+                    .await
+                    .map_err(|e| ("SQL schema and role", BackendError::Unavailable(e.message)))?,
+                None => false,
+            },
         })
     }
 }
@@ -254,4 +265,6 @@ pub struct PurgeReport {
     pub cursors: u64,
     /// Queued presence events and delivered presence states.
     pub presence_events: u64,
+    /// Whether a SQL schema or role was dropped.
+    pub sql_schema: bool,
 }

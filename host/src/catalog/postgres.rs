@@ -186,36 +186,16 @@ impl PostgresCatalog {
     /// listeners on that runtime.
     pub async fn connect(url: &str, schema: &str) -> Result<Self, CatalogError> {
         check_schema(schema)?;
-        // The URL may hold a password: never in an error message.
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| CatalogError::Io {
+        let config = client_config(url).map_err(|message| CatalogError::Io {
             op: "parse the PostgreSQL connection URL".to_owned(),
-            message: describe(&e),
+            message,
         })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        config
-            .keepalives(true)
-            .keepalives_idle(KEEPALIVE_IDLE)
-            .keepalives_interval(KEEPALIVE_INTERVAL)
-            .keepalives_retries(KEEPALIVE_RETRIES);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(MAX_CONNECTIONS)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| CatalogError::Io {
-                op: "create the PostgreSQL connection pool".to_owned(),
-                message: describe(&e),
+        let pool =
+            build_pool(config.clone(), MAX_CONNECTIONS, POOL_WAIT_TIMEOUT).map_err(|message| {
+                CatalogError::Io {
+                    op: "create the PostgreSQL connection pool".to_owned(),
+                    message,
+                }
             })?;
         let channel = channel_name(schema);
         let catalog = Self {
@@ -669,9 +649,53 @@ fn db_error<E: std::error::Error>(op: &str) -> impl FnOnce(E) -> CatalogError + 
     }
 }
 
+/// The connection settings of `url`, with TCP keepalives (first probe after
+/// 30 s idle, so a dead server is noticed within about a minute) and, unless
+/// the URL sets one, a 5 s connect timeout. The error never repeats the URL
+/// (it may hold a password).
+pub(crate) fn client_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| describe(&e))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES);
+    Ok(config)
+}
+
+/// A pool of at most `max_size` plain-TCP connections made with `config`,
+/// waiting at most `wait` for a free one; opening and recycling a
+/// connection are bounded by the connect timeout. Connections are recycled
+/// the fast way (no query): callers that let others run SQL on them reset
+/// the session themselves.
+pub(crate) fn build_pool(
+    config: tokio_postgres::Config,
+    max_size: usize,
+    wait: Duration,
+) -> Result<Pool, String> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| describe(&e))
+}
+
 /// `e` and its sources, `: `-separated (tokio-postgres puts the server's
 /// message in the source).
-fn describe(e: &dyn std::error::Error) -> String {
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -12,6 +12,7 @@ mod presence;
 mod pubsub;
 mod ratelimit;
 mod replay;
+mod sql;
 
 pub use log::{LogLevel, emit_plugin_log};
 

@@ -30,6 +30,7 @@ pub mod optional {
             "tenantry:plugin/idempotency": super::tenantry::plugin::idempotency,
             "tenantry:plugin/presence": super::tenantry::plugin::presence,
             "tenantry:plugin/groups": super::tenantry::plugin::groups,
+            "tenantry:plugin/sql": super::tenantry::plugin::sql,
             "tenantry:plugin/log": super::tenantry::plugin::log,
         },
     });

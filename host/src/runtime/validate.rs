@@ -42,6 +42,7 @@ const HOST_INTERFACES: &[&str] = &[
     "idempotency",
     "presence",
     "groups",
+    "sql",
     "log",
 ];
 

@@ -10,6 +10,7 @@
 //! target/release/tenantry-bench fanout  --subs 1000 --rate 200 --seconds 10
 //! target/release/tenantry-bench idle    --conns 10000
 //! target/release/tenantry-bench noisy   --seconds 5
+//! target/release/tenantry-bench sql     --conns 4 --seconds 5
 //! ```
 //!
 //! `noisy` is the noisy-neighbour benchmark: one host, two tenants. Tenant
@@ -114,6 +115,20 @@ enum Mode {
         #[arg(long)]
         redis: Option<String>,
     },
+    /// SQL round trips through the plugin (`fixture/sql`, `fixture/sql_exec`)
+    /// on the real PostgreSQL: closed-loop `SELECT 1` from N connections,
+    /// then single-row inserts. Reports calls/s, latency and host CPU per
+    /// call for each. Uses a registry schema and tenant prefix of its own
+    /// and drops them afterwards.
+    Sql {
+        #[arg(long, default_value_t = 4)]
+        conns: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// PostgreSQL URL (a superuser).
+        #[arg(long, default_value = "postgres://root@127.0.0.1:5432/test")]
+        postgres: String,
+    },
     /// Open N idle connections and report the host's RSS per connection.
     Idle {
         #[arg(long, default_value_t = 10_000)]
@@ -210,6 +225,10 @@ fn main() -> Result<()> {
             "\n[redis]\nurl = {url:?}\nnamespace = \"bench-presence-{}\"\n",
             std::process::id()
         ),
+        Mode::Sql { postgres, .. } => format!(
+            "\n[postgres]\nurl = {postgres:?}\nregistry_schema = \"bench_sql_{0}\"\ntenant_prefix = \"bench{0}\"\n",
+            std::process::id()
+        ),
         _ => String::new(),
     };
     let host = start_host(&host_bin, pin, cli.reuse, &tenants, &extra)?;
@@ -224,6 +243,16 @@ fn main() -> Result<()> {
                 seconds,
             } => fanout(&host, subs, rate, seconds).await,
             Mode::Idle { conns } => idle(&host, conns).await,
+            Mode::Sql {
+                conns,
+                seconds,
+                postgres,
+            } => {
+                let result = sql(&host, conns, seconds).await;
+                drop(host);
+                drop_bench_sql(&postgres).await?;
+                result
+            }
             Mode::Presence {
                 conns,
                 rooms,
@@ -419,6 +448,136 @@ async fn echo(host: &HostProcess, conns: usize, seconds: u64) -> Result<()> {
             "host_cpu_us_per_call": (cpu as f64 / calls * 100.0).round() / 100.0,
         })
     );
+    Ok(())
+}
+
+/// Builds the `n`th call's frame.
+type FrameFn = fn(u64) -> String;
+
+/// Closed-loop calls of `frame(n)` from every socket for `seconds`: the
+/// latencies (µs) of the successful calls and the number of failed ones.
+async fn closed_loop(
+    sockets: Vec<Ws>,
+    seconds: u64,
+    frame: FrameFn,
+) -> Result<(Vec<u64>, u64, Vec<Ws>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for mut ws in sockets {
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut failed, mut n) = (Vec::new(), 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let t = Instant::now();
+                if ws.send(Message::text(frame(n))).await.is_err() {
+                    break;
+                }
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        if text.as_str().contains(r#""ok":true"#) {
+                            lat.push(t.elapsed().as_micros() as u64);
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            (lat, failed, ws)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut lat, mut failed, mut sockets) = (Vec::new(), 0, Vec::new());
+    for t in tasks {
+        let (l, f, ws) = t.await?;
+        lat.extend(l);
+        failed += f;
+        sockets.push(ws);
+    }
+    lat.sort_unstable();
+    Ok((lat, failed, sockets))
+}
+
+async fn sql(host: &HostProcess, conns: usize, seconds: u64) -> Result<()> {
+    let url = host.url("/t/bench/ws");
+    let mut sockets = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        sockets.push(open(&url).await?);
+    }
+    let setup = r#"{"rpc":"fixture/sql","id":"setup","args":["CREATE TABLE IF NOT EXISTS bench_t (id bigserial PRIMARY KEY, v text)"]}"#;
+    sockets[0].send(Message::text(setup)).await?;
+    match sockets[0].next().await {
+        Some(Ok(Message::Text(t))) if t.as_str().contains(r#""ok":true"#) => {}
+        other => bail!("creating the table failed: {other:?}"),
+    }
+    let phases: [(&str, FrameFn); 2] = [
+        ("select_1", |n| {
+            format!(r#"{{"rpc":"fixture/sql","id":"{n}","args":["SELECT 1 AS one"]}}"#)
+        }),
+        ("insert", |n| {
+            format!(
+                r#"{{"rpc":"fixture/sql_exec","id":"{n}","args":["INSERT INTO bench_t (v) VALUES ($1)",["row {n}"]]}}"#
+            )
+        }),
+    ];
+    for (name, frame) in phases {
+        // Warm up: every connection's pool slot opened.
+        let (_, _, warm) = closed_loop(sockets, 1, frame).await?;
+        let cpu0 = cpu_micros(host.pid())?;
+        let t0 = Instant::now();
+        let (lat, failed, rest) = closed_loop(warm, seconds, frame).await?;
+        sockets = rest;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let cpu = cpu_micros(host.pid())? - cpu0;
+        let calls = lat.len() as f64;
+        println!(
+            "{}",
+            json!({
+                "mode": "sql", "statement": name, "connections": conns, "seconds": elapsed,
+                "calls": lat.len(), "failed": failed, "calls_per_s": (calls / elapsed).round(),
+                "p50_us": percentile(&lat, 0.50), "p99_us": percentile(&lat, 0.99),
+                "host_cpu_us_per_call": (cpu as f64 / calls.max(1.0) * 100.0).round() / 100.0,
+            })
+        );
+    }
+    Ok(())
+}
+
+/// Drop the SQL bench's registry schema and tenant role and schema.
+async fn drop_bench_sql(url: &str) -> Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let pid = std::process::id();
+    let like = format!("bench{pid}\\_t\\_%");
+    for row in client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+            &[&like],
+        )
+        .await?
+    {
+        let n: String = row.get(0);
+        client
+            .batch_execute(&format!("DROP SCHEMA \"{n}\" CASCADE"))
+            .await?;
+    }
+    for row in client
+        .query(
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE $1",
+            &[&like],
+        )
+        .await?
+    {
+        let n: String = row.get(0);
+        client
+            .batch_execute(&format!("DROP OWNED BY \"{n}\"; DROP ROLE \"{n}\""))
+            .await?;
+    }
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS bench_sql_{pid} CASCADE"))
+        .await?;
     Ok(())
 }
 

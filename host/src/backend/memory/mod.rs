@@ -74,5 +74,6 @@ pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
         cursors: Arc::new(MemoryCursors::new()),
         presence_events: Arc::new(MemoryPresenceOutbox::new()),
         breakers: Vec::new(),
+        sql: None,
     }
 }
