@@ -181,6 +181,8 @@ pub struct Metrics {
     bytes_in: IntCounterVec,
     bytes_out: IntCounterVec,
     backend_command: HistogramVec,
+    sql_duration: HistogramVec,
+    sql_errors: IntCounterVec,
     // The seeds' extension metrics.
     relayed: IntCounterVec,
     received: IntCounterVec,
@@ -389,6 +391,17 @@ impl Metrics {
                 "Latency of backend commands (Redis, Postgres) that got an answer or failed.",
                 &["backend"],
                 &LATENCY_BUCKETS,
+            )?,
+            sql_duration: f.histograms(
+                "sql_duration_seconds",
+                "Time of a plugin's sql import call (checkout, statements, reset).",
+                t,
+                &LATENCY_BUCKETS,
+            )?,
+            sql_errors: f.counters(
+                "sql_errors_total",
+                "Plugin sql import calls that failed (refused, timed out, Postgres errors).",
+                t,
             )?,
             relayed: f.counters(
                 "pubsub_messages_relayed_total",
@@ -660,6 +673,17 @@ pub fn backend_command(backend: &str, elapsed: Duration) {
             &[backend],
             elapsed.as_secs_f64(),
         );
+    }
+}
+
+/// Time one `sql` import call of `tenant` (and count it if it failed).
+pub fn sql(tenant: &TenantId, elapsed: Duration, ok: bool) {
+    if let Some(m) = get() {
+        let label = m.tenant(tenant);
+        m.observe(&m.sql_duration, "sql_duration", &[label], elapsed.as_secs_f64());
+        if !ok {
+            m.inc(&m.sql_errors, "sql_errors", &[label], 1);
+        }
     }
 }
 
