@@ -107,6 +107,16 @@ impl HostProcess {
     /// keys first, then tables such as `[limits]`); the `[[tenant]]` tables
     /// come last.
     pub fn start_with(binary: &Path, tenants: &[TenantSpec], extra_toml: &str) -> Result<Self> {
+        Self::start_with_env(binary, tenants, extra_toml, &[])
+    }
+
+    /// As [`HostProcess::start_with`], with extra environment variables.
+    pub fn start_with_env(
+        binary: &Path,
+        tenants: &[TenantSpec],
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut toml = format!("cache_dir = {:?}\n", test_cache_dir().display().to_string());
         toml.push_str(extra_toml);
@@ -139,6 +149,7 @@ impl HostProcess {
             ],
             Some(&config),
             dir,
+            env,
         )
     }
 
@@ -156,6 +167,7 @@ impl HostProcess {
             ],
             None,
             dir,
+            &[],
         )
     }
 
@@ -164,6 +176,7 @@ impl HostProcess {
         args: &[&str],
         config: Option<&Path>,
         dir: tempfile::TempDir,
+        env: &[(&str, &str)],
     ) -> Result<Self> {
         let mut cmd = Command::new(binary);
         cmd.args(args);
@@ -180,6 +193,7 @@ impl HostProcess {
         .env_remove("TENANTRY_DATA_DIR")
         .env_remove("TENANTRY_LISTEN")
         .env_remove("TENANTRY_CONFIG")
+        .envs(env.iter().copied())
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

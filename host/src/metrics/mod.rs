@@ -680,7 +680,12 @@ pub fn backend_command(backend: &str, elapsed: Duration) {
 pub fn sql(tenant: &TenantId, elapsed: Duration, ok: bool) {
     if let Some(m) = get() {
         let label = m.tenant(tenant);
-        m.observe(&m.sql_duration, "sql_duration", &[label], elapsed.as_secs_f64());
+        m.observe(
+            &m.sql_duration,
+            "sql_duration",
+            &[label],
+            elapsed.as_secs_f64(),
+        );
         if !ok {
             m.inc(&m.sql_errors, "sql_errors", &[label], 1);
         }
