@@ -323,6 +323,8 @@ pub async fn serve_config(
         ),
         (None, None) => Arc::new(MemoryCatalog::new()),
     };
+    let readiness =
+        crate::health::Readiness::new(purgeable_breakers).with_catalog(Arc::clone(&catalog));
     let registry = Arc::new(Registry::new());
     crate::metrics::set_live_source(live_metrics(
         Arc::clone(&registry),
@@ -404,7 +406,8 @@ pub async fn serve_config(
                 .ok()
                 .filter(|t| !t.trim().is_empty());
             let state = AdminState::new(Arc::clone(&control), &token)
-                .with_metrics_token(metrics_token.as_deref());
+                .with_metrics_token(metrics_token.as_deref())
+                .with_readiness(readiness.clone());
             let mut stop = stop_rx.clone();
             Some(tokio::spawn(admin::serve(listener, state, async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -432,7 +435,7 @@ pub async fn serve_config(
         idempotency,
         cursors,
         bus: cursor_bus,
-        readiness: crate::health::Readiness::new(purgeable_breakers),
+        readiness,
     });
     let state = AppState::new(
         registry,

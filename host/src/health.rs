@@ -2,6 +2,8 @@
 //! (it can do its work: the registry is loaded and every backend's circuit
 //! breaker is closed), on the public and the admin listener.
 //!
+//! With the registry in Postgres, `/readyz` also runs `SELECT 1` on it.
+//!
 //! `/readyz` answers `200` with `{"ready": true, "checks": {...}}`, or
 //! `503` with `"ready": false` and, for each failing check, why: a load
 //! balancer takes the host out of rotation while Redis is unreachable and
@@ -13,25 +15,54 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::backend::breaker::{BreakerState, CircuitBreaker};
+use crate::catalog::CatalogStore;
 
 /// What `/readyz` checks.
 #[derive(Clone, Default)]
 pub struct Readiness {
     breakers: Vec<Arc<CircuitBreaker>>,
+    catalog: Option<Arc<dyn CatalogStore>>,
 }
 
 impl Readiness {
     /// Ready while every one of `breakers` is healthy (the registry is
     /// loaded before a listener serves).
     pub fn new(breakers: Vec<Arc<CircuitBreaker>>) -> Self {
-        Self { breakers }
+        Self {
+            breakers,
+            catalog: None,
+        }
+    }
+
+    /// The same checks plus the registry store's own health check.
+    pub fn with_catalog(mut self, catalog: Arc<dyn CatalogStore>) -> Self {
+        self.catalog = Some(catalog);
+        self
     }
 
     /// The status and JSON body of `/readyz`.
-    pub fn report(&self) -> (StatusCode, Value) {
+    pub async fn report(&self) -> (StatusCode, Value) {
         let mut checks = Map::new();
-        checks.insert("registry".into(), json!({"ok": true}));
         let mut ready = true;
+        let registry = match &self.catalog {
+            Some(c) => c.health().await,
+            None => None,
+        };
+        match registry {
+            None => {
+                checks.insert("registry".into(), json!({"ok": true}));
+            }
+            Some((store, Ok(()))) => {
+                checks.insert("registry".into(), json!({"ok": true, "store": store}));
+            }
+            Some((store, Err(e))) => {
+                ready = false;
+                checks.insert(
+                    "registry".into(),
+                    json!({"ok": false, "store": store, "reason": e.to_string()}),
+                );
+            }
+        }
         for b in &self.breakers {
             let state = b.state();
             let ok = state == BreakerState::Healthy;
@@ -63,9 +94,9 @@ impl Readiness {
 }
 
 /// The `/readyz` response for `readiness`.
-pub fn readyz(readiness: &Readiness) -> axum::response::Response {
+pub async fn readyz(readiness: &Readiness) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let (status, body) = readiness.report();
+    let (status, body) = readiness.report().await;
     (status, axum::Json(body)).into_response()
 }
 
@@ -74,8 +105,8 @@ mod tests {
     use super::*;
     use crate::backend::breaker::BreakerConfig;
 
-    #[test]
-    fn ready_only_while_every_breaker_is_closed() {
+    #[tokio::test]
+    async fn ready_only_while_every_breaker_is_closed() {
         let redis = Arc::new(CircuitBreaker::new(
             "redis",
             BreakerConfig {
@@ -84,11 +115,11 @@ mod tests {
             },
         ));
         let r = Readiness::new(vec![Arc::clone(&redis)]);
-        let (status, body) = r.report();
+        let (status, body) = r.report().await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["checks"]["redis"]["state"], "healthy");
         redis.failure();
-        let (status, body) = r.report();
+        let (status, body) = r.report().await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["ready"], false);
         assert_eq!(body["checks"]["redis"]["state"], "broken");
@@ -99,7 +130,7 @@ mod tests {
                 .contains("redis")
         );
         assert_eq!(
-            Readiness::default().report().0,
+            Readiness::default().report().await.0,
             StatusCode::OK,
             "memory only"
         );

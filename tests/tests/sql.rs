@@ -296,6 +296,11 @@ async fn deleting_a_tenant_drops_its_schema_and_role() {
     let h = host(&pg);
     let mut a = Client::connect(&h.url("/t/alpha/ws")).await.unwrap();
     sql(&mut a, "CREATE TABLE t (id int)").await.unwrap();
+    // The registry is in Postgres too: /readyz checks it answers.
+    let (status, ready) = h.admin("GET", "/readyz", b"").await.unwrap();
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["registry"]["store"], "postgres", "{ready}");
+    assert_eq!(ready["checks"]["registry"]["ok"], true, "{ready}");
     let name = pg.ident("alpha");
     let c = root().await;
     let count = |name: String| {

@@ -42,16 +42,25 @@ pub struct AdminState {
     /// With it, `/metrics` needs `Authorization: Bearer <token>` (this one
     /// or the operator's).
     metrics_token: Option<Arc<str>>,
+    /// What `/readyz` checks.
+    readiness: crate::health::Readiness,
 }
 
 impl AdminState {
     /// Admin routes changing `control`, with operator token `token`.
     pub fn new(control: Arc<Control>, token: &str) -> Self {
         Self {
+            readiness: crate::health::Readiness::new(control.backends().breakers.clone()),
             control,
             token: Arc::from(token),
             metrics_token: None,
         }
+    }
+
+    /// The same state with `/readyz` checking `readiness`.
+    pub fn with_readiness(mut self, readiness: crate::health::Readiness) -> Self {
+        self.readiness = readiness;
+        self
     }
 
     /// The same state with `/metrics` protected by `token` (see
@@ -72,9 +81,7 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/readyz",
             get(|State(s): State<AdminState>| async move {
-                crate::health::readyz(&crate::health::Readiness::new(
-                    s.control.backends().breakers.clone(),
-                ))
+                crate::health::readyz(&s.readiness).await
             }),
         )
         .route("/metrics", get(metrics))

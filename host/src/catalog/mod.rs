@@ -202,6 +202,11 @@ pub trait CatalogStore: Send + Sync + 'static {
     fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<CatalogChange>> {
         None
     }
+    /// Whether the store answers now (`/readyz`): a name for the check and
+    /// `Err` with the reason if not. `None`: nothing remote to check.
+    async fn health(&self) -> Option<(&'static str, Result<(), CatalogError>)> {
+        None
+    }
 }
 
 /// Refuse a blob name that is not a SHA-256 in hex (64 lowercase hex

@@ -302,6 +302,27 @@ impl CatalogStore for PostgresCatalog {
         Ok((records, errors))
     }
 
+    async fn health(&self) -> Option<(&'static str, Result<(), CatalogError>)> {
+        let op = self.op(format_args!("answer a health check"));
+        let check = async {
+            let client = self.client(&op).await?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(db_error(&op))
+        };
+        let result = tokio::time::timeout(std::time::Duration::from_secs(2), check)
+            .await
+            .unwrap_or_else(|_| {
+                Err(CatalogError::Io {
+                    op: op.clone(),
+                    message: "no answer within 2 s".into(),
+                })
+            });
+        Some(("postgres", result))
+    }
+
     async fn get(&self, id: &TenantId) -> Result<Option<TenantRecord>, CatalogError> {
         let op = self.op(format_args!("read the record of tenant {id}"));
         let client = self.client(&op).await?;

@@ -190,7 +190,7 @@ pub fn router(state: AppState) -> Router {
             "/readyz",
             get(
                 |axum::extract::State(s): axum::extract::State<AppState>| async move {
-                    crate::health::readyz(&s.services().readiness)
+                    crate::health::readyz(&s.services().readiness).await
                 },
             ),
         )
