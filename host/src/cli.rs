@@ -270,6 +270,7 @@ pub async fn serve_config(
     let hub = Hub::new();
     let mut backends = build_backends(&config, &hub).await?;
     backends.sql = tenant_sql(&config)?;
+    backends.host_tables = host_tables(&config)?;
     let purgeable = backends.clone();
     let purgeable_breakers = backends.breakers.clone();
     let publish_rates = Arc::clone(&backends.publish_rates);
@@ -537,6 +538,32 @@ fn tenant_sql(
     .map_err(CliError::Sql)?;
     Ok(Some(sql))
 }
+
+/// The host's own Postgres tables when `[postgres]` is configured (it
+/// connects lazily).
+fn host_tables(
+    config: &Config,
+) -> Result<Option<Arc<crate::backend::postgres::host_tables::HostTables>>, CliError> {
+    let Some(pg) = &config.postgres else {
+        return Ok(None);
+    };
+    let tenant_urls = pg
+        .tenant_urls
+        .iter()
+        .filter_map(|(id, url)| Some((TenantId::parse(id).ok()?, url.clone())))
+        .collect();
+    crate::backend::postgres::host_tables::HostTables::new(
+        &pg.url,
+        &pg.tenant_prefix,
+        &tenant_urls,
+        HOST_TABLE_CONNECTIONS,
+    )
+    .map(Some)
+    .map_err(CliError::Sql)
+}
+
+/// Connections per database of the host's own Postgres tables.
+const HOST_TABLE_CONNECTIONS: usize = 8;
 
 /// The backends `config` asks for: in memory, or on Redis (`[redis]`, per
 /// extension, and per tenant with `tenant_urls`) — the bus then fans out

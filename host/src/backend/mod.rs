@@ -169,6 +169,9 @@ pub struct Backends {
     /// Tenant SQL (`[postgres]`): schemas, roles and the `sql` import;
     /// `None` when the host has no Postgres.
     pub sql: Option<Arc<postgres::TenantSql>>,
+    /// The host's own tables on Postgres (`[postgres]`; job queue,
+    /// scheduler, tasks, durable stores); `None` without Postgres.
+    pub host_tables: Option<Arc<postgres::host_tables::HostTables>>,
 }
 
 impl Backends {

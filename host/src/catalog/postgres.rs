@@ -249,9 +249,13 @@ impl PostgresCatalog {
         format!("{what} (PostgreSQL schema {})", self.schema)
     }
 
-    /// A pooled connection, for `op`.
-    async fn client(&self, op: &str) -> Result<Object, CatalogError> {
-        self.pool.get().await.map_err(db_error(op))
+    /// A pooled connection, for `op`; the time it is held (checkout and
+    /// commands) is observed as `backend_command_duration_seconds
+    /// {backend="postgres-registry"}`.
+    async fn client(&self, op: &str) -> Result<TimedClient, CatalogError> {
+        let started = std::time::Instant::now();
+        let client = self.pool.get().await.map_err(db_error(op))?;
+        Ok(TimedClient { client, started })
     }
 
     /// A receiver of the changes committed to this schema, fed by a new
@@ -268,6 +272,35 @@ impl PostgresCatalog {
         rx
     }
 }
+
+/// A registry connection that reports how long it was used when dropped.
+struct TimedClient {
+    client: Object,
+    started: std::time::Instant,
+}
+
+impl std::ops::Deref for TimedClient {
+    type Target = Object;
+
+    fn deref(&self) -> &Object {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for TimedClient {
+    fn deref_mut(&mut self) -> &mut Object {
+        &mut self.client
+    }
+}
+
+impl Drop for TimedClient {
+    fn drop(&mut self) {
+        crate::metrics::backend_command(REGISTRY_BACKEND, self.started.elapsed());
+    }
+}
+
+/// The `backend` label of the registry's command latency.
+const REGISTRY_BACKEND: &str = "postgres-registry";
 
 impl fmt::Debug for PostgresCatalog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

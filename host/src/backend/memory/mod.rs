@@ -75,5 +75,6 @@ pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
         presence_events: Arc::new(MemoryPresenceOutbox::new()),
         breakers: Vec::new(),
         sql: None,
+        host_tables: None,
     }
 }

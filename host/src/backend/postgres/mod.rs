@@ -31,6 +31,7 @@
 //! later. Rows are streamed and counted against `sql_max_rows` and
 //! `sql_max_result_bytes` as they arrive; the query is cancelled at a cap.
 
+pub mod host_tables;
 pub mod provision;
 pub mod value;
 
