@@ -122,6 +122,10 @@ plan_fields! {
     sql_max_connections,
     /// Bytes of SQL text plus parameters in one `sql` call. Over: `PAYLOAD_TOO_LARGE`.
     sql_max_statement_bytes,
+    /// Temporary-file space one statement of the tenant may use (sorts and
+    /// hashes spilled to disk), MiB; the role's `temp_file_limit`, which
+    /// only a superuser can change. Over: `PAYLOAD_TOO_LARGE`.
+    sql_max_temp_file_mb,
 }
 
 const KIB: u64 = 1 << 10;
@@ -164,6 +168,7 @@ impl Plan {
             sql_max_result_bytes: pick([MIB, 4 * MIB, 8 * MIB, 16 * MIB])?,
             sql_max_connections: pick([2, 4, 8, 16])?,
             sql_max_statement_bytes: pick([64 * KIB, 256 * KIB, MIB, MIB])?,
+            sql_max_temp_file_mb: pick([64, 256, 1_024, 4_096])?,
         })
     }
 
@@ -206,6 +211,10 @@ impl Plan {
         // The role's CONNECTION LIMIT and the pool size are i32 / usize.
         if self.sql_max_connections > 10_000 {
             return Err("sql_max_connections must be at most 10000".into());
+        }
+        // temp_file_limit is an int of kB.
+        if self.sql_max_temp_file_mb > (i32::MAX as u64) / 1024 {
+            return Err("sql_max_temp_file_mb must be at most 2097151".into());
         }
         if self.sql_statement_timeout_ms > i32::MAX as u64 {
             return Err("sql_statement_timeout_ms must be at most 2147483647".into());

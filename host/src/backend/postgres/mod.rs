@@ -88,7 +88,7 @@ pub enum SqlErrorKind {
     Invalid,
     /// The call ran past the plan's statement timeout.
     Timeout,
-    /// A row, result or statement size cap of the plan.
+    /// A row, result, statement or temporary-file size cap of the plan.
     TooLarge,
     /// SQL not configured, the database down, or no connection free.
     Unavailable,
@@ -142,6 +142,8 @@ pub fn pg_failure(e: &tokio_postgres::Error) -> SqlFailure {
     let kind = match code {
         "42501" => SqlErrorKind::AccessDenied,
         "57014" => SqlErrorKind::Timeout,
+        // temp_file_limit (the plan's sql_max_temp_file_mb).
+        "53400" => SqlErrorKind::TooLarge,
         _ if code.starts_with("28") => SqlErrorKind::AccessDenied,
         _ if ["08", "53", "57", "58"].iter().any(|c| code.starts_with(c)) => {
             SqlErrorKind::Unavailable
@@ -185,6 +187,9 @@ pub struct SqlLimits {
     pub max_connections: u32,
     /// Bytes of SQL text plus parameters in one call.
     pub max_statement_bytes: u64,
+    /// Temporary-file space of one statement, MiB: the role's
+    /// `temp_file_limit`.
+    pub max_temp_file_mb: u64,
 }
 
 impl SqlLimits {
@@ -196,6 +201,7 @@ impl SqlLimits {
             max_result_bytes: plan.sql_max_result_bytes,
             max_connections: u32::try_from(plan.sql_max_connections).unwrap_or(u32::MAX),
             max_statement_bytes: plan.sql_max_statement_bytes,
+            max_temp_file_mb: plan.sql_max_temp_file_mb,
         }
     }
 }

@@ -123,6 +123,11 @@ pub async fn provision(
             "ALTER ROLE {role} SET statement_timeout = {}",
             limits.timeout.as_millis()
         ),
+        // A superuser-only setting: the tenant cannot raise it.
+        format!(
+            "ALTER ROLE {role} SET temp_file_limit = '{}MB'",
+            limits.max_temp_file_mb
+        ),
     ];
     for s in &statements {
         tx.batch_execute(s).await.map_err(admin_failure)?;

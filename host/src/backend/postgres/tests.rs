@@ -150,6 +150,7 @@ async fn provisioning_is_idempotent_concurrent_and_delete_drops_everything() {
     let config: String = row.get(9);
     assert!(config.contains(&format!("search_path={name}")), "{config}");
     assert!(config.contains("statement_timeout=1000"), "{config}");
+    assert!(config.contains("temp_file_limit=64MB"), "{config}");
     assert!(!config.contains("work_mem"), "{config}");
 
     query(&f, &t, "CREATE TABLE t (id int)", vec![])
@@ -363,6 +364,62 @@ async fn caps_and_the_timeout_hold_even_when_the_plugin_lifts_them() {
         query(&f, &t, "SELECT 1 AS one", vec![]).await.unwrap(),
         serde_json::json!([{"one": 1}])
     );
+    f.sql.drop_tenant(&t).await.unwrap();
+}
+
+#[tokio::test]
+async fn temporary_files_are_capped_and_the_tenant_cannot_lift_the_cap() {
+    let f = Fixture::new();
+    let t = tid("temp");
+    let l = SqlLimits {
+        max_temp_file_mb: 1,
+        ..limits()
+    };
+    let run = |sql: &'static str| f.sql.run(&t, &l, vec![st(sql, vec![])], true);
+    let e = run("SET temp_file_limit = -1").await.unwrap_err();
+    assert_eq!(e.kind, SqlErrorKind::AccessDenied, "{e}");
+    // A sort that spills far more than 1 MiB to disk.
+    let e = f
+        .sql
+        .run(
+            &t,
+            &l,
+            vec![
+                st("SET work_mem = '64kB'", vec![]),
+                st(
+                    "SELECT count(*) AS n FROM (SELECT md5(g::text) AS h FROM \
+                     generate_series(1, 300000) g ORDER BY h) s",
+                    vec![],
+                ),
+            ],
+            true,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind, e.sqlstate.as_deref()),
+        (SqlErrorKind::TooLarge, Some("53400")),
+        "{e}"
+    );
+    // The same work within the cap of the free plan succeeds.
+    let rows = f
+        .sql
+        .run(
+            &t,
+            &limits(),
+            vec![
+                st("SET work_mem = '64kB'", vec![]),
+                st(
+                    "SELECT count(*) AS n FROM (SELECT md5(g::text) AS h FROM \
+                     generate_series(1, 300000) g ORDER BY h) s",
+                    vec![],
+                ),
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[1].rows, r#"[{"n":300000}]"#);
     f.sql.drop_tenant(&t).await.unwrap();
 }
 
