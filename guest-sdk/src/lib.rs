@@ -16,7 +16,8 @@
 //!   [`log`] writes to the host's log. [`presence`], [`groups`] (broadcast
 //!   groups with roles), [`replay`], [`ratelimit`], [`lock`],
 //!   [`idempotency`] and [`sql`] (the tenant's own Postgres schema) are the
-//!   other host services.
+//!   other host services; [`jobs`] (background jobs, run by
+//!   [`Plugin::on_job`]) and [`schedule`] (recurring jobs) need `[postgres]`.
 //! * Host failures are [`Error`]; `?` turns them into a [`LiveError`] with the
 //!   standard code (`RESOURCE_EXHAUSTED`, `SERVICE_UNAVAILABLE`, ...).
 //! * The [`Plugin`] hooks: [`Plugin::authenticate`] (default: everyone
@@ -125,6 +126,7 @@ mod error;
 pub mod groups;
 mod host;
 pub mod idempotency;
+pub mod jobs;
 pub mod kv;
 pub mod lock;
 pub mod log;
@@ -133,6 +135,7 @@ pub mod presence;
 pub mod ratelimit;
 pub mod replay;
 mod router;
+pub mod schedule;
 pub mod sql;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

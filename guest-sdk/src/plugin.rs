@@ -6,10 +6,12 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 
 use crate::bindings::exports::tenantry::plugin::handler::Guest;
+use crate::bindings::exports::tenantry::plugin::job_events as wit_jobs;
 use crate::bindings::exports::tenantry::plugin::presence_events as wit_presence;
 use crate::bindings::tenantry::plugin::types as wit;
 use crate::ctx::{ConnectRequest, Ctx, User};
 use crate::error::{LiveError, ValidationIssue};
+use crate::jobs::Job;
 use crate::presence::PresenceEvent;
 use crate::router::Router;
 
@@ -62,6 +64,24 @@ pub trait Plugin {
     fn on_presence(events: &[PresenceEvent]) -> Result<(), LiveError> {
         let _ = events;
         Ok(())
+    }
+
+    /// The queues whose jobs the host gives to [`Plugin::on_job`] (see
+    /// [`crate::jobs`]). Default: none.
+    const JOB_QUEUES: &'static [&'static str] = &[];
+
+    /// Run one job of a queue in [`Plugin::JOB_QUEUES`], in a fresh
+    /// sandbox under the same limits as a call, with no connection. `Ok`
+    /// completes the job; an error (or a trap or timeout) fails this
+    /// attempt, and it is retried with backoff until it has had its
+    /// attempts. Delivery is at least once: make it idempotent.
+    ///
+    /// The default fails every job with `NOT_FOUND`.
+    fn on_job(job: &Job) -> Result<(), LiveError> {
+        Err(LiveError::not_found(format!(
+            "no handler for jobs of queue {}",
+            job.queue
+        )))
     }
 }
 
@@ -190,6 +210,24 @@ impl<P: Plugin + 'static> wit_presence::Guest for Adapter<P> {
         }
         let events: Vec<PresenceEvent> = events.into_iter().map(presence_event_from_wit).collect();
         P::on_presence(&events).map(|()| true).map_err(error_to_wit)
+    }
+}
+
+impl<P: Plugin + 'static> wit_jobs::Guest for Adapter<P> {
+    fn accepts_jobs() -> Vec<String> {
+        P::JOB_QUEUES.iter().map(|q| (*q).to_owned()).collect()
+    }
+
+    fn on_job(job: wit_jobs::Job) -> Result<(), wit::LiveError> {
+        let job = Job {
+            id: job.id,
+            queue: job.queue,
+            payload_json: job.payload,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            enqueued_at_ms: job.enqueued_at_ms,
+        };
+        P::on_job(&job).map_err(error_to_wit)
     }
 }
 

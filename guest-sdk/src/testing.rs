@@ -62,6 +62,15 @@ pub struct GroupPublished {
 pub fn reset() {
     STATE.with_borrow_mut(|s| *s = Default::default());
     crate::sql::imp::SQL.with_borrow_mut(|s| *s = Default::default());
+    crate::jobs::imp::JOBS.with_borrow_mut(|s| *s = Default::default());
+    crate::schedule::imp::SCHEDULES.with_borrow_mut(std::collections::BTreeMap::clear);
+}
+
+/// Take (and clear) the jobs enqueued so far on this thread through
+/// [`crate::jobs::enqueue`]: `(queue, payload, options)`. Ids count from 1
+/// per thread (after [`reset`]).
+pub fn take_enqueued() -> Vec<(String, serde_json::Value, crate::jobs::Options)> {
+    crate::jobs::imp::JOBS.with_borrow_mut(|s| std::mem::take(&mut s.enqueued))
 }
 
 /// Answer every [`crate::sql`] statement on this thread with `handler`

@@ -271,6 +271,14 @@ pub async fn serve_config(
     let mut backends = build_backends(&config, &hub).await?;
     backends.sql = tenant_sql(&config)?;
     backends.host_tables = host_tables(&config)?;
+    backends.jobs = backends.host_tables.clone().map(|tables| {
+        crate::backend::postgres::jobs::JobStore::new(tables, config.jobs.store_settings())
+    });
+    backends.schedules = backends
+        .jobs
+        .clone()
+        .map(crate::backend::postgres::schedules::ScheduleStore::new);
+    let job_stores = backends.jobs.clone().zip(backends.schedules.clone());
     let purgeable = backends.clone();
     let purgeable_breakers = backends.breakers.clone();
     let publish_rates = Arc::clone(&backends.publish_rates);
@@ -423,6 +431,16 @@ pub async fn serve_config(
         presence.spawn_maintenance(move || registry.ids())
     };
     let presence_event_delivery = presence_events.spawn();
+    let job_tasks = match job_stores {
+        Some((store, schedules)) => crate::jobs::JobRunner::new(
+            store,
+            schedules,
+            Arc::clone(&registry),
+            config.jobs.runner_settings(),
+        )
+        .spawn(),
+        None => Vec::new(),
+    };
     let group_maintenance = {
         let registry = Arc::clone(&registry);
         groups.spawn_maintenance(move || registry.ids())
@@ -463,6 +481,9 @@ pub async fn serve_config(
     presence_maintenance.abort();
     group_maintenance.abort();
     presence_event_delivery.abort();
+    for task in job_tasks {
+        task.abort();
+    }
     rate_reports.abort();
     if let Some(f) = cursor_flusher {
         f.abort();

@@ -458,6 +458,121 @@ impl GroupsTable {
     }
 }
 
+/// The `[jobs]` table: the job queue and scheduler (hosts with
+/// `[postgres]`; see `docs/configuration.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsTable {
+    /// How often each host looks for due jobs, ms (it also looks at once
+    /// when it enqueued one). Default 200.
+    pub poll_ms: u64,
+    /// Jobs of one tenant claimed and run at once per host. Default 16.
+    pub batch: usize,
+    /// How long a claimed job is hidden from other hosts, ms: a job whose
+    /// host died runs again this long after its claim. Default 30000.
+    pub visibility_ms: u64,
+    /// Backoff before a failed job's second attempt, ms; doubling with
+    /// each attempt (with jitter), at most `retry_max_ms`. Default 1000.
+    pub retry_base_ms: u64,
+    /// Longest backoff, ms. Default 300000.
+    pub retry_max_ms: u64,
+    /// Attempts of a job that names none. Default 5.
+    pub max_attempts: u32,
+    /// Jobs a tenant may hold that are not dead. Default 10000.
+    pub max_queued: u64,
+    /// Largest job payload, KiB. Default 256.
+    pub max_payload_kb: usize,
+    /// How often each host looks for due schedules, ms. Default 250.
+    pub schedule_poll_ms: u64,
+}
+
+impl Default for JobsTable {
+    fn default() -> Self {
+        let store = crate::backend::postgres::jobs::JobSettings::default();
+        let runner = crate::jobs::JobRunnerSettings::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            poll_ms: ms(runner.poll),
+            batch: runner.batch,
+            visibility_ms: ms(store.visibility),
+            retry_base_ms: ms(store.retry_base),
+            retry_max_ms: ms(store.retry_max),
+            max_attempts: store.default_max_attempts,
+            max_queued: store.max_queued,
+            max_payload_kb: store.max_payload_bytes >> 10,
+            schedule_poll_ms: ms(runner.schedule_poll),
+        }
+    }
+}
+
+impl JobsTable {
+    /// The job queue's settings.
+    pub fn store_settings(&self) -> crate::backend::postgres::jobs::JobSettings {
+        crate::backend::postgres::jobs::JobSettings {
+            max_payload_bytes: self.max_payload_kb << 10,
+            max_queued: self.max_queued,
+            default_max_attempts: self.max_attempts,
+            visibility: Duration::from_millis(self.visibility_ms),
+            retry_base: Duration::from_millis(self.retry_base_ms),
+            retry_max: Duration::from_millis(self.retry_max_ms),
+            ..crate::backend::postgres::jobs::JobSettings::default()
+        }
+    }
+
+    /// The job runner's settings.
+    pub fn runner_settings(&self) -> crate::jobs::JobRunnerSettings {
+        crate::jobs::JobRunnerSettings {
+            poll: Duration::from_millis(self.poll_ms),
+            batch: self.batch,
+            visibility: Duration::from_millis(self.visibility_ms),
+            schedule_poll: Duration::from_millis(self.schedule_poll_ms),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let hour = 60 * 60 * 1000;
+        let checks = [
+            (
+                (1..=60_000).contains(&self.poll_ms),
+                "jobs.poll_ms must be 1-60000",
+            ),
+            (
+                (1..=1000).contains(&self.batch),
+                "jobs.batch must be 1-1000",
+            ),
+            (
+                (100..=24 * hour).contains(&self.visibility_ms),
+                "jobs.visibility_ms must be between 100 ms and a day",
+            ),
+            (
+                self.retry_base_ms >= 1 && self.retry_max_ms >= self.retry_base_ms,
+                "jobs: retry_base_ms must be at least 1 and retry_max_ms at least retry_base_ms",
+            ),
+            (
+                self.retry_max_ms <= 24 * hour,
+                "jobs.retry_max_ms must be at most a day",
+            ),
+            (
+                (1..=crate::backend::postgres::jobs::MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts),
+                "jobs.max_attempts must be 1-100",
+            ),
+            (self.max_queued >= 1, "jobs.max_queued must be at least 1"),
+            (
+                (1..=16 * 1024).contains(&self.max_payload_kb),
+                "jobs.max_payload_kb must be 1-16384",
+            ),
+            (
+                (10..=60_000).contains(&self.schedule_poll_ms),
+                "jobs.schedule_poll_ms must be 10-60000",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => Err(ConfigError::Invalid((*why).into())),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Largest `replay.size`: one `replay` answer sends at most this many events.
 pub const MAX_REPLAY_SIZE: usize = 100_000;
 
@@ -630,6 +745,8 @@ pub struct Config {
     pub presence: PresenceTable,
     /// Broadcast group member TTL.
     pub groups: GroupsTable,
+    /// The job queue and scheduler (the `[jobs]` table).
+    pub jobs: JobsTable,
     /// Metric names and label bounds (the `[metrics]` table).
     pub metrics: crate::metrics::MetricsSettings,
     /// Process-wide limits.
@@ -662,6 +779,7 @@ impl Default for Config {
                 replay: ReplayTable::default(),
                 presence: PresenceTable::default(),
                 groups: GroupsTable::default(),
+                jobs: JobsTable::default(),
                 metrics: crate::metrics::MetricsSettings::default(),
                 limits: Limits::default(),
                 plans: BTreeMap::new(),
@@ -694,6 +812,8 @@ struct FileConfig {
     presence: PresenceTable,
     #[serde(default)]
     groups: GroupsTable,
+    #[serde(default)]
+    jobs: JobsTable,
     #[serde(default)]
     metrics: crate::metrics::MetricsSettings,
     #[serde(default)]
@@ -786,6 +906,7 @@ impl Config {
         file.replay.validate()?;
         file.presence.validate()?;
         file.groups.validate()?;
+        file.jobs.validate()?;
         file.metrics.validate().map_err(ConfigError::Invalid)?;
         if let Some(r) = &file.redis {
             let ns = r.namespace.as_bytes();
@@ -976,6 +1097,7 @@ impl Config {
             replay: file.replay,
             presence: file.presence,
             groups: file.groups,
+            jobs: file.jobs,
             metrics: file.metrics,
             limits: file.limits,
             plans,

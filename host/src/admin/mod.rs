@@ -92,6 +92,8 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/admin/tenants/{id}/publish-rates", get(publish_rates))
         .route("/admin/tenants/{id}/usage", get(usage))
+        .route("/admin/tenants/{id}/jobs", get(list_jobs))
+        .route("/admin/tenants/{id}/jobs/{job}/retry", post(retry_job))
         .route("/admin/tenants/{id}/suspend", post(suspend))
         .route("/admin/tenants/{id}/resume", post(resume))
         .route("/admin/tenants/{id}/keys", post(create_key).get(list_keys))
@@ -372,6 +374,77 @@ async fn usage(
             "since_start": totals,
         }),
     )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsQuery {
+    /// `dead` (the default), `queued` or `running`.
+    state: Option<String>,
+    /// Most jobs listed (1-1000, default 100).
+    limit: Option<i64>,
+}
+
+/// The job queue, or 503 on a host without `[postgres]`.
+fn job_store(s: &AdminState) -> Result<std::sync::Arc<crate::backend::postgres::jobs::JobStore>, ApiError> {
+    s.control.backends().jobs.clone().ok_or_else(|| {
+        ControlError::Backend("this host has no job queue (it needs [postgres])".into()).into()
+    })
+}
+
+/// `GET /admin/tenants/{id}/jobs?state=dead|queued|running[&limit=N]`:
+/// the tenant's jobs in that state, oldest first. Open to the operator
+/// and the tenant's deploy key.
+async fn list_jobs(
+    State(s): State<AdminState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<JobsQuery>,
+) -> ApiResult {
+    use crate::backend::postgres::jobs::{JobState, MAX_LIST};
+    let id = tenant_id(&id)?;
+    caller.for_tenant(&id)?;
+    s.control.get(&id).await?;
+    let state = JobState::parse(q.state.as_deref().unwrap_or("dead"))
+        .ok_or_else(|| ApiError::invalid("state must be dead, queued or running"))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be 1-{MAX_LIST}")));
+    }
+    let jobs = job_store(&s)?
+        .list(&id, state, limit)
+        .await
+        .map_err(|e| ControlError::Backend(format!("job queue unavailable: {e}")))?;
+    ok(
+        StatusCode::OK,
+        json!({ "tenant": id.as_str(), "state": state.as_str(), "jobs": jobs }),
+    )
+}
+
+/// `POST /admin/tenants/{id}/jobs/{job}/retry`: queue a dead job again,
+/// due now, with its attempts reset. 404 if it is not a dead job of the
+/// tenant. Open to the operator and the tenant's deploy key.
+async fn retry_job(
+    State(s): State<AdminState>,
+    caller: Caller,
+    Path((id, job)): Path<(String, String)>,
+) -> ApiResult {
+    let id = tenant_id(&id)?;
+    caller.for_tenant(&id)?;
+    s.control.get(&id).await?;
+    let job_id: i64 = job
+        .parse()
+        .map_err(|_| ApiError::invalid(format!("job id {job:?} is not a number")))?;
+    let retried = job_store(&s)?
+        .retry(&id, job_id)
+        .await
+        .map_err(|e| ControlError::Backend(format!("job queue unavailable: {e}")))?;
+    if !retried {
+        return Err(ApiError::not_found(format!(
+            "tenant {id} has no dead job {job_id}"
+        )));
+    }
+    ok(StatusCode::OK, json!({ "retried": job_id.to_string() }))
 }
 
 #[derive(Deserialize)]

@@ -172,6 +172,12 @@ pub struct Backends {
     /// The host's own tables on Postgres (`[postgres]`; job queue,
     /// scheduler, tasks, durable stores); `None` without Postgres.
     pub host_tables: Option<Arc<postgres::host_tables::HostTables>>,
+    /// The job queue (`[postgres]`; the `jobs` import and the poller);
+    /// `None` without Postgres.
+    pub jobs: Option<Arc<postgres::jobs::JobStore>>,
+    /// Recurring jobs (`[postgres]`; the `schedule` import and the
+    /// scheduler); `None` without Postgres.
+    pub schedules: Option<Arc<postgres::schedules::ScheduleStore>>,
 }
 
 impl Backends {
@@ -234,6 +240,14 @@ impl Backends {
                 .purge_tenant(tenant)
                 .await
                 .map_err(|e| ("presence events", e))?,
+            jobs: match &self.jobs {
+                Some(j) => j.purge_tenant(tenant).await.map_err(|e| ("jobs", e))?,
+                None => 0,
+            },
+            schedules: match &self.schedules {
+                Some(s) => s.purge_tenant(tenant).await.map_err(|e| ("schedules", e))?,
+                None => 0,
+            },
             sql_schema: match &self.sql {
                 Some(sql) => sql
                     .drop_tenant(tenant)
@@ -270,4 +284,8 @@ pub struct PurgeReport {
     pub presence_events: u64,
     /// Whether a SQL schema or role was dropped.
     pub sql_schema: bool,
+    /// Jobs (queued, running and dead).
+    pub jobs: u64,
+    /// Schedules.
+    pub schedules: u64,
 }

@@ -5,6 +5,7 @@
 
 mod groups;
 mod idempotency;
+mod jobs;
 mod kv;
 mod lock;
 mod log;

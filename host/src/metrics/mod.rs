@@ -204,6 +204,8 @@ pub struct Metrics {
     cursor_updates: IntCounterVec,
     cursor_broadcasts: IntCounterVec,
     cursor_throttled: IntCounterVec,
+    jobs: IntCounterVec,
+    job_claim: HistogramVec,
 }
 
 /// Latency buckets in seconds: 50 µs to 10 s.
@@ -466,6 +468,17 @@ impl Metrics {
                 "cursor_throttled_total",
                 "Cursor updates deferred by the throttle.",
                 tt,
+            )?,
+            jobs: f.counters(
+                "jobs_total",
+                "Job queue events: enqueued, completed, failed (an attempt), dead.",
+                &["tenant", "event"],
+            )?,
+            job_claim: f.histograms(
+                "job_claim_duration_seconds",
+                "Time of one job claim (checkout, expiry sweep, claim query).",
+                &[],
+                &LATENCY_BUCKETS,
             )?,
             registry,
         })
@@ -823,6 +836,39 @@ pub fn cursor(tenant: &TenantId, topic: &str, event: CursorEvent) {
             CursorEvent::Throttled => (&m.cursor_throttled, "cursor_throttled"),
         };
         m.by_topic(vec, key, tenant, topic);
+    }
+}
+
+/// What happened to a job, for [`job`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEvent {
+    /// A job was enqueued.
+    Enqueued,
+    /// A job completed.
+    Completed,
+    /// An attempt failed.
+    Failed,
+    /// A job went dead (out of attempts).
+    Dead,
+}
+
+/// Count a job event of `tenant`.
+pub fn job(tenant: &TenantId, event: JobEvent) {
+    if let Some(m) = get() {
+        let name = match event {
+            JobEvent::Enqueued => "enqueued",
+            JobEvent::Completed => "completed",
+            JobEvent::Failed => "failed",
+            JobEvent::Dead => "dead",
+        };
+        m.inc(&m.jobs, "jobs", &[m.tenant(tenant), name], 1);
+    }
+}
+
+/// Time one job claim.
+pub fn job_claim(elapsed: Duration) {
+    if let Some(m) = get() {
+        m.observe(&m.job_claim, "job_claim", &[], elapsed.as_secs_f64());
     }
 }
 

@@ -32,6 +32,8 @@ pub mod optional {
             "tenantry:plugin/groups": super::tenantry::plugin::groups,
             "tenantry:plugin/sql": super::tenantry::plugin::sql,
             "tenantry:plugin/log": super::tenantry::plugin::log,
+            "tenantry:plugin/jobs": super::tenantry::plugin::jobs,
+            "tenantry:plugin/schedule": super::tenantry::plugin::schedule,
         },
     });
 }

@@ -28,6 +28,7 @@ use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 use bindings::optional::exports::tenantry::plugin::presence_events as wit_presence_events;
+use bindings::optional::exports::tenantry::plugin::job_events as wit_job_events;
 pub(crate) use bindings::tenantry::plugin as wit;
 pub use store::{HostState, Scope};
 pub use types::{
@@ -36,6 +37,7 @@ pub use types::{
 };
 pub use validate::{PluginInfo, PluginRejection};
 use wit_presence_events::GuestIndices as PresenceHookIndices;
+use wit_job_events::GuestIndices as JobHookIndices;
 
 use crate::backend::Backends;
 use crate::metrics::{self, RefusalKind, TrapKind};
@@ -179,6 +181,7 @@ impl Runtime {
             .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
         // Absent in plugins built before the hook existed (or not with the SDK).
         let presence_hook = PresenceHookIndices::new(&pre).ok();
+        let job_hook = JobHookIndices::new(&pre).ok();
         self.store_compiled(&compiled).await;
         tracing::info!(%tenant, plugin_version = %version, "plugin loaded");
         let plugin = Arc::new(Plugin {
@@ -194,10 +197,13 @@ impl Runtime {
             indices,
             presence_hook,
             wants_presence: AtomicBool::new(false),
+            job_hook,
+            job_queues: parking_lot::Mutex::new(Vec::new()),
             idle: parking_lot::Mutex::new(Vec::new()),
             runtime: Arc::clone(self),
         });
         plugin.probe_presence_hook().await;
+        plugin.probe_job_hook().await;
         tokio::spawn(sweep_idle(Arc::downgrade(&plugin)));
         Ok(plugin)
     }
@@ -334,6 +340,10 @@ pub struct Plugin {
     presence_hook: Option<PresenceHookIndices>,
     /// The plugin accepted presence events when probed at load.
     wants_presence: AtomicBool,
+    /// The optional `job-events` export, if the plugin has it.
+    job_hook: Option<JobHookIndices>,
+    /// The queues the plugin runs jobs of (its `accepts-jobs` at load).
+    job_queues: parking_lot::Mutex<Vec<String>>,
     /// Warm instances ready for another call (only with `max_reuse` > 1).
     idle: parking_lot::Mutex<Vec<Warm>>,
     runtime: Arc<Runtime>,
@@ -509,6 +519,67 @@ impl Plugin {
             .run(None, async |inst, store| {
                 let hook = indices.load(&mut *store, &inst.raw)?;
                 hook.call_on_presence(&mut *store, &events).await
+            })
+            .await?;
+        r.map_err(|e| CallError::Live(live_error_from_wit(e)))
+    }
+
+    /// The queues whose jobs the plugin runs: what its `accepts-jobs`
+    /// answered at load (valid queue names only; empty without the hook).
+    pub fn job_queues(&self) -> Vec<String> {
+        self.job_queues.lock().clone()
+    }
+
+    /// Ask the plugin which queues it runs; remembered for
+    /// [`Plugin::job_queues`].
+    async fn probe_job_hook(&self) {
+        let Some(indices) = &self.job_hook else {
+            return;
+        };
+        let probed = self
+            .run(None, async |inst, store| {
+                let hook = indices.load(&mut *store, &inst.raw)?;
+                hook.call_accepts_jobs(&mut *store).await
+            })
+            .await;
+        self.idle.lock().clear();
+        match probed {
+            Ok((queues, _)) => {
+                let (valid, invalid): (Vec<String>, Vec<String>) = queues
+                    .into_iter()
+                    .take(crate::backend::postgres::jobs::MAX_ACCEPTED_QUEUES)
+                    .partition(|q| crate::backend::postgres::jobs::valid_queue(q));
+                if !invalid.is_empty() {
+                    tracing::warn!(tenant = %self.tenant, plugin_version = %self.version, ?invalid, "accepts-jobs named invalid queues; ignored");
+                }
+                *self.job_queues.lock() = valid;
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, plugin_version = %self.version, error = %e, "accepts-jobs probe failed; no jobs for this version");
+            }
+        }
+    }
+
+    /// Run one job through the plugin's `on-job`, under the same limits as
+    /// an RPC. `Host` error if the plugin does not export the hook.
+    pub async fn on_job(&self, job: &crate::backend::postgres::jobs::Job) -> Result<(), CallError> {
+        let Some(indices) = &self.job_hook else {
+            return Err(CallError::Host(
+                "the plugin does not export job-events".into(),
+            ));
+        };
+        let record = wit_job_events::Job {
+            id: job.id.to_string(),
+            queue: job.queue.clone(),
+            payload: job.payload.clone(),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            enqueued_at_ms: job.enqueued_at_ms,
+        };
+        let (r, _) = self
+            .run(None, async |inst, store| {
+                let hook = indices.load(&mut *store, &inst.raw)?;
+                hook.call_on_job(&mut *store, &record).await
             })
             .await?;
         r.map_err(|e| CallError::Live(live_error_from_wit(e)))

@@ -44,6 +44,8 @@ const HOST_INTERFACES: &[&str] = &[
     "groups",
     "sql",
     "log",
+    "jobs",
+    "schedule",
 ];
 
 /// `(major, minor)` of the WASI preview 2 interfaces the host links

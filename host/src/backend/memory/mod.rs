@@ -76,5 +76,7 @@ pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
         breakers: Vec::new(),
         sql: None,
         host_tables: None,
+        jobs: None,
+        schedules: None,
     }
 }

@@ -35,7 +35,10 @@ use crate::tenant::TenantId;
 /// The migrations of every host component: `(component, steps)`, steps in
 /// order (version = index + 1). Append a component or a step; never edit a
 /// released one.
-pub const MIGRATIONS: &[(&str, &[&str])] = &[];
+pub const MIGRATIONS: &[(&str, &[&str])] = &[
+    ("jobs", super::jobs::JOBS_MIGRATIONS),
+    ("schedules", super::schedules::SCHEDULES_MIGRATIONS),
+];
 
 /// Longest wait for a connection of the host pool.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
