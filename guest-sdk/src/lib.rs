@@ -15,8 +15,9 @@
 //!   [`Ctx::publish`], and [`Ctx::kv`], the tenant's key-value store.
 //!   [`log`] writes to the host's log. [`presence`], [`groups`] (broadcast
 //!   groups with roles), [`replay`], [`ratelimit`], [`lock`],
-//!   [`idempotency`] and [`sql`] (the tenant's own Postgres schema) are the
-//!   other host services.
+//!   [`idempotency`], [`sql`] (the tenant's own Postgres schema) and
+//!   [`notify`] (its table changes to subscribers) are the other host
+//!   services.
 //! * Host failures are [`Error`]; `?` turns them into a [`LiveError`] with the
 //!   standard code (`RESOURCE_EXHAUSTED`, `SERVICE_UNAVAILABLE`, ...).
 //! * The [`Plugin`] hooks: [`Plugin::authenticate`] (default: everyone
@@ -128,6 +129,7 @@ pub mod idempotency;
 pub mod kv;
 pub mod lock;
 pub mod log;
+pub mod notify;
 mod plugin;
 pub mod presence;
 pub mod ratelimit;

@@ -62,6 +62,7 @@ pub struct GroupPublished {
 pub fn reset() {
     STATE.with_borrow_mut(|s| *s = Default::default());
     crate::sql::imp::SQL.with_borrow_mut(|s| *s = Default::default());
+    crate::notify::imp::NOTIFY.with_borrow_mut(|s| *s = Default::default());
 }
 
 /// Answer every [`crate::sql`] statement on this thread with `handler`
@@ -112,4 +113,16 @@ pub fn take_logs() -> Vec<(Level, String)> {
 /// connection and request ids.
 pub fn ctx(user: Option<&str>) -> Ctx {
     Ctx::new(user.map(User::new), "test-connection", "test-request")
+}
+
+/// The tables given to [`crate::notify::install_trigger`] on this thread,
+/// in order, each once.
+pub fn notify_triggers() -> Vec<String> {
+    crate::notify::imp::NOTIFY.with_borrow(|s| s.triggers.clone())
+}
+
+/// Take (and clear) the payloads sent with [`crate::notify::send`] on
+/// this thread.
+pub fn take_notify_sent() -> Vec<serde_json::Value> {
+    crate::notify::imp::NOTIFY.with_borrow_mut(|s| std::mem::take(&mut s.sent))
 }

@@ -632,6 +632,8 @@ pub struct Config {
     pub groups: GroupsTable,
     /// Metric names and label bounds (the `[metrics]` table).
     pub metrics: crate::metrics::MetricsSettings,
+    /// The LISTEN/NOTIFY bridge (the `[notify]` table; with `[postgres]`).
+    pub notify: crate::notify::NotifyTable,
     /// Process-wide limits.
     pub limits: Limits,
     /// Every plan by name (built-ins, changed and added ones).
@@ -663,6 +665,7 @@ impl Default for Config {
                 presence: PresenceTable::default(),
                 groups: GroupsTable::default(),
                 metrics: crate::metrics::MetricsSettings::default(),
+                notify: crate::notify::NotifyTable::default(),
                 limits: Limits::default(),
                 plans: BTreeMap::new(),
                 default_plan: DEFAULT_PLAN.to_owned(),
@@ -696,6 +699,8 @@ struct FileConfig {
     groups: GroupsTable,
     #[serde(default)]
     metrics: crate::metrics::MetricsSettings,
+    #[serde(default)]
+    notify: crate::notify::NotifyTable,
     #[serde(default)]
     limits: Limits,
     default_plan: Option<String>,
@@ -786,6 +791,7 @@ impl Config {
         file.replay.validate()?;
         file.presence.validate()?;
         file.groups.validate()?;
+        file.notify.validate().map_err(ConfigError::Invalid)?;
         file.metrics.validate().map_err(ConfigError::Invalid)?;
         if let Some(r) = &file.redis {
             let ns = r.namespace.as_bytes();
@@ -977,6 +983,7 @@ impl Config {
             presence: file.presence,
             groups: file.groups,
             metrics: file.metrics,
+            notify: file.notify,
             limits: file.limits,
             plans,
             default_plan,

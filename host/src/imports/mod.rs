@@ -8,6 +8,7 @@ mod idempotency;
 mod kv;
 mod lock;
 mod log;
+mod notify;
 mod presence;
 mod pubsub;
 mod ratelimit;
@@ -15,6 +16,7 @@ mod replay;
 mod sql;
 
 pub use log::{LogLevel, emit_plugin_log};
+pub(crate) use pubsub::publish_as;
 
 use crate::backend::BackendError;
 use crate::runtime::HostState;

@@ -13,7 +13,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-/// The optional exports of world `plugin` (the `presence-events` hook).
+/// The optional exports of world `plugin` (the `presence-events` and
+/// `notify-events` hooks).
 pub mod optional {
     wasmtime::component::bindgen!({
         world: "plugin",
@@ -32,6 +33,7 @@ pub mod optional {
             "tenantry:plugin/groups": super::tenantry::plugin::groups,
             "tenantry:plugin/sql": super::tenantry::plugin::sql,
             "tenantry:plugin/log": super::tenantry::plugin::log,
+            "tenantry:plugin/notify": super::tenantry::plugin::notify,
         },
     });
 }

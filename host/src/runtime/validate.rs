@@ -44,6 +44,7 @@ const HOST_INTERFACES: &[&str] = &[
     "groups",
     "sql",
     "log",
+    "notify",
 ];
 
 /// `(major, minor)` of the WASI preview 2 interfaces the host links

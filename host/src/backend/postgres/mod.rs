@@ -32,6 +32,7 @@
 //! `sql_max_result_bytes` as they arrive; the query is cancelled at a cap.
 
 pub mod host_tables;
+pub mod notify;
 pub mod provision;
 pub mod value;
 
