@@ -337,10 +337,16 @@ mod tests {
             }
         }
         assert!(Adapter::<Mapper>::wants_notify());
-        let out = Adapter::<Mapper>::on_notify(payload.into()).unwrap().unwrap();
+        let out = Adapter::<Mapper>::on_notify(payload.into())
+            .unwrap()
+            .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(
-            (out[0].topic.as_str(), out[0].event.as_str(), out[0].data.as_str()),
+            (
+                out[0].topic.as_str(),
+                out[0].event.as_str(),
+                out[0].data.as_str()
+            ),
             ("mapped", "seen", r#"{"id":1}"#)
         );
         let bad = Adapter::<Mapper>::on_notify("not json".into()).unwrap_err();

@@ -299,7 +299,10 @@ impl NotifyBridge {
 
     /// Whether `tenant` is bridged right now.
     pub fn is_bridged(&self, tenant: &TenantId) -> bool {
-        self.state.lock().channels.contains_key(&self.channel(tenant))
+        self.state
+            .lock()
+            .channels
+            .contains_key(&self.channel(tenant))
     }
 
     /// The active plugin of `tenant`, if it wants notifications.
@@ -551,7 +554,9 @@ fn envelope(payload: &str) -> Option<Publication> {
     Some(Publication {
         topic: e.topic,
         event: e.event,
-        data: e.data.map_or_else(|| "null".to_owned(), |d| d.get().to_owned()),
+        data: e
+            .data
+            .map_or_else(|| "null".to_owned(), |d| d.get().to_owned()),
     })
 }
 
@@ -613,10 +618,14 @@ impl Listener {
             Ok(Err(e)) => return Ended::Lost(format!("connect: {}", describe(&e))),
             Err(_) => return Ended::Lost("connect: timed out".into()),
         };
-        let mut messages =
-            Box::pin(futures_util::stream::poll_fn(move |cx| connection.poll_message(cx)));
+        let mut messages = Box::pin(futures_util::stream::poll_fn(move |cx| {
+            connection.poll_message(cx)
+        }));
         let pid = match self
-            .drive(client.query_one("SELECT pg_backend_pid()", &[]), &mut messages)
+            .drive(
+                client.query_one("SELECT pg_backend_pid()", &[]),
+                &mut messages,
+            )
             .await
         {
             Ok(Ok(row)) => row.try_get::<_, i32>(0).ok(),

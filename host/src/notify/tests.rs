@@ -54,9 +54,7 @@ struct Subscriber {
 impl Subscriber {
     /// The next frame, as JSON, within `within`.
     async fn next(&mut self, within: Duration) -> Option<serde_json::Value> {
-        let Outbound::Text(frame) = tokio::time::timeout(within, self.rx.recv())
-            .await
-            .ok()??;
+        let Outbound::Text(frame) = tokio::time::timeout(within, self.rx.recv()).await.ok()??;
         Some(serde_json::from_str(frame.as_str()).unwrap())
     }
 }
@@ -145,8 +143,7 @@ impl Fixture {
         tenant: &str,
         sql: &str,
         params: Vec<SqlValue>,
-    ) -> Result<Vec<crate::backend::postgres::Outcome>, crate::backend::postgres::SqlFailure>
-    {
+    ) -> Result<Vec<crate::backend::postgres::Outcome>, crate::backend::postgres::SqlFailure> {
         let limits = SqlLimits::of(&Plan::built_in("starter").unwrap());
         self.sql
             .run(
@@ -222,7 +219,10 @@ async fn an_inserted_row_reaches_subscribers_once() {
     let f = Fixture::new(NotifySettings::default());
     let shop = f.tenant("shop", "orders").await;
     let mut sub = f.subscribe("shop", "orders");
-    let placed = shop.call(ctx(), "orders/place", &place_args("o-1")).await.unwrap();
+    let placed = shop
+        .call(ctx(), "orders/place", &place_args("o-1"))
+        .await
+        .unwrap();
     let placed: serde_json::Value = serde_json::from_str(&placed).unwrap();
     assert_eq!(placed["order_id"], "o-1");
     let frame = sub.next(Duration::from_secs(5)).await.expect("delivered");
@@ -233,11 +233,25 @@ async fn an_inserted_row_reaches_subscribers_once() {
     assert_eq!(frame["data"]["qty"], 2);
 
     // The same call again: the same order, no second row, no second event.
-    let again = shop.call(ctx(), "orders/place", &place_args("o-1")).await.unwrap();
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&again).unwrap(), placed);
-    assert!(sub.next(Duration::from_millis(700)).await.is_none(), "one event only");
+    let again = shop
+        .call(ctx(), "orders/place", &place_args("o-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again).unwrap(),
+        placed
+    );
+    assert!(
+        sub.next(Duration::from_millis(700)).await.is_none(),
+        "one event only"
+    );
     let list = shop.call(ctx(), "orders/list", "[]").await.unwrap();
-    assert_eq!(serde_json::from_str::<Vec<serde_json::Value>>(&list).unwrap().len(), 1);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&list)
+            .unwrap()
+            .len(),
+        1
+    );
 
     // A row written by any client of the schema (here, the tenant's role
     // directly) is published as well.
@@ -271,7 +285,9 @@ async fn the_bridge_listens_again_after_its_connection_is_killed() {
     });
     let shop = f.tenant("shop", "orders").await;
     let mut sub = f.subscribe("shop", "orders");
-    shop.call(ctx(), "orders/place", &place_args("o-1")).await.unwrap();
+    shop.call(ctx(), "orders/place", &place_args("o-1"))
+        .await
+        .unwrap();
     assert!(sub.next(Duration::from_secs(5)).await.is_some());
     let before = f.bridge.listener_pids();
     assert_eq!(before.len(), 1, "one LISTEN connection: {before:?}");
@@ -293,8 +309,13 @@ async fn the_bridge_listens_again_after_its_connection_is_killed() {
     if let Some(m) = crate::metrics::get() {
         assert!(m.notify_reconnects() > reconnects, "counted");
     }
-    shop.call(ctx(), "orders/place", &place_args("o-2")).await.unwrap();
-    let frame = sub.next(Duration::from_secs(5)).await.expect("delivered after reconnect");
+    shop.call(ctx(), "orders/place", &place_args("o-2"))
+        .await
+        .unwrap();
+    let frame = sub
+        .next(Duration::from_secs(5))
+        .await
+        .expect("delivered after reconnect");
     assert_eq!(frame["data"]["order_id"], "o-2");
 }
 
@@ -305,7 +326,10 @@ async fn a_forged_notify_from_another_tenant_delivers_nothing() {
     f.tenant("beta", "orders").await;
     let mut on_alpha = f.subscribe("alpha", "orders");
     let mut on_beta = f.subscribe("beta", "orders");
-    alpha.call(ctx(), "orders/place", &place_args("a-1")).await.unwrap();
+    alpha
+        .call(ctx(), "orders/place", &place_args("a-1"))
+        .await
+        .unwrap();
     assert!(on_alpha.next(Duration::from_secs(5)).await.is_some());
 
     let channel = f.bridge.channel(&tid("alpha"));
@@ -314,7 +338,10 @@ async fn a_forged_notify_from_another_tenant_delivers_nothing() {
     f.as_tenant(
         "beta",
         "SELECT pg_notify($1, $2)::text AS sent",
-        vec![SqlValue::Text(channel.clone()), SqlValue::Text(forged.into())],
+        vec![
+            SqlValue::Text(channel.clone()),
+            SqlValue::Text(forged.into()),
+        ],
     )
     .await
     .unwrap();
@@ -343,8 +370,14 @@ async fn a_forged_notify_from_another_tenant_delivers_nothing() {
         .await
         .unwrap_err();
     assert_eq!(denied.kind, SqlErrorKind::AccessDenied, "{denied:?}");
-    assert!(on_alpha.next(Duration::from_secs(1)).await.is_none(), "nothing forged reaches alpha");
-    assert!(on_beta.next(Duration::from_millis(300)).await.is_none(), "payloads are ignored");
+    assert!(
+        on_alpha.next(Duration::from_secs(1)).await.is_none(),
+        "nothing forged reaches alpha"
+    );
+    assert!(
+        on_beta.next(Duration::from_millis(300)).await.is_none(),
+        "payloads are ignored"
+    );
 }
 
 #[tokio::test]
@@ -356,12 +389,13 @@ async fn oversized_malformed_and_system_topic_payloads_are_dropped() {
     let shop = f.tenant("shop", "orders").await;
     let mut sub = f.subscribe("shop", "orders");
     let mut presence = f.subscribe("shop", "__presence:orders");
-    shop.call(ctx(), "orders/place", &place_args("o-1")).await.unwrap();
+    shop.call(ctx(), "orders/place", &place_args("o-1"))
+        .await
+        .unwrap();
     assert!(sub.next(Duration::from_secs(5)).await.is_some());
     let channel = f.bridge.channel(&tid("shop"));
-    let counts = || {
-        crate::metrics::get().map_or((0, 0), |m| m.notify_counts(&tid("shop"), &channel))
-    };
+    let counts =
+        || crate::metrics::get().map_or((0, 0), |m| m.notify_counts(&tid("shop"), &channel));
     let (received, errors) = counts();
 
     let big = format!(
@@ -377,7 +411,10 @@ async fn oversized_malformed_and_system_topic_payloads_are_dropped() {
         f.as_tenant(
             "shop",
             "INSERT INTO _tenantry_notify (channel, payload) VALUES ($1, $2)",
-            vec![SqlValue::Text(channel.clone()), SqlValue::Text(payload.into())],
+            vec![
+                SqlValue::Text(channel.clone()),
+                SqlValue::Text(payload.into()),
+            ],
         )
         .await
         .unwrap();
@@ -389,17 +426,33 @@ async fn oversized_malformed_and_system_topic_payloads_are_dropped() {
     )
     .await
     .unwrap();
-    let frame = sub.next(Duration::from_secs(5)).await.expect("the good one");
+    let frame = sub
+        .next(Duration::from_secs(5))
+        .await
+        .expect("the good one");
     assert_eq!(frame["data"], serde_json::json!({"n": 1}));
-    assert!(sub.next(Duration::from_millis(500)).await.is_none(), "only the good one");
-    assert!(presence.next(Duration::from_millis(100)).await.is_none(), "no system topic");
+    assert!(
+        sub.next(Duration::from_millis(500)).await.is_none(),
+        "only the good one"
+    );
+    assert!(
+        presence.next(Duration::from_millis(100)).await.is_none(),
+        "no system topic"
+    );
     if crate::metrics::get().is_some() {
         let (r, e) = counts();
         assert!(r >= received + 4, "all four received: {r} vs {received}");
-        assert!(e >= errors + 2, "oversize and not-JSON are parse errors: {e} vs {errors}");
+        assert!(
+            e >= errors + 2,
+            "oversize and not-JSON are parse errors: {e} vs {errors}"
+        );
     }
     let left = f
-        .as_tenant("shop", "SELECT count(*)::int8 AS n FROM _tenantry_notify", vec![])
+        .as_tenant(
+            "shop",
+            "SELECT count(*)::int8 AS n FROM _tenantry_notify",
+            vec![],
+        )
         .await
         .unwrap();
     assert_eq!(left[0].rows, r#"[{"n":0}]"#, "every row claimed");

@@ -27,8 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tenantry_sdk::notify::Publication;
 use tenantry_sdk::{
-    Ctx, LiveError, Plugin, Router, ValidationIssue, export_plugin, idempotency, lock, notify,
-    sql,
+    Ctx, LiveError, Plugin, Router, ValidationIssue, export_plugin, idempotency, lock, notify, sql,
 };
 
 /// The topic new orders are published on.
@@ -108,11 +107,12 @@ fn place(_ctx: &Ctx, (order_id, item, qty): (String, String, i64)) -> Result<Ord
         ),
     ])?;
     ensure_schema()?;
-    lock::with_lock(&format!("order:{order_id}"), LOCK_TTL, LOCK_WAIT, |_token| {
-        idempotency::once(
-            &format!("orders/place:{order_id}"),
-            IDEMPOTENCY_TTL,
-            || {
+    lock::with_lock(
+        &format!("order:{order_id}"),
+        LOCK_TTL,
+        LOCK_WAIT,
+        |_token| {
+            idempotency::once(&format!("orders/place:{order_id}"), IDEMPOTENCY_TTL, || {
                 let inserted: Vec<Order> = sql::query(
                     &format!(
                         "INSERT INTO orders (order_id, item, qty) VALUES ($1, $2, $3) \
@@ -132,9 +132,9 @@ fn place(_ctx: &Ctx, (order_id, item, qty): (String, String, i64)) -> Result<Ord
                     .into_iter()
                     .next()
                     .ok_or_else(|| LiveError::new("INTERNAL_ERROR", "the order vanished"))
-            },
-        )
-    })
+            })
+        },
+    )
 }
 
 /// `orders/list` `[]`.
@@ -168,7 +168,9 @@ impl Plugin for Orders {
 
     const NOTIFY_EVENTS: bool = true;
 
-    fn on_notify(payload: &tenantry_sdk::serde_json::Value) -> Result<Option<Vec<Publication>>, LiveError> {
+    fn on_notify(
+        payload: &tenantry_sdk::serde_json::Value,
+    ) -> Result<Option<Vec<Publication>>, LiveError> {
         if payload.get("topic").and_then(|t| t.as_str()) == Some(TOPIC) {
             // As it is: {"topic":"orders","event":"created","data":row}.
             Ok(None)
@@ -207,8 +209,12 @@ mod tests {
         });
         let ctx = testing::ctx(None);
         let router = Orders::router();
-        let first = router.call(&ctx, "orders/place", r#"["o1","tea",2]"#).unwrap();
-        let again = router.call(&ctx, "orders/place", r#"["o1","tea",2]"#).unwrap();
+        let first = router
+            .call(&ctx, "orders/place", r#"["o1","tea",2]"#)
+            .unwrap();
+        let again = router
+            .call(&ctx, "orders/place", r#"["o1","tea",2]"#)
+            .unwrap();
         assert_eq!(first, again);
         let inserts = testing::take_sql()
             .into_iter()
@@ -216,7 +222,9 @@ mod tests {
             .count();
         assert_eq!(inserts, 1, "the repeat runs no SQL insert");
         assert_eq!(testing::notify_triggers(), vec!["orders".to_owned()]);
-        let bad = router.call(&ctx, "orders/place", r#"["","tea",0]"#).unwrap_err();
+        let bad = router
+            .call(&ctx, "orders/place", r#"["","tea",0]"#)
+            .unwrap_err();
         assert_eq!(bad.code, "VALIDATION");
         assert_eq!(bad.issues.map(|i| i.len()), Some(2));
     }

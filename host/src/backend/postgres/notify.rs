@@ -126,7 +126,9 @@ pub async fn install_trigger(
             return Err(SqlFailure {
                 kind: SqlErrorKind::Invalid,
                 sqlstate: None,
-                message: format!("{table:?} is not a table name ([A-Za-z_][A-Za-z0-9_]*, ≤ 63 bytes)"),
+                message: format!(
+                    "{table:?} is not a table name ([A-Za-z_][A-Za-z0-9_]*, ≤ 63 bytes)"
+                ),
                 statement: None,
             });
         }
@@ -174,7 +176,9 @@ pub async fn send(
         // 42P01: undefined table (or the schema's outbox was dropped).
         Err(f) if f.sqlstate.as_deref() == Some("42P01") => {
             install_trigger(sql, tenant, limits, None).await?;
-            sql.run(tenant, limits, statements(), true).await.map(|_| ())
+            sql.run(tenant, limits, statements(), true)
+                .await
+                .map(|_| ())
         }
         r => r.map(|_| ()),
     }
@@ -270,7 +274,16 @@ mod tests {
         for ok in ["orders", "Orders", "_x", "a1_b2"] {
             assert!(valid_table(ok), "{ok}");
         }
-        for bad in ["", "1a", "a-b", "a.b", "a\"b", "pg_class", "PG_x", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1a",
+            "a-b",
+            "a.b",
+            "a\"b",
+            "pg_class",
+            "PG_x",
+            &"x".repeat(64),
+        ] {
             assert!(!valid_table(bad), "{bad}");
         }
     }
