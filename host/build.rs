@@ -18,7 +18,7 @@ use std::process::{Command, ExitCode, Stdio};
 /// The guest target.
 const TARGET: &str = "wasm32-wasip2";
 /// The plugins every host build needs (`bundled::CHAT_WASM` embeds `chat`).
-const REQUIRED: &[&str] = &["chat", "fixture", "hostile", "sneaky"];
+const REQUIRED: &[&str] = &["chat", "fixture", "hostile", "sneaky", "orders"];
 
 /// Variables the outer cargo sets for (or passes through to) this build
 /// script that must not leak into the nested build: they describe the outer

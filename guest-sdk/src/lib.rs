@@ -17,7 +17,8 @@
 //!   groups with roles), [`replay`], [`ratelimit`], [`lock`],
 //!   [`idempotency`] and [`sql`] (the tenant's own Postgres schema) are the
 //!   other host services; [`jobs`] (background jobs, run by
-//!   [`Plugin::on_job`]) and [`schedule`] (recurring jobs) need `[postgres]`.
+//!   [`Plugin::on_job`]), [`schedule`] (recurring jobs) and [`notify`] (the
+//!   tenant's table changes to subscribers) need `[postgres]`.
 //! * Host failures are [`Error`]; `?` turns them into a [`LiveError`] with the
 //!   standard code (`RESOURCE_EXHAUSTED`, `SERVICE_UNAVAILABLE`, ...).
 //! * The [`Plugin`] hooks: [`Plugin::authenticate`] (default: everyone
@@ -130,6 +131,7 @@ pub mod jobs;
 pub mod kv;
 pub mod lock;
 pub mod log;
+pub mod notify;
 mod plugin;
 pub mod presence;
 pub mod ratelimit;

@@ -7,10 +7,12 @@ use std::rc::Rc;
 
 use crate::bindings::exports::tenantry::plugin::handler::Guest;
 use crate::bindings::exports::tenantry::plugin::job_events as wit_jobs;
+use crate::bindings::exports::tenantry::plugin::notify_events as wit_notify;
 use crate::bindings::exports::tenantry::plugin::presence_events as wit_presence;
 use crate::bindings::tenantry::plugin::types as wit;
 use crate::ctx::{ConnectRequest, Ctx, User};
 use crate::error::{LiveError, ValidationIssue};
+use crate::notify::Publication;
 use crate::jobs::Job;
 use crate::presence::PresenceEvent;
 use crate::router::Router;
@@ -82,6 +84,24 @@ pub trait Plugin {
             "no handler for jobs of queue {}",
             job.queue
         )))
+    }
+
+    /// Whether the host should bridge the tenant's notifications (its
+    /// table changes, see [`crate::notify`]) to [`Plugin::on_notify`].
+    /// Default `false`: set it to `true` to have them published.
+    const NOTIFY_EVENTS: bool = false;
+
+    /// One notification: a row of the tenant's notify outbox, written by
+    /// the trigger of [`crate::notify::install_trigger`]
+    /// (`{"topic", "event", "data"}`) or by [`crate::notify::send`].
+    /// `Ok(None)` (the default) publishes `payload` as it is;
+    /// `Ok(Some(publications))` publishes those instead (an empty list
+    /// publishes nothing); it may also publish itself. An error drops the
+    /// notification (delivery is at most once). There is no connection.
+    /// Called only when [`Plugin::NOTIFY_EVENTS`] is `true`.
+    fn on_notify(payload: &serde_json::Value) -> Result<Option<Vec<Publication>>, LiveError> {
+        let _ = payload;
+        Ok(None)
     }
 }
 
@@ -231,6 +251,31 @@ impl<P: Plugin + 'static> wit_jobs::Guest for Adapter<P> {
     }
 }
 
+impl<P: Plugin + 'static> wit_notify::Guest for Adapter<P> {
+    fn wants_notify() -> bool {
+        P::NOTIFY_EVENTS
+    }
+
+    fn on_notify(payload: String) -> Result<Option<Vec<wit_notify::Publication>>, wit::LiveError> {
+        let payload: serde_json::Value = serde_json::from_str(&payload).map_err(|e| {
+            error_to_wit(LiveError::new(
+                crate::codes::INVALID_REQUEST,
+                format!("the notification is not JSON: {e}"),
+            ))
+        })?;
+        let publications = P::on_notify(&payload).map_err(error_to_wit)?;
+        Ok(publications.map(|list| {
+            list.into_iter()
+                .map(|p| wit_notify::Publication {
+                    topic: p.topic,
+                    event: p.event,
+                    data: p.data.to_string(),
+                })
+                .collect()
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +346,49 @@ mod tests {
             Adapter::<Watcher>::on_presence(vec![occupied]),
             Ok(true)
         ));
+    }
+
+    #[test]
+    fn notifications_are_declined_unless_asked_for() {
+        use wit_notify::Guest as _;
+        assert!(!Adapter::<Default>::wants_notify());
+        let payload = r#"{"topic":"t","event":"created","data":{"id":1}}"#;
+        assert!(
+            matches!(Adapter::<Default>::on_notify(payload.into()), Ok(None)),
+            "the default publishes as is"
+        );
+
+        struct Mapper;
+        impl Plugin for Mapper {
+            fn router() -> Router {
+                Router::new()
+            }
+            const NOTIFY_EVENTS: bool = true;
+            fn on_notify(
+                payload: &serde_json::Value,
+            ) -> Result<Option<Vec<Publication>>, LiveError> {
+                Ok(Some(vec![Publication::new(
+                    "mapped",
+                    "seen",
+                    &payload["data"],
+                )?]))
+            }
+        }
+        assert!(Adapter::<Mapper>::wants_notify());
+        let out = Adapter::<Mapper>::on_notify(payload.into())
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (
+                out[0].topic.as_str(),
+                out[0].event.as_str(),
+                out[0].data.as_str()
+            ),
+            ("mapped", "seen", r#"{"id":1}"#)
+        );
+        let bad = Adapter::<Mapper>::on_notify("not json".into()).unwrap_err();
+        assert_eq!(bad.code, "INVALID_REQUEST");
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub fn reset() {
     crate::sql::imp::SQL.with_borrow_mut(|s| *s = Default::default());
     crate::jobs::imp::JOBS.with_borrow_mut(|s| *s = Default::default());
     crate::schedule::imp::SCHEDULES.with_borrow_mut(std::collections::BTreeMap::clear);
+    crate::notify::imp::NOTIFY.with_borrow_mut(|s| *s = Default::default());
 }
 
 /// Take (and clear) the jobs enqueued so far on this thread through
@@ -121,4 +122,16 @@ pub fn take_logs() -> Vec<(Level, String)> {
 /// connection and request ids.
 pub fn ctx(user: Option<&str>) -> Ctx {
     Ctx::new(user.map(User::new), "test-connection", "test-request")
+}
+
+/// The tables given to [`crate::notify::install_trigger`] on this thread,
+/// in order, each once.
+pub fn notify_triggers() -> Vec<String> {
+    crate::notify::imp::NOTIFY.with_borrow(|s| s.triggers.clone())
+}
+
+/// Take (and clear) the payloads sent with [`crate::notify::send`] on
+/// this thread.
+pub fn take_notify_sent() -> Vec<serde_json::Value> {
+    crate::notify::imp::NOTIFY.with_borrow_mut(|s| std::mem::take(&mut s.sent))
 }

@@ -270,6 +270,7 @@ pub async fn serve_config(
     let hub = Hub::new();
     let mut backends = build_backends(&config, &hub).await?;
     backends.sql = tenant_sql(&config)?;
+    let notify_sql = backends.sql.clone();
     backends.host_tables = host_tables(&config)?;
     backends.jobs = backends.host_tables.clone().map(|tables| {
         crate::backend::postgres::jobs::JobStore::new(tables, config.jobs.store_settings())
@@ -441,6 +442,7 @@ pub async fn serve_config(
         .spawn(),
         None => Vec::new(),
     };
+    let notify_bridge = notify_bridge(&config, notify_sql, &registry);
     let group_maintenance = {
         let registry = Arc::clone(&registry);
         groups.spawn_maintenance(move || registry.ids())
@@ -483,6 +485,10 @@ pub async fn serve_config(
     presence_event_delivery.abort();
     for task in job_tasks {
         task.abort();
+    }
+    if let Some((bridge, task)) = notify_bridge {
+        task.abort();
+        drop(bridge);
     }
     rate_reports.abort();
     if let Some(f) = cursor_flusher {
@@ -558,6 +564,39 @@ fn tenant_sql(
     })
     .map_err(CliError::Sql)?;
     Ok(Some(sql))
+}
+
+/// The LISTEN/NOTIFY bridge when `[postgres]` is configured and
+/// `[notify] enabled` (the default): the bridge (its listeners stop when
+/// it is dropped) and its task, to abort at shutdown.
+fn notify_bridge(
+    config: &Config,
+    sql: Option<Arc<crate::backend::postgres::TenantSql>>,
+    registry: &Arc<Registry>,
+) -> Option<(
+    Arc<crate::notify::NotifyBridge>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let (Some(pg), Some(sql)) = (&config.postgres, sql) else {
+        return None;
+    };
+    if !config.notify.enabled {
+        return None;
+    }
+    let isolated = pg
+        .tenant_urls
+        .iter()
+        .filter_map(|(id, url)| Some((TenantId::parse(id).ok()?, url.clone())))
+        .collect();
+    let bridge = crate::notify::NotifyBridge::new(
+        sql,
+        Arc::clone(registry),
+        pg.url.clone(),
+        isolated,
+        config.notify.settings(),
+    );
+    let task = bridge.spawn();
+    Some((bridge, task))
 }
 
 /// The host's own Postgres tables when `[postgres]` is configured (it

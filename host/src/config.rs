@@ -749,6 +749,8 @@ pub struct Config {
     pub jobs: JobsTable,
     /// Metric names and label bounds (the `[metrics]` table).
     pub metrics: crate::metrics::MetricsSettings,
+    /// The LISTEN/NOTIFY bridge (the `[notify]` table; with `[postgres]`).
+    pub notify: crate::notify::NotifyTable,
     /// Process-wide limits.
     pub limits: Limits,
     /// Every plan by name (built-ins, changed and added ones).
@@ -781,6 +783,7 @@ impl Default for Config {
                 groups: GroupsTable::default(),
                 jobs: JobsTable::default(),
                 metrics: crate::metrics::MetricsSettings::default(),
+                notify: crate::notify::NotifyTable::default(),
                 limits: Limits::default(),
                 plans: BTreeMap::new(),
                 default_plan: DEFAULT_PLAN.to_owned(),
@@ -816,6 +819,8 @@ struct FileConfig {
     jobs: JobsTable,
     #[serde(default)]
     metrics: crate::metrics::MetricsSettings,
+    #[serde(default)]
+    notify: crate::notify::NotifyTable,
     #[serde(default)]
     limits: Limits,
     default_plan: Option<String>,
@@ -907,6 +912,7 @@ impl Config {
         file.presence.validate()?;
         file.groups.validate()?;
         file.jobs.validate()?;
+        file.notify.validate().map_err(ConfigError::Invalid)?;
         file.metrics.validate().map_err(ConfigError::Invalid)?;
         if let Some(r) = &file.redis {
             let ns = r.namespace.as_bytes();
@@ -1099,6 +1105,7 @@ impl Config {
             groups: file.groups,
             jobs: file.jobs,
             metrics: file.metrics,
+            notify: file.notify,
             limits: file.limits,
             plans,
             default_plan,

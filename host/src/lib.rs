@@ -19,6 +19,7 @@
 //! - [`server`]: axum routes (WebSocket, health) and the connection state machine.
 //! - [`bundled`]: the plugins compiled into the binary (the demo tenant's `chat`).
 //! - [`cli`]: the `tenantry` command line.
+//! - [`notify`]: the LISTEN/NOTIFY bridge (tenant outbox rows → `on-notify` → publish).
 
 pub mod admin;
 pub mod admin_client;
@@ -36,6 +37,7 @@ pub mod hub;
 pub mod imports;
 pub mod jobs;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod presence;
 pub mod presence_events;

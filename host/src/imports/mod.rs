@@ -9,6 +9,7 @@ mod jobs;
 mod kv;
 mod lock;
 mod log;
+mod notify;
 mod presence;
 mod pubsub;
 mod ratelimit;
@@ -16,6 +17,7 @@ mod replay;
 mod sql;
 
 pub use log::{LogLevel, emit_plugin_log};
+pub(crate) use pubsub::publish_as;
 
 use crate::backend::BackendError;
 use crate::runtime::HostState;

@@ -32,6 +32,39 @@ pub(super) fn check_publish(scope: &Scope, event: &str, data: &str) -> Result<()
     Ok(())
 }
 
+/// Publish `event` with `data` on `topic` of `scope`'s tenant with every
+/// check, quota and record of the `publish` import: for host code acting
+/// for the tenant's plugin (the notify bridge) as well as the import.
+pub(crate) async fn publish_as(
+    scope: &Scope,
+    topic: &str,
+    event: &str,
+    data: &str,
+) -> Result<(), HostError> {
+    if protocol::validate_topic(topic).is_err() {
+        // Reserved (`__`) topics are the host's; the rest is just malformed.
+        return Err(if topic.starts_with("__") {
+            HostError::AccessDenied
+        } else {
+            HostError::Invalid
+        });
+    }
+    check_publish(scope, event, data)?;
+    let r = scope
+        .backends
+        .bus
+        .publish(&scope.tenant, topic, event, data)
+        .await;
+    if r.is_ok() {
+        scope
+            .backends
+            .publish_rates
+            .record(&scope.tenant, topic, data.len());
+        metrics::replay_publish(&scope.tenant, topic);
+    }
+    r.map_err(HostError::from)
+}
+
 impl Host for HostState {
     async fn publish(
         &mut self,
@@ -39,30 +72,10 @@ impl Host for HostState {
         event: String,
         data: String,
     ) -> Result<(), HostError> {
-        if protocol::validate_topic(&topic).is_err() {
-            // Reserved (`__`) topics are the host's; the rest is just malformed.
-            return Err(if topic.starts_with("__") {
-                HostError::AccessDenied
-            } else {
-                HostError::Invalid
-            });
-        }
-        check_publish(&self.scope, &event, &data)?;
+        let scope = std::sync::Arc::clone(&self.scope);
         self.cpu.pause();
-        let scope = &self.scope;
-        let r = scope
-            .backends
-            .bus
-            .publish(&scope.tenant, &topic, &event, &data)
-            .await;
+        let r = publish_as(&scope, &topic, &event, &data).await;
         self.cpu.resume();
-        if r.is_ok() {
-            scope
-                .backends
-                .publish_rates
-                .record(&scope.tenant, &topic, data.len());
-            metrics::replay_publish(&scope.tenant, &topic);
-        }
-        r.map_err(HostError::from)
+        r
     }
 }

@@ -206,6 +206,9 @@ pub struct Metrics {
     cursor_throttled: IntCounterVec,
     jobs: IntCounterVec,
     job_claim: HistogramVec,
+    notify_received: IntCounterVec,
+    notify_parse_errors: IntCounterVec,
+    notify_reconnects: IntCounter,
 }
 
 /// Latency buckets in seconds: 50 µs to 10 s.
@@ -479,6 +482,19 @@ impl Metrics {
                 "Time of one job claim (checkout, expiry sweep, claim query).",
                 &[],
                 &LATENCY_BUCKETS,
+            notify_received: f.counters(
+                "notify_received_total",
+                "Notifications received (outbox rows claimed by the LISTEN/NOTIFY bridge).",
+                &["tenant", "channel"],
+            )?,
+            notify_parse_errors: f.counters(
+                "notify_parse_errors_total",
+                "Notifications dropped unpublished: over max_envelope_bytes, not JSON, not {topic,event,data}.",
+                &["tenant", "channel"],
+            )?,
+            notify_reconnects: f.counter(
+                "notify_reconnects_total",
+                "Reconnect attempts of the LISTEN/NOTIFY bridge's LISTEN connections.",
             )?,
             registry,
         })
@@ -540,6 +556,32 @@ impl Metrics {
         self.refusals
             .get_metric_with_label_values(&[self.tenant(tenant), kind.label()])
             .map_or(0, |c| c.get())
+    }
+
+    /// Reconnect attempts of the notify bridge so far (for tests and tools).
+    pub fn notify_reconnects(&self) -> u64 {
+        self.notify_reconnects.get()
+    }
+
+    /// Notifications of `tenant` on `channel` received and dropped as
+    /// unparseable so far (for tests and tools).
+    pub fn notify_counts(&self, tenant: &TenantId, channel: &str) -> (u64, u64) {
+        let labels = [self.tenant(tenant), self.notify_channel(tenant, channel)];
+        let get = |v: &IntCounterVec| {
+            v.get_metric_with_label_values(&labels)
+                .map_or(0, |c| c.get())
+        };
+        (get(&self.notify_received), get(&self.notify_parse_errors))
+    }
+
+    /// The `channel` label: the channel, or `other` for a tenant whose
+    /// label is `other` (channels are per tenant, so as many as tenants).
+    fn notify_channel<'a>(&self, tenant: &'a TenantId, channel: &'a str) -> &'a str {
+        if self.tenant(tenant) == labels::OTHER {
+            labels::OTHER
+        } else {
+            channel
+        }
     }
 
     /// Everything in the Prometheus text exposition format, with the
@@ -869,6 +911,26 @@ pub fn job(tenant: &TenantId, event: JobEvent) {
 pub fn job_claim(elapsed: Duration) {
     if let Some(m) = get() {
         m.observe(&m.job_claim, "job_claim", &[], elapsed.as_secs_f64());
+/// Count a notification of `tenant` received on `channel` by the bridge.
+pub fn notify_received(tenant: &TenantId, channel: &str) {
+    if let Some(m) = get() {
+        let labels = [m.tenant(tenant), m.notify_channel(tenant, channel)];
+        m.inc(&m.notify_received, "notify_received", &labels, 1);
+    }
+}
+
+/// Count a notification of `tenant` on `channel` dropped unpublished.
+pub fn notify_parse_error(tenant: &TenantId, channel: &str) {
+    if let Some(m) = get() {
+        let labels = [m.tenant(tenant), m.notify_channel(tenant, channel)];
+        m.inc(&m.notify_parse_errors, "notify_parse_errors", &labels, 1);
+    }
+}
+
+/// Count a reconnect attempt of a notify bridge `LISTEN` connection.
+pub fn notify_reconnect() {
+    if let Some(m) = get() {
+        m.notify_reconnects.inc();
     }
 }
 

@@ -13,7 +13,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-/// The optional exports of world `plugin` (the `presence-events` hook).
+/// The optional exports of world `plugin` (the `presence-events` and
+/// `notify-events` hooks).
 pub mod optional {
     wasmtime::component::bindgen!({
         world: "plugin",
@@ -34,6 +35,7 @@ pub mod optional {
             "tenantry:plugin/log": super::tenantry::plugin::log,
             "tenantry:plugin/jobs": super::tenantry::plugin::jobs,
             "tenantry:plugin/schedule": super::tenantry::plugin::schedule,
+            "tenantry:plugin/notify": super::tenantry::plugin::notify,
         },
     });
 }

@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
+use bindings::optional::exports::tenantry::plugin::notify_events as wit_notify_events;
 use bindings::optional::exports::tenantry::plugin::presence_events as wit_presence_events;
 use bindings::optional::exports::tenantry::plugin::job_events as wit_job_events;
 pub(crate) use bindings::tenantry::plugin as wit;
@@ -36,6 +37,7 @@ pub use types::{
     MAX_EFFECTS_PER_CALL, PresenceChange, PresenceEvent, User, ValidationIssue,
 };
 pub use validate::{PluginInfo, PluginRejection};
+use wit_notify_events::GuestIndices as NotifyHookIndices;
 use wit_presence_events::GuestIndices as PresenceHookIndices;
 use wit_job_events::GuestIndices as JobHookIndices;
 
@@ -180,6 +182,7 @@ impl Runtime {
         let indices = bindings::PluginCoreIndices::new(&pre)
             .map_err(|e| RuntimeError::InvalidPlugin(format!("{e:#}")))?;
         // Absent in plugins built before the hook existed (or not with the SDK).
+        let notify_hook = NotifyHookIndices::new(&pre).ok();
         let presence_hook = PresenceHookIndices::new(&pre).ok();
         let job_hook = JobHookIndices::new(&pre).ok();
         self.store_compiled(&compiled).await;
@@ -199,10 +202,13 @@ impl Runtime {
             wants_presence: AtomicBool::new(false),
             job_hook,
             job_queues: parking_lot::Mutex::new(Vec::new()),
+            notify_hook,
+            wants_notify: AtomicBool::new(false),
             idle: parking_lot::Mutex::new(Vec::new()),
             runtime: Arc::clone(self),
         });
         plugin.probe_presence_hook().await;
+        plugin.probe_notify_hook().await;
         plugin.probe_job_hook().await;
         tokio::spawn(sweep_idle(Arc::downgrade(&plugin)));
         Ok(plugin)
@@ -339,6 +345,10 @@ pub struct Plugin {
     /// The optional `presence-events` export, if the plugin has it.
     presence_hook: Option<PresenceHookIndices>,
     /// The plugin accepted presence events when probed at load.
+    /// The optional `notify-events` export, if the plugin has it.
+    notify_hook: Option<NotifyHookIndices>,
+    /// The plugin's `wants-notify` answered `true` at load.
+    wants_notify: AtomicBool,
     wants_presence: AtomicBool,
     /// The optional `job-events` export, if the plugin has it.
     job_hook: Option<JobHookIndices>,
@@ -583,6 +593,86 @@ impl Plugin {
             })
             .await?;
         r.map_err(|e| CallError::Live(live_error_from_wit(e)))
+    }
+
+    /// The tenant scope this plugin's imports act in (for host code acting
+    /// for the plugin, such as the notify bridge's publishes).
+    pub fn scope(&self) -> &Arc<Scope> {
+        &self.scope
+    }
+
+    /// Whether the tenant's notifications go to this plugin: it exports
+    /// `notify-events` and its `wants-notify` answered `true` at load.
+    pub fn wants_notify_events(&self) -> bool {
+        self.wants_notify.load(Ordering::Relaxed)
+    }
+
+    /// Ask the plugin's `wants-notify`; remembered for
+    /// [`Plugin::wants_notify_events`].
+    async fn probe_notify_hook(&self) {
+        let Some(indices) = &self.notify_hook else {
+            return;
+        };
+        let probed = self
+            .run(None, async |inst, store| {
+                let hook = indices.load(&mut *store, &inst.raw)?;
+                hook.call_wants_notify(&mut *store).await
+            })
+            .await;
+        // Not kept warm, as for the presence probe.
+        self.idle.lock().clear();
+        match probed {
+            Ok((wants, _)) => self.wants_notify.store(wants, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, plugin_version = %self.version, error = %e, "notify-events probe failed; no notifications for this version");
+            }
+        }
+    }
+
+    /// Hand one notification payload (JSON) to the plugin's `on-notify`:
+    /// `None` to publish it as it is, or the publications to make instead.
+    /// `Host` error if the plugin does not export the hook; `Trap` if it
+    /// returns more than [`crate::notify::MAX_PUBLICATIONS`] publications or
+    /// one whose data is not JSON.
+    pub async fn on_notify(
+        &self,
+        payload: &str,
+    ) -> Result<Option<Vec<crate::notify::Publication>>, CallError> {
+        let Some(indices) = &self.notify_hook else {
+            return Err(CallError::Host(
+                "the plugin does not export notify-events".into(),
+            ));
+        };
+        let payload = payload.to_owned();
+        let (r, _) = self
+            .run(None, async |inst, store| {
+                let hook = indices.load(&mut *store, &inst.raw)?;
+                hook.call_on_notify(&mut *store, &payload).await
+            })
+            .await?;
+        let list = match r {
+            Ok(None) => return Ok(None),
+            Ok(Some(list)) => list,
+            Err(e) => return Err(CallError::Live(live_error_from_wit(e))),
+        };
+        if list.len() > crate::notify::MAX_PUBLICATIONS {
+            return Err(CallError::Trap(format!(
+                "on-notify returned {} publications; at most {} are allowed",
+                list.len(),
+                crate::notify::MAX_PUBLICATIONS
+            )));
+        }
+        list.into_iter()
+            .map(|p| {
+                check_json(&p.data, "publication data")?;
+                Ok(crate::notify::Publication {
+                    topic: p.topic,
+                    event: p.event,
+                    data: p.data,
+                })
+            })
+            .collect::<Result<Vec<_>, CallError>>()
+            .map(Some)
     }
 
     /// Run `f` in a sandbox (a fresh one, or a warm one when the plan

@@ -46,6 +46,7 @@ const HOST_INTERFACES: &[&str] = &[
     "log",
     "jobs",
     "schedule",
+    "notify",
 ];
 
 /// `(major, minor)` of the WASI preview 2 interfaces the host links

@@ -34,6 +34,7 @@
 pub mod host_tables;
 pub mod jobs;
 pub mod schedules;
+pub mod notify;
 pub mod provision;
 pub mod value;
 
