@@ -482,6 +482,7 @@ impl Metrics {
                 "Time of one job claim (checkout, expiry sweep, claim query).",
                 &[],
                 &LATENCY_BUCKETS,
+            )?,
             notify_received: f.counters(
                 "notify_received_total",
                 "Notifications received (outbox rows claimed by the LISTEN/NOTIFY bridge).",
@@ -911,6 +912,9 @@ pub fn job(tenant: &TenantId, event: JobEvent) {
 pub fn job_claim(elapsed: Duration) {
     if let Some(m) = get() {
         m.observe(&m.job_claim, "job_claim", &[], elapsed.as_secs_f64());
+    }
+}
+
 /// Count a notification of `tenant` received on `channel` by the bridge.
 pub fn notify_received(tenant: &TenantId, channel: &str) {
     if let Some(m) = get() {
