@@ -129,6 +129,21 @@ enum Mode {
         #[arg(long, default_value = "postgres://root@127.0.0.1:5432/test")]
         postgres: String,
     },
+    /// NOTIFY → WebSocket latency: rows inserted into tenant `bench`'s
+    /// `orders` table (plugin `orders`) by a connection logged in as the
+    /// tenant's role, at `rate` per second; reports INSERT sent → `created`
+    /// event received p50/p99, deliveries and host CPU per row.
+    Notify {
+        #[arg(long, default_value_t = 1)]
+        subs: usize,
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// PostgreSQL URL (a superuser).
+        #[arg(long, default_value = "postgres://root@127.0.0.1:5432/test")]
+        postgres: String,
+    },
     /// Open N idle connections and report the host's RSS per connection.
     Idle {
         #[arg(long, default_value_t = 10_000)]
@@ -199,6 +214,7 @@ fn main() -> Result<()> {
             TenantSpec::new(STEADY_TENANT, "fixture").plan("bench"),
         ],
         Mode::Presence { .. } => vec![TenantSpec::new("bench", "chat").plan("bench")],
+        Mode::Notify { .. } => vec![TenantSpec::new("bench", "orders").plan("bench")],
         _ => vec![TenantSpec::new("bench", "fixture").plan("bench")],
     };
     if let Mode::Fleet {
@@ -225,7 +241,7 @@ fn main() -> Result<()> {
             "\n[redis]\nurl = {url:?}\nnamespace = \"bench-presence-{}\"\n",
             std::process::id()
         ),
-        Mode::Sql { postgres, .. } => format!(
+        Mode::Sql { postgres, .. } | Mode::Notify { postgres, .. } => format!(
             "\n[postgres]\nurl = {postgres:?}\nregistry_schema = \"bench_sql_{0}\"\ntenant_prefix = \"bench{0}\"\n",
             std::process::id()
         ),
@@ -243,6 +259,17 @@ fn main() -> Result<()> {
                 seconds,
             } => fanout(&host, subs, rate, seconds).await,
             Mode::Idle { conns } => idle(&host, conns).await,
+            Mode::Notify {
+                subs,
+                rate,
+                seconds,
+                postgres,
+            } => {
+                let result = notify_bench(&host, &postgres, subs, rate, seconds).await;
+                drop(host);
+                drop_bench_sql(&postgres).await?;
+                result
+            }
             Mode::Sql {
                 conns,
                 seconds,
@@ -1538,5 +1565,139 @@ async fn noisy(host: &HostProcess, cfg: NoisyConfig) -> Result<()> {
             })
         );
     }
+    Ok(())
+}
+
+/// NOTIFY → WebSocket latency: subscribers on topic `orders` of tenant
+/// `bench` (plugin `orders`), a plain connection logged in as the tenant's
+/// role inserting rows into `orders` at `rate` per second; each row's
+/// trigger notifies, the bridge claims the outbox row and publishes
+/// `created`. Latency is from sending the INSERT (autocommit) to the event
+/// reaching the first subscriber.
+async fn notify_bench(
+    host: &HostProcess,
+    postgres: &str,
+    subs: usize,
+    rate: u64,
+    seconds: u64,
+) -> Result<()> {
+    use std::collections::HashMap;
+    let url = host.url("/t/bench/ws");
+    let mut caller = open(&url).await?;
+    // First use: the plugin creates the table and installs the trigger.
+    caller
+        .send(Message::text(
+            r#"{"rpc":"orders/place","id":"setup","args":["setup","tea",1]}"#,
+        ))
+        .await?;
+    loop {
+        match caller.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains(r#""event":"setup""#) => {
+                if !t.as_str().contains(r#""ok":true"#) {
+                    bail!("orders/place failed: {t}");
+                }
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => bail!("no answer to orders/place: {other:?}"),
+        }
+    }
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let deliveries = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for k in 0..subs.max(1) {
+        let mut ws = open(&url).await?;
+        ws.send(Message::text(
+            r#"{"type":"subscribe","topic":"orders","ref":1}"#,
+        ))
+        .await?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str().contains("subscribed") => break,
+                Some(Ok(_)) => continue,
+                other => bail!("subscribe failed: {other:?}"),
+            }
+        }
+        let (sent, latencies, deliveries) = (
+            Arc::clone(&sent),
+            Arc::clone(&latencies),
+            Arc::clone(&deliveries),
+        );
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(Message::Text(t))) = ws.next().await {
+                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                    continue;
+                };
+                if v["topic"] != "orders" || v["event"] != "created" {
+                    continue;
+                }
+                deliveries.fetch_add(1, Ordering::Relaxed);
+                let Some(id) = v["data"]["order_id"].as_str() else {
+                    continue;
+                };
+                if k == 0
+                    && let Some(at) = sent.lock().ok().and_then(|m| m.get(id).copied())
+                {
+                    let us = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    if let Ok(mut l) = latencies.lock() {
+                        l.push(us);
+                    }
+                }
+            }
+        }));
+    }
+    let prefix = format!("bench{}", std::process::id());
+    let tenant = tenantry::tenant::TenantId::parse("bench")?;
+    let role = tenantry::backend::postgres::provision::tenant_ident(&prefix, &tenant);
+    let password = tenantry::backend::postgres::provision::tenant_password(
+        tenantry::backend::postgres::DEV_PASSWORD_SECRET.as_bytes(),
+        &tenant,
+    );
+    let mut config: tokio_postgres::Config = postgres.parse()?;
+    config.user(&role).password(&password);
+    let (db, conn) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let insert = db
+        .prepare("INSERT INTO orders (order_id, item, qty) VALUES ($1, 'tea', 1)")
+        .await?;
+    let total = rate * seconds;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    let cpu0 = cpu_micros(host.pid())?;
+    let t0 = Instant::now();
+    for i in 0..total {
+        tick.tick().await;
+        let id = format!("n{i}");
+        if let Ok(mut m) = sent.lock() {
+            m.insert(id.clone(), Instant::now());
+        }
+        db.execute(&insert, &[&id]).await?;
+    }
+    // Let the last events arrive.
+    let wait_until = Instant::now() + Duration::from_secs(3);
+    while deliveries.load(Ordering::Relaxed) < total * subs.max(1) as u64
+        && Instant::now() < wait_until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_micros(host.pid())? - cpu0;
+    for r in readers {
+        r.abort();
+    }
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    let delivered = deliveries.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        json!({
+            "mode": "notify", "rows": total, "rate": rate, "subscribers": subs.max(1),
+            "seconds": elapsed, "deliveries": delivered,
+            "lost": (total * subs.max(1) as u64).saturating_sub(delivered),
+            "p50_us": percentile(&lat, 0.50), "p99_us": percentile(&lat, 0.99),
+            "max_us": lat.last().copied().unwrap_or(0),
+            "host_cpu_us_per_row": (cpu as f64 / (total.max(1)) as f64 * 100.0).round() / 100.0,
+        })
+    );
     Ok(())
 }
