@@ -33,6 +33,7 @@
 
 pub mod host_tables;
 pub mod provision;
+pub mod stores;
 pub mod value;
 
 use std::collections::{BTreeMap, HashMap};
