@@ -280,6 +280,7 @@ pub async fn serve_config(
         .clone()
         .map(crate::backend::postgres::schedules::ScheduleStore::new);
     let job_stores = backends.jobs.clone().zip(backends.schedules.clone());
+    durable_stores(&config, &mut backends)?;
     let purgeable = backends.clone();
     let purgeable_breakers = backends.breakers.clone();
     let publish_rates = Arc::clone(&backends.publish_rates);
@@ -624,6 +625,25 @@ fn host_tables(
 
 /// Connections per database of the host's own Postgres tables.
 const HOST_TABLE_CONNECTIONS: usize = 8;
+
+/// Put the stores `store = "postgres"` asks for (`[idempotency]`,
+/// `[replay]`) on the host tables (the config checked `[postgres]` is set).
+fn durable_stores(config: &Config, backends: &mut Backends) -> Result<(), CliError> {
+    use crate::config::StoreChoice;
+    let tables = || {
+        backends.host_tables.clone().ok_or_else(|| {
+            CliError::Sql(crate::backend::postgres::SqlFailure::unavailable(
+                "a store on Postgres needs [postgres]",
+            ))
+        })
+    };
+    if config.idempotency.store == StoreChoice::Postgres {
+        backends.idempotency =
+            crate::backend::idempotency::postgres::PostgresIdempotency::new(tables()?);
+        tracing::info!("idempotency records on Postgres");
+    }
+    Ok(())
+}
 
 /// The backends `config` asks for: in memory, or on Redis (`[redis]`, per
 /// extension, and per tenant with `tenant_urls`) — the bus then fans out

@@ -310,6 +310,10 @@ pub struct ReplayTable {
     pub max_mb_per_tenant: u64,
     /// Topics one tenant may buffer (memory and Redis). Default 10000.
     pub max_topics_per_tenant: usize,
+    /// Where the buffers live: `"default"` (with the bus: memory, or Redis
+    /// with `[redis] bus`) or `"postgres"` (durable, in the host schema;
+    /// needs `[postgres]`).
+    pub store: StoreChoice,
 }
 
 impl Default for ReplayTable {
@@ -320,6 +324,7 @@ impl Default for ReplayTable {
             ttl_s: d.ttl.map_or(0, |t| t.as_secs()),
             max_mb_per_tenant: (d.max_bytes_per_tenant >> 20) as u64,
             max_topics_per_tenant: d.max_topics_per_tenant,
+            store: StoreChoice::Default,
         }
     }
 }
@@ -354,6 +359,27 @@ impl ReplayTable {
         }
         Ok(())
     }
+}
+
+/// Where a store with a durable variant keeps its records (`store` in
+/// `[idempotency]` and `[replay]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreChoice {
+    /// As without the key: in memory, or on Redis when `[redis]` puts it there.
+    #[default]
+    Default,
+    /// In the host schema on Postgres (`[postgres]` must be set).
+    Postgres,
+}
+
+/// The `[idempotency]` table: where idempotency records live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyTable {
+    /// `"default"` (memory, or Redis with `[redis] idempotency`) or
+    /// `"postgres"` (the host schema; needs `[postgres]`).
+    pub store: StoreChoice,
 }
 
 /// The `[presence]` table: how presence notices users of a host that died.
@@ -741,6 +767,8 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     /// Replay buffer sizes.
     pub replay: ReplayTable,
+    /// Where idempotency records live.
+    pub idempotency: IdempotencyTable,
     /// Presence heartbeat and TTL.
     pub presence: PresenceTable,
     /// Broadcast group member TTL.
@@ -779,6 +807,7 @@ impl Default for Config {
                 postgres: None,
                 redis: None,
                 replay: ReplayTable::default(),
+                idempotency: IdempotencyTable::default(),
                 presence: PresenceTable::default(),
                 groups: GroupsTable::default(),
                 jobs: JobsTable::default(),
@@ -811,6 +840,8 @@ struct FileConfig {
     redis: Option<RedisSettings>,
     #[serde(default)]
     replay: ReplayTable,
+    #[serde(default)]
+    idempotency: IdempotencyTable,
     #[serde(default)]
     presence: PresenceTable,
     #[serde(default)]
@@ -984,6 +1015,16 @@ impl Config {
                 ));
             }
         }
+        for (table, store) in [
+            ("idempotency", file.idempotency.store),
+            ("replay", file.replay.store),
+        ] {
+            if store == StoreChoice::Postgres && file.postgres.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "{table}.store = \"postgres\" needs a [postgres] table"
+                )));
+            }
+        }
         let plans = resolve_plans(&file.plans).map_err(ConfigError::Invalid)?;
         let default_plan = file.default_plan.unwrap_or_else(|| DEFAULT_PLAN.to_owned());
         if !plans.contains_key(&default_plan) {
@@ -1101,6 +1142,7 @@ impl Config {
             postgres: file.postgres,
             redis: file.redis,
             replay: file.replay,
+            idempotency: file.idempotency,
             presence: file.presence,
             groups: file.groups,
             jobs: file.jobs,
@@ -1391,6 +1433,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn durable_stores_need_postgres() {
+        let c = parse("").unwrap();
+        assert_eq!(c.idempotency.store, StoreChoice::Default);
+        assert_eq!(c.replay.store, StoreChoice::Default);
+        let pg = "[postgres]\nurl = \"postgres://root@127.0.0.1/test\"\n";
+        let c = parse(&format!(
+            "{pg}[idempotency]\nstore = \"postgres\"\n[replay]\nstore = \"postgres\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.idempotency.store, StoreChoice::Postgres);
+        assert_eq!(c.replay.store, StoreChoice::Postgres);
+        for table in ["idempotency", "replay"] {
+            let e = parse(&format!("[{table}]\nstore = \"postgres\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("{table}.store")) && e.contains("[postgres]"), "{e}");
+            let e = parse(&format!("[{table}]\nstore = \"mongo\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("mongo"), "{e}");
+        }
     }
 
     #[test]

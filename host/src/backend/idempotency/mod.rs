@@ -24,13 +24,15 @@
 //! at most [`MAX_RESULT_BYTES`] (`TooLarge` beyond), TTLs more than zero
 //! and at most [`MAX_TTL`]. Tenants never share a record.
 //!
-//! Implementations: [`memory::MemoryIdempotency`] (one process) and
-//! [`redis::RedisIdempotency`] (a fleet sharing one Redis). Both pass
-//! `conformance::suite` (test builds).
+//! Implementations: [`memory::MemoryIdempotency`] (one process),
+//! [`redis::RedisIdempotency`] (a fleet sharing one Redis) and
+//! [`postgres::PostgresIdempotency`] (a fleet sharing one Postgres, in the
+//! host schema). All pass `conformance::suite` (test builds).
 
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod memory;
+pub mod postgres;
 pub mod redis;
 
 use std::time::Duration;

@@ -38,6 +38,10 @@ use crate::tenant::TenantId;
 pub const MIGRATIONS: &[(&str, &[&str])] = &[
     ("jobs", super::jobs::JOBS_MIGRATIONS),
     ("schedules", super::schedules::SCHEDULES_MIGRATIONS),
+    (
+        "idempotency",
+        crate::backend::idempotency::postgres::MIGRATION,
+    ),
 ];
 
 /// Longest wait for a connection of the host pool.
@@ -109,6 +113,26 @@ impl HostTables {
             })
             .await?;
         db.pool.get().await.map_err(|e| pool_failure(&e))
+    }
+
+    /// A connection to one database of [`HostTables::databases`] (`None`:
+    /// the shared one), migrated as by [`HostTables::client`], for sweeps
+    /// over every database.
+    pub async fn database_client(&self, db: Option<&TenantId>) -> Result<Object, SqlFailure> {
+        match db {
+            Some(tenant) => self.client(tenant).await,
+            None => {
+                let db = &self.shared;
+                db.migrated
+                    .get_or_try_init(|| async {
+                        tokio::time::timeout(MIGRATE_TIMEOUT, self.migrate(&db.pool))
+                            .await
+                            .map_err(|_| SqlFailure::unavailable("host table migrations timed out"))?
+                    })
+                    .await?;
+                db.pool.get().await.map_err(|e| pool_failure(&e))
+            }
+        }
     }
 
     /// Every database of these host tables, with the tenants of its own

@@ -36,6 +36,7 @@ pub mod jobs;
 pub mod schedules;
 pub mod notify;
 pub mod provision;
+pub mod stores;
 pub mod value;
 
 use std::collections::{BTreeMap, HashMap};
