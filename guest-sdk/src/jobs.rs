@@ -65,10 +65,7 @@ impl Job {
     /// The payload decoded as `T` (a `VALIDATION` error if it does not fit).
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, LiveError> {
         serde_json::from_str(&self.payload_json).map_err(|e| {
-            LiveError::validation(vec![crate::ValidationIssue::new(
-                "payload",
-                e.to_string(),
-            )])
+            LiveError::validation(vec![crate::ValidationIssue::new("payload", e.to_string())])
         })
     }
 
@@ -155,7 +152,10 @@ pub(crate) mod imp {
 
     pub fn enqueue(queue: &str, payload: &str, options: Options) -> Result<String, Error> {
         let valid = queue.len() <= 64
-            && queue.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && queue
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic())
             && queue
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
@@ -178,7 +178,10 @@ mod tests {
     #[test]
     fn enqueue_records_and_checks() {
         crate::testing::reset();
-        assert_eq!(enqueue("mail", &serde_json::json!({"to": "a"})).unwrap(), "1");
+        assert_eq!(
+            enqueue("mail", &serde_json::json!({"to": "a"})).unwrap(),
+            "1"
+        );
         let opts = Options {
             delay: Some(Duration::from_secs(1)),
             max_attempts: Some(3),

@@ -12,8 +12,8 @@ use crate::bindings::exports::tenantry::plugin::presence_events as wit_presence;
 use crate::bindings::tenantry::plugin::types as wit;
 use crate::ctx::{ConnectRequest, Ctx, User};
 use crate::error::{LiveError, ValidationIssue};
-use crate::notify::Publication;
 use crate::jobs::Job;
+use crate::notify::Publication;
 use crate::presence::PresenceEvent;
 use crate::router::Router;
 

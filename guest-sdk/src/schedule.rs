@@ -5,10 +5,10 @@
 //! in [`Plugin::JOB_QUEUES`](crate::Plugin::JOB_QUEUES)).
 //!
 //! Expressions have five fields (`minute hour day-of-month month
-//! day-of-week`, e.g. `0 9 * * mon-fri`) or six with seconds first (`*/10
-//! * * * * *`). Ids are the tenant's own (1-128 of letters, digits, `_ - .
-//! :`): setting an id again replaces that schedule. A tenant holds at most
-//! 100 schedules.
+//! day-of-week`, e.g. `0 9 * * mon-fri`) or six with seconds first
+//! (`*/10 * * * * *`). Ids are the tenant's own (1-128 of letters, digits,
+//! `_`, `-`, `.` and `:`): setting an id again replaces that schedule. A
+//! tenant holds at most 100 schedules.
 //!
 //! ```no_run
 //! use tenantry_sdk::schedule;

@@ -579,7 +579,8 @@ impl JobsTable {
                 "jobs.retry_max_ms must be at most a day",
             ),
             (
-                (1..=crate::backend::postgres::jobs::MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts),
+                (1..=crate::backend::postgres::jobs::MAX_ATTEMPTS_LIMIT)
+                    .contains(&self.max_attempts),
                 "jobs.max_attempts must be 1-100",
             ),
             (self.max_queued >= 1, "jobs.max_queued must be at least 1"),
@@ -1451,7 +1452,10 @@ mod tests {
             let e = parse(&format!("[{table}]\nstore = \"postgres\"\n"))
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains(&format!("{table}.store")) && e.contains("[postgres]"), "{e}");
+            assert!(
+                e.contains(&format!("{table}.store")) && e.contains("[postgres]"),
+                "{e}"
+            );
             let e = parse(&format!("[{table}]\nstore = \"mongo\"\n"))
                 .unwrap_err()
                 .to_string();

@@ -167,7 +167,9 @@ fn field(
         let lower = s.to_ascii_lowercase();
         if let Some(i) = names.iter().position(|n| *n == lower) {
             // Month names start at 1, weekday names at 0.
-            return u32::try_from(i).map(|i| i + min).map_err(|_| bad("bad name"));
+            return u32::try_from(i)
+                .map(|i| i + min)
+                .map_err(|_| bad("bad name"));
         }
         let v: u32 = s
             .parse()

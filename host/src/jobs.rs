@@ -95,9 +95,7 @@ impl JobRunner {
         if t.is_suspended() {
             return None;
         }
-        t.deployment()
-            .active
-            .filter(|p| !p.job_queues().is_empty())
+        t.deployment().active.filter(|p| !p.job_queues().is_empty())
     }
 
     /// Start a worker for every tenant with jobs to run and none yet.

@@ -171,7 +171,12 @@ macro_rules! eventually {
             if let Some(v) = $check {
                 break v;
             }
-            assert!(start.elapsed() < $limit, "{}: not within {:?}", $what, $limit);
+            assert!(
+                start.elapsed() < $limit,
+                "{}: not within {:?}",
+                $what,
+                $limit
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }};
@@ -179,7 +184,11 @@ macro_rules! eventually {
 
 async fn jobs_in(h: &HostProcess, tenant: &str, state: &str) -> Vec<Value> {
     let (status, v) = h
-        .admin("GET", &format!("/admin/tenants/{tenant}/jobs?state={state}"), b"")
+        .admin(
+            "GET",
+            &format!("/admin/tenants/{tenant}/jobs?state={state}"),
+            b"",
+        )
         .await
         .unwrap();
     assert_eq!(status, 200, "{v}");
@@ -259,7 +268,10 @@ async fn failing_jobs_go_dead_are_listed_and_retried_and_flaky_ones_succeed_on_r
     runs_table(&mut c).await;
 
     let fail_id = c
-        .rpc("fixture/enqueue_with", json!(["fail", {"why": "always"}, null, 3]))
+        .rpc(
+            "fixture/enqueue_with",
+            json!(["fail", {"why": "always"}, null, 3]),
+        )
         .await
         .unwrap();
     let fail_id = fail_id.as_str().unwrap().to_owned();
@@ -281,7 +293,10 @@ async fn failing_jobs_go_dead_are_listed_and_retried_and_flaky_ones_succeed_on_r
     assert_eq!(dead[0]["max_attempts"], 3);
     assert_eq!(dead[0]["payload"], json!({"why": "always"}));
     assert!(
-        dead[0]["last_error"].as_str().unwrap().contains("JOB_FAILED"),
+        dead[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("JOB_FAILED"),
         "{}",
         dead[0]
     );
@@ -298,7 +313,11 @@ async fn failing_jobs_go_dead_are_listed_and_retried_and_flaky_ones_succeed_on_r
     // The operator retries the dead job (through the other host): three more
     // attempts, dead again.
     let (status, v) = a
-        .admin("POST", &format!("/admin/tenants/shop/jobs/{fail_id}/retry"), b"")
+        .admin(
+            "POST",
+            &format!("/admin/tenants/shop/jobs/{fail_id}/retry"),
+            b"",
+        )
         .await
         .unwrap();
     assert_eq!(status, 200, "{v}");
@@ -439,12 +458,18 @@ async fn a_schedule_fires_once_per_occurrence_across_two_hosts_and_ids_are_per_t
         (3..=(elapsed as usize + 1)).contains(&n.len()),
         "north: {n:?}"
     );
-    assert!((1..=(elapsed as usize / 2 + 1)).contains(&s.len()), "south: {s:?}");
+    assert!(
+        (1..=(elapsed as usize / 2 + 1)).contains(&s.len()),
+        "south: {s:?}"
+    );
     for (runs, from) in [(&n, "north"), (&s, "south")] {
         let mut ids: Vec<&String> = runs.iter().map(|r| &r.0).collect();
         ids.dedup();
         assert_eq!(ids.len(), runs.len(), "a job ran twice");
-        assert!(runs.iter().all(|r| r.3 == format!("{{\"from\":\"{from}\"}}")));
+        assert!(
+            runs.iter()
+                .all(|r| r.3 == format!("{{\"from\":\"{from}\"}}"))
+        );
     }
     // Nothing fires after the removal.
     tokio::time::sleep(Duration::from_millis(1_200)).await;

@@ -386,7 +386,9 @@ struct JobsQuery {
 }
 
 /// The job queue, or 503 on a host without `[postgres]`.
-fn job_store(s: &AdminState) -> Result<std::sync::Arc<crate::backend::postgres::jobs::JobStore>, ApiError> {
+fn job_store(
+    s: &AdminState,
+) -> Result<std::sync::Arc<crate::backend::postgres::jobs::JobStore>, ApiError> {
     s.control.backends().jobs.clone().ok_or_else(|| {
         ControlError::Backend("this host has no job queue (it needs [postgres])".into()).into()
     })

@@ -27,9 +27,9 @@ use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
 use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
+use bindings::optional::exports::tenantry::plugin::job_events as wit_job_events;
 use bindings::optional::exports::tenantry::plugin::notify_events as wit_notify_events;
 use bindings::optional::exports::tenantry::plugin::presence_events as wit_presence_events;
-use bindings::optional::exports::tenantry::plugin::job_events as wit_job_events;
 pub(crate) use bindings::tenantry::plugin as wit;
 pub use store::{HostState, Scope};
 pub use types::{
@@ -37,9 +37,9 @@ pub use types::{
     MAX_EFFECTS_PER_CALL, PresenceChange, PresenceEvent, User, ValidationIssue,
 };
 pub use validate::{PluginInfo, PluginRejection};
+use wit_job_events::GuestIndices as JobHookIndices;
 use wit_notify_events::GuestIndices as NotifyHookIndices;
 use wit_presence_events::GuestIndices as PresenceHookIndices;
-use wit_job_events::GuestIndices as JobHookIndices;
 
 use crate::backend::Backends;
 use crate::metrics::{self, RefusalKind, TrapKind};

@@ -349,7 +349,12 @@ mod tests {
             seen,
             [
                 ("acme".into(), odd.into(), "pending".into(), None),
-                ("acme".into(), "done".into(), "done".into(), Some("{\"a\":1}".into())),
+                (
+                    "acme".into(),
+                    "done".into(),
+                    "done".into(),
+                    Some("{\"a\":1}".into())
+                ),
                 ("acme".into(), "old".into(), "done".into(), Some("1".into())),
             ]
         );

@@ -127,7 +127,9 @@ impl HostTables {
                     .get_or_try_init(|| async {
                         tokio::time::timeout(MIGRATE_TIMEOUT, self.migrate(&db.pool))
                             .await
-                            .map_err(|_| SqlFailure::unavailable("host table migrations timed out"))?
+                            .map_err(|_| {
+                                SqlFailure::unavailable("host table migrations timed out")
+                            })?
                     })
                     .await?;
                 db.pool.get().await.map_err(|e| pool_failure(&e))

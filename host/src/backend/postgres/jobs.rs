@@ -713,7 +713,11 @@ impl JobStore {
     }
 
     /// Jobs of `tenant` waiting to run (queued), on `queue` or on all.
-    pub async fn pending(&self, tenant: &TenantId, queue: Option<&str>) -> Result<u64, BackendError> {
+    pub async fn pending(
+        &self,
+        tenant: &TenantId,
+        queue: Option<&str>,
+    ) -> Result<u64, BackendError> {
         let schema = self.tables.schema();
         self.bounded(async {
             let client = self.client(tenant).await?;
@@ -822,7 +826,12 @@ mod tests {
         assert_eq!(jobs.len(), 1, "only acme's job");
         let job = &jobs[0];
         assert_eq!(
-            (job.id, job.queue.as_str(), job.payload.as_str(), job.attempt),
+            (
+                job.id,
+                job.queue.as_str(),
+                job.payload.as_str(),
+                job.attempt
+            ),
             (id, "mail", r#"{"to":"x"}"#, 1)
         );
         assert_eq!(job.max_attempts, 5);
@@ -917,7 +926,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(80)).await;
         let job = s.claim(&a, &q(&["q"]), 1, vis).await.unwrap().remove(0);
         assert_eq!(job.attempt, 2);
-        assert_eq!(s.fail(&a, &job, "boom again").await.unwrap(), FailOutcome::Dead);
+        assert_eq!(
+            s.fail(&a, &job, "boom again").await.unwrap(),
+            FailOutcome::Dead
+        );
         let dead = s.list(&a, JobState::Dead, 10).await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].id, id.to_string());

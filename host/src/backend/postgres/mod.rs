@@ -33,9 +33,9 @@
 
 pub mod host_tables;
 pub mod jobs;
-pub mod schedules;
 pub mod notify;
 pub mod provision;
+pub mod schedules;
 pub mod stores;
 pub mod value;
 
