@@ -157,9 +157,9 @@ impl JobRunner {
     async fn run(&self, tenant: &TenantId, plugin: &Plugin, job: &Job) {
         let outcome = plugin.on_job(job).await;
         let settled = match &outcome {
-            Err(CallError::Overloaded) => {
-                // Not run (the tenant's calls filled its plan meanwhile):
-                // not an attempt.
+            Err(CallError::Overloaded | CallError::FaultBudget(_)) => {
+                // Not run (the tenant's calls filled its plan meanwhile, or
+                // its plugin faulted too often lately): not an attempt.
                 self.store.release(tenant, job).await.map(|_| ())
             }
             Ok(()) => self.store.complete(tenant, job).await.map(|done| {

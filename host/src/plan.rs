@@ -126,6 +126,15 @@ plan_fields! {
     /// hashes spilled to disk), MiB; the role's `temp_file_limit`, which
     /// only a superuser can change. Over: `PAYLOAD_TOO_LARGE`.
     sql_max_temp_file_mb,
+    /// Faulted calls per second the tenant's plugin may have on a host: a
+    /// call that ran out of time, memory or stack, trapped, or returned a
+    /// result over `max_result_bytes`. Past the burst, the tenant's calls are
+    /// refused before they start (`RATE_LIMITED` with `retryAfter`) until
+    /// the budget refills, so a broken or hostile plugin cannot spend the
+    /// host's CPU on faults.
+    faulted_calls_per_sec,
+    /// Faulted calls allowed at once before `faulted_calls_per_sec` applies.
+    faulted_call_burst,
 }
 
 const KIB: u64 = 1 << 10;
@@ -169,6 +178,8 @@ impl Plan {
             sql_max_connections: pick([2, 4, 8, 16])?,
             sql_max_statement_bytes: pick([64 * KIB, 256 * KIB, MIB, MIB])?,
             sql_max_temp_file_mb: pick([64, 256, 1_024, 4_096])?,
+            faulted_calls_per_sec: pick([5, 20, 100, 500])?,
+            faulted_call_burst: pick([10, 40, 200, 1_000])?,
         })
     }
 

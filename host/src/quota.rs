@@ -47,6 +47,47 @@ impl RateLimiter {
         self.try_acquire_at(now, cost, rate_per_sec, burst)
     }
 
+    /// Whether one token could be taken now, without taking it:
+    /// `Err(retry_after)` when not.
+    pub fn check(&self, rate_per_sec: u64, burst: u64) -> Result<(), Duration> {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.check_at(now, rate_per_sec, burst)
+    }
+
+    /// [`RateLimiter::check`] at a given time, for tests.
+    pub fn check_at(&self, now: u64, rate_per_sec: u64, burst: u64) -> Result<(), Duration> {
+        let (interval, tolerance) = gcra(rate_per_sec, burst);
+        let new_tat = self
+            .tat
+            .load(Ordering::Relaxed)
+            .max(now)
+            .saturating_add(interval);
+        let limit = now.saturating_add(tolerance);
+        if new_tat > limit {
+            return Err(Duration::from_nanos(new_tat - limit));
+        }
+        Ok(())
+    }
+
+    /// Take one token now even if the bucket is empty (for something that
+    /// already happened), owing at most one token past empty: the bucket
+    /// is usable again one interval after it refills that far.
+    pub fn charge(&self, rate_per_sec: u64, burst: u64) {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.charge_at(now, rate_per_sec, burst);
+    }
+
+    /// [`RateLimiter::charge`] at a given time, for tests.
+    pub fn charge_at(&self, now: u64, rate_per_sec: u64, burst: u64) {
+        let (interval, tolerance) = gcra(rate_per_sec, burst);
+        let cap = now.saturating_add(tolerance).saturating_add(interval);
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
+                Some(tat.max(now).saturating_add(interval).min(cap))
+            });
+    }
+
     /// [`RateLimiter::try_acquire`] at a given time (nanoseconds after the
     /// limiter was created), for tests.
     pub fn try_acquire_at(
@@ -56,11 +97,8 @@ impl RateLimiter {
         rate_per_sec: u64,
         burst: u64,
     ) -> Result<(), Duration> {
-        let rate = rate_per_sec.max(1);
-        let burst = burst.max(1);
-        let interval = (1_000_000_000 / rate).max(1);
-        let tolerance = interval.saturating_mul(burst);
-        let cost = cost.clamp(1, burst);
+        let (interval, tolerance) = gcra(rate_per_sec, burst);
+        let cost = cost.clamp(1, burst.max(1));
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let new_tat = tat.max(now).saturating_add(interval.saturating_mul(cost));
@@ -77,6 +115,13 @@ impl RateLimiter {
             }
         }
     }
+}
+
+/// The emission interval and the tolerance (both ns) of a bucket of
+/// `burst` tokens refilled at `rate_per_sec`.
+fn gcra(rate_per_sec: u64, burst: u64) -> (u64, u64) {
+    let interval = (1_000_000_000 / rate_per_sec.max(1)).max(1);
+    (interval, interval.saturating_mul(burst.max(1)))
 }
 
 /// Why a quota check refused.
@@ -120,6 +165,8 @@ pub struct TenantQuota {
     publishes: RateLimiter,
     logs: RateLimiter,
     logs_dropped: AtomicU64,
+    /// The plugin's faulted calls (see [`TenantQuota::check_fault_budget`]).
+    faults: RateLimiter,
     /// Worker threads this tenant's long-running guest code may occupy at once.
     cpu_slots: Arc<Semaphore>,
     /// What the tenant used on this host (calls, CPU, bytes, SQL time).
@@ -163,6 +210,7 @@ impl TenantQuota {
             publishes: RateLimiter::new(),
             logs: RateLimiter::new(),
             logs_dropped: AtomicU64::new(0),
+            faults: RateLimiter::new(),
             cpu_slots: Arc::new(Semaphore::new(cpu_slots.max(1))),
             usage: crate::usage::TenantUsage::default(),
         })
@@ -230,6 +278,28 @@ impl TenantQuota {
             self.logs_dropped.fetch_add(1, Ordering::Relaxed);
         }
         ok
+    }
+
+    /// Whether the tenant's plugin may start a call: `RateLimited` while
+    /// its faulted calls have spent `faulted_call_burst` and not yet
+    /// refilled at `faulted_calls_per_sec`. Takes nothing.
+    pub fn check_fault_budget(&self) -> Result<(), Refusal> {
+        let (rate, burst) = {
+            let p = self.plan.read();
+            (p.faulted_calls_per_sec, p.faulted_call_burst)
+        };
+        self.faults
+            .check(rate, burst)
+            .map_err(|retry_after| Refusal::RateLimited { retry_after })
+    }
+
+    /// Count one faulted call of the tenant's plugin against its budget.
+    pub fn record_fault(&self) {
+        let (rate, burst) = {
+            let p = self.plan.read();
+            (p.faulted_calls_per_sec, p.faulted_call_burst)
+        };
+        self.faults.charge(rate, burst);
     }
 
     /// Log lines dropped since the last call (resets the count).
@@ -334,6 +404,53 @@ mod tests {
 
     fn plan() -> Plan {
         Plan::built_in("starter").unwrap()
+    }
+
+    #[test]
+    fn charges_spend_the_burst_checks_take_nothing_and_debt_is_bounded() {
+        let l = RateLimiter::new();
+        // rate 10/s, burst 3.
+        for _ in 0..3 {
+            assert!(l.check_at(0, 10, 3).is_ok(), "checking takes nothing");
+            l.charge_at(0, 10, 3);
+        }
+        assert_eq!(l.check_at(0, 10, 3), Err(Duration::from_millis(100)));
+        // Charges past empty (calls that were already running) owe at most
+        // one more token: usable again 200 ms later, not 100 s later.
+        for _ in 0..1000 {
+            l.charge_at(0, 10, 3);
+        }
+        assert!(l.check_at(SEC / 5 - 1, 10, 3).is_err());
+        assert!(l.check_at(SEC / 5, 10, 3).is_ok());
+        // Refilled after a pause: the whole burst again.
+        for _ in 0..3 {
+            assert!(l.check_at(10 * SEC, 10, 3).is_ok());
+            l.charge_at(10 * SEC, 10, 3);
+        }
+        assert!(l.check_at(10 * SEC, 10, 3).is_err());
+    }
+
+    #[test]
+    fn a_tenant_over_its_fault_budget_is_refused_until_it_refills() {
+        let mut p = plan();
+        p.faulted_calls_per_sec = 1;
+        p.faulted_call_burst = 2;
+        let q = TenantQuota::new(p, 1);
+        let other = TenantQuota::new(plan(), 1);
+        assert!(q.check_fault_budget().is_ok());
+        q.record_fault();
+        assert!(
+            q.check_fault_budget().is_ok(),
+            "one fault of a burst of two"
+        );
+        q.record_fault();
+        let refusal = q.check_fault_budget().unwrap_err();
+        let ms = refusal.retry_after_ms().unwrap();
+        assert!((900..=1000).contains(&ms), "retry after {ms} ms");
+        assert!(
+            other.check_fault_budget().is_ok(),
+            "other tenants are untouched"
+        );
     }
 
     #[test]

@@ -792,3 +792,49 @@ async fn subscription_storm_is_denied_over_the_connection_limit() {
     p.b_echo_works(&mut b).await;
     assert!(p.h.is_running());
 }
+
+#[tokio::test]
+async fn a_plugin_that_keeps_faulting_is_refused_rate_limited_until_its_budget_refills() {
+    // A budget of 3 faults, refilled at 2 a second.
+    let p = Pair::start(
+        hostile("faulty-a").limits("faulted_calls_per_sec = 2\nfaulted_call_burst = 3"),
+        fixture("faulty-b"),
+    );
+    let mut a = p.a_client().await;
+    let b = p.b_loop().await;
+    for _ in 0..3 {
+        let r = a.rpc_raw("hostile/panic", json!([])).await.unwrap();
+        assert_eq!(code(&r), "INTERNAL_ERROR", "{r}");
+    }
+    // Spent: even a normal call is refused before it runs, with a hint.
+    let r = a.rpc_raw("hostile/echo", json!([1])).await.unwrap();
+    assert_eq!(code(&r), "RATE_LIMITED", "{r}");
+    assert_eq!(
+        r["error"],
+        "This tenant's calls failed too often; retry later"
+    );
+    let wait = retry_after(&r);
+    assert!(wait <= 500, "one token at 2/s: {r}");
+    // A new connection of the tenant is closed 4429 (authenticate is a call).
+    let closed = refused(&p.h, &ws(&p.a)).await;
+    assert_eq!(closed.code, Some(4429), "{closed:?}");
+    // The refusals are counted.
+    let metrics = http_get(&p.h, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tenantry_quota_refusals_total")
+                && l.contains(r#"kind="fault_budget""#)
+                && l.contains(r#"tenant="faulty-a""#)),
+        "{metrics}"
+    );
+    // After the hint, A is served again; B never noticed.
+    tokio::time::sleep(Duration::from_millis(wait + 10)).await;
+    assert_eq!(
+        a.rpc("hostile/echo", json!(["back"])).await.unwrap(),
+        "back"
+    );
+    let (mut b, calls) = b.finish().await;
+    assert!(calls >= B_MIN_CALLS);
+    p.b_echo_works(&mut b).await;
+}

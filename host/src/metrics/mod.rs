@@ -87,6 +87,8 @@ pub enum RefusalKind {
     Kv,
     /// A plugin log line over `log_lines_per_sec`.
     LogRate,
+    /// A call refused because the plugin faulted too often (`faulted_calls_per_sec`).
+    FaultBudget,
 }
 
 impl RefusalKind {
@@ -101,6 +103,7 @@ impl RefusalKind {
             RefusalKind::PublishSize => "publish_size",
             RefusalKind::Kv => "kv",
             RefusalKind::LogRate => "log_rate",
+            RefusalKind::FaultBudget => "fault_budget",
         }
     }
 }

@@ -117,6 +117,17 @@ impl From<&CallError> for RpcErrorBody {
             CallError::PayloadTooLarge(_) => {
                 Self::new(codes::PAYLOAD_TOO_LARGE, "Result exceeds the size limit")
             }
+            CallError::FaultBudget(retry_after) => Self {
+                retry_after_ms: Some(
+                    u64::try_from(retry_after.as_nanos().div_ceil(1_000_000))
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                ),
+                ..Self::new(
+                    codes::RATE_LIMITED,
+                    "This tenant's calls failed too often; retry later",
+                )
+            },
             CallError::Trap(_) | CallError::Host(_) => Self::internal(),
         }
     }

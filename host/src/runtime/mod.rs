@@ -44,7 +44,7 @@ use wit_presence_events::GuestIndices as PresenceHookIndices;
 use crate::backend::Backends;
 use crate::metrics::{self, RefusalKind, TrapKind};
 use crate::plan::Plan;
-use crate::quota::TenantQuota;
+use crate::quota::{Refusal, TenantQuota};
 use crate::tenant::TenantId;
 
 /// Process-wide settings of the runtime. Per-call limits (CPU deadline,
@@ -460,9 +460,9 @@ impl Plugin {
                     ));
                     metrics::trap(&self.tenant, TrapKind::ResultTooLarge);
                     tracing::warn!(tenant = %self.tenant, plugin_version = %self.version, path, error = %e, "plugin call failed");
-                    return Err(e);
+                    return Err(self.fault(e));
                 }
-                check_json(&json, "call result")?;
+                check_json(&json, "call result").map_err(|e| self.fault(e))?;
                 Ok((json, effects))
             }
             Err(e) => Err(CallError::Live(live_error_from_wit(e))),
@@ -688,6 +688,14 @@ impl Plugin {
     ) -> Result<(R, Vec<Effect>), CallError> {
         let rt = &self.runtime;
         let quota = &self.scope.quota;
+        if let Err(refusal) = quota.check_fault_budget() {
+            metrics::refusal(&self.tenant, RefusalKind::FaultBudget);
+            let retry = match refusal {
+                Refusal::RateLimited { retry_after } => retry_after,
+                Refusal::Full => Duration::from_secs(1),
+            };
+            return Err(CallError::FaultBudget(retry));
+        }
         let Ok(_slot) = quota.try_begin_call() else {
             metrics::refusal(&self.tenant, RefusalKind::ConcurrentCalls);
             return Err(CallError::Overloaded);
@@ -758,13 +766,29 @@ impl Plugin {
                 }
                 Ok(r)
             }
-            Ok(Err(e)) => Err(e),
+            Ok(Err(e)) => Err(self.fault(e)),
             Err(_) => {
                 metrics::trap(&self.tenant, TrapKind::Timeout);
                 tracing::warn!(tenant = %self.tenant, plugin_version = %self.version, "plugin call exceeded its wall-clock bound");
-                Err(CallError::Timeout)
+                Err(self.fault(CallError::Timeout))
             }
         }
+    }
+
+    /// `e`, counted against the tenant's fault budget if the plugin is to
+    /// blame for it (it ran out of time, memory or stack, trapped, or
+    /// returned something unusable).
+    fn fault(&self, e: CallError) -> CallError {
+        if matches!(
+            e,
+            CallError::Timeout
+                | CallError::ResourceExhausted(_)
+                | CallError::PayloadTooLarge(_)
+                | CallError::Trap(_)
+        ) {
+            self.scope.quota.record_fault();
+        }
+        e
     }
 
     /// Count what the call that just ran in `store` cost: the tenant's
@@ -1126,6 +1150,49 @@ mod tests {
 
     fn hostile() -> Vec<u8> {
         std::fs::read(crate::bundled::plugin_path("hostile")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plugin_that_keeps_faulting_is_refused_until_its_budget_refills() {
+        let rt = runtime(None);
+        let plan = Plan {
+            faulted_calls_per_sec: 10,
+            faulted_call_burst: 3,
+            ..starter()
+        };
+        let p = load(&rt, plan, &fixture()).await;
+        let bystander = load(&rt, starter(), &fixture()).await;
+        // Live errors are the plugin's answers, not faults.
+        for _ in 0..10 {
+            assert!(matches!(
+                p.call(ctx(), "fixture/live_error", r#"["NOPE", "no"]"#)
+                    .await,
+                Err(CallError::Live(_))
+            ));
+        }
+        for _ in 0..3 {
+            assert!(matches!(
+                p.call(ctx(), "fixture/panic", "[]").await,
+                Err(CallError::Trap(_))
+            ));
+        }
+        // The budget is spent: refused before running, even a normal call.
+        let refused = p.call(ctx(), "fixture/echo", "[1]").await;
+        let Err(CallError::FaultBudget(retry)) = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(retry <= Duration::from_millis(100), "{retry:?}");
+        let body = crate::protocol::RpcErrorBody::from(&CallError::FaultBudget(retry));
+        assert_eq!(body.code, "RATE_LIMITED");
+        assert!(body.retry_after_ms.is_some_and(|ms| ms >= 1));
+        // Another tenant is untouched.
+        assert_eq!(
+            bystander.call(ctx(), "fixture/echo", "[2]").await.unwrap(),
+            "2"
+        );
+        // After the hint, calls run again.
+        tokio::time::sleep(retry + Duration::from_millis(5)).await;
+        assert_eq!(p.call(ctx(), "fixture/echo", "[3]").await.unwrap(), "3");
     }
 
     #[tokio::test]

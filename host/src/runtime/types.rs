@@ -110,6 +110,11 @@ pub enum CallError {
     /// code `PAYLOAD_TOO_LARGE`.
     #[error("plugin result too large: {0}")]
     PayloadTooLarge(String),
+    /// The tenant's plugin faulted too often lately (its plan's
+    /// `faulted_calls_per_sec` / `faulted_call_burst`): the call was refused
+    /// before it started; client code `RATE_LIMITED` with `retryAfter`.
+    #[error("the tenant's plugin faulted too often; calls are refused for {0:?}")]
+    FaultBudget(std::time::Duration),
     /// The plugin trapped (panic, unreachable, bad result): client sees
     /// `INTERNAL_ERROR` with the message hidden.
     #[error("plugin trapped: {0}")]

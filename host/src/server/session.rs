@@ -229,6 +229,7 @@ impl Session {
             Ok(effects) => Ok(effects),
             Err(CallError::Live(e)) => Err(Denied::new(e.code)),
             Err(CallError::Overloaded) => Err(Denied::new("OVERLOADED")),
+            Err(CallError::FaultBudget(_)) => Err(Denied::new("RATE_LIMITED")),
             Err(e) => {
                 tracing::warn!(topic, error = %e, "subscribe gate failed; denying");
                 Err(Denied::new("FORBIDDEN"))
@@ -512,6 +513,9 @@ impl Session {
                         request_id,
                         "call refused: tenant at max_concurrent_calls"
                     );
+                }
+                CallError::FaultBudget(_) => {
+                    tracing::debug!(path, request_id, error = %e, "call refused: fault budget spent");
                 }
                 CallError::Timeout
                 | CallError::ResourceExhausted(_)

@@ -171,6 +171,10 @@ pub fn authenticate_close(err: &CallError) -> (u16, String) {
         CallError::Live(e) if e.code == "FORBIDDEN" => (CLOSE_FORBIDDEN, e.message.clone()),
         CallError::Live(e) => (CLOSE_POLICY, e.code.clone()),
         CallError::Overloaded => (CLOSE_RATE_LIMITED, "tenant overloaded".to_owned()),
+        CallError::FaultBudget(_) => (
+            CLOSE_RATE_LIMITED,
+            "the tenant's plugin failed too often".to_owned(),
+        ),
         _ => (CLOSE_POLICY, "authentication failed".to_owned()),
     }
 }
