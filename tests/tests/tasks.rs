@@ -47,11 +47,13 @@ impl Pg {
 
     /// The config: this test's Postgres schemas and a fast task runner
     /// (a task whose host died is taken over 1.5 s after its last
-    /// heartbeat).
+    /// heartbeat); calls may last 30 s (the slow task sleeps up to 10 s, on
+    /// a machine that may be busy).
     fn toml(&self) -> String {
         format!(
             "[postgres]\nurl = {PG_URL:?}\nregistry_schema = {:?}\ntenant_prefix = {:?}\n\
-             [tasks]\npoll_ms = 50\nfence_ttl_ms = 1500\nawait_poll_ms = 50\nretry_base_ms = 100\n",
+             [tasks]\npoll_ms = 50\nfence_ttl_ms = 1500\nawait_poll_ms = 50\nretry_base_ms = 100\n\
+             [limits]\ncall_wall_timeout_ms = 30000\n",
             self.registry, self.prefix
         )
     }
@@ -114,10 +116,16 @@ impl Drop for Pg {
 }
 
 /// The tenants every test host serves: the fixture, with room for the
-/// slow task's `pg_sleep`.
+/// slow task's `pg_sleep`, and SQL connections for two hosts (the plan's
+/// `sql_max_connections` is also the tenant role's `CONNECTION LIMIT`
+/// across the fleet: with the starter plan's 4, one host's idle pooled
+/// connections can keep the other's task runs and test queries waiting).
 fn tenants(ids: &[&str]) -> Vec<TenantSpec> {
     ids.iter()
-        .map(|id| TenantSpec::new(id, "fixture").limits("sql_statement_timeout_ms = 10000"))
+        .map(|id| {
+            TenantSpec::new(id, "fixture")
+                .limits("sql_statement_timeout_ms = 10000\nsql_max_connections = 16")
+        })
         .collect()
 }
 
@@ -222,6 +230,19 @@ async fn task_events(hosts: &[&HostProcess], event: &str) -> f64 {
     total
 }
 
+/// The result of task `id` once it settled (waiting up to `limit`): its
+/// result, or the error (`TASK_FAILED: ...`).
+async fn result_of(c: &mut Client, id: &str, limit: Duration) -> Result<Value, String> {
+    let started = Instant::now();
+    loop {
+        match c.rpc("fixture/task_wait", json!([id, 1000])).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.to_string().starts_with("TASK_IN_FLIGHT") && started.elapsed() < limit => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 async fn start(
     c: &mut Client,
     name: &str,
@@ -248,8 +269,7 @@ async fn one_key_is_one_task_run_once_and_both_hosts_get_its_result() {
     let second = start(&mut on_b, "echo", "order-1", json!({"n": 2}), None).await;
     assert_eq!(first["id"], second["id"]);
     let id = first["id"].as_str().unwrap().to_owned();
-    let result = on_b
-        .rpc("fixture/task_wait", json!([id, 3000]))
+    let result = result_of(&mut on_b, &id, Duration::from_secs(20))
         .await
         .unwrap();
     assert_eq!(result["input"], json!({"n": 1}), "the first start's input");
@@ -314,10 +334,13 @@ async fn one_key_is_one_task_run_once_and_both_hosts_get_its_result() {
         .await
         .unwrap_err();
     assert!(err.to_string().starts_with("TASK_IN_FLIGHT"), "{err}");
-    let done = on_b
-        .rpc("fixture/task_wait", json!([slow["id"], 3000]))
-        .await
-        .unwrap();
+    let done = result_of(
+        &mut on_b,
+        slow["id"].as_str().unwrap(),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
     assert_eq!(done["attempt"], 1);
     let err = on_a
         .rpc("fixture/task_wait", json!(["999999999", 100]))
@@ -370,12 +393,12 @@ async fn a_task_whose_host_is_killed_mid_run_is_taken_over_and_commits_once() {
     }
     runs_table(&mut clients[0]).await;
 
-    // Attempt 1 sleeps 4 s in SQL; heartbeats keep it its host's meanwhile.
+    // Attempt 1 sleeps 10 s in SQL; heartbeats keep it its host's meanwhile.
     let t = start(
         &mut clients[0],
         "slow",
         "big-job",
-        json!({"sleep_s": 4}),
+        json!({"sleep_s": 10}),
         None,
     )
     .await;
@@ -384,11 +407,14 @@ async fn a_task_whose_host_is_killed_mid_run_is_taken_over_and_commits_once() {
         let r = runs(&mut clients[0]).await;
         (runs_of(&r, &id).len() == 1).then_some(())
     });
-    // Which host runs it: kill that one.
-    let owner = admin_task(hosts[0].as_ref().unwrap(), &id).await["owner"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    // Which host runs it (still attempt 1, mid-run): kill that one.
+    let running = admin_task(hosts[0].as_ref().unwrap(), &id).await;
+    assert_eq!(
+        (running["state"].as_str(), running["attempt"].as_i64()),
+        (Some("running"), Some(1)),
+        "{running}"
+    );
+    let owner = running["owner"].as_str().unwrap().to_owned();
     let victim = hosts
         .iter()
         .position(|h| owner.ends_with(&format!("/{}", h.as_ref().unwrap().pid())))
@@ -404,15 +430,7 @@ async fn a_task_whose_host_is_killed_mid_run_is_taken_over_and_commits_once() {
 
     // The survivor takes it over once the lock lapses (1.5 s after the last
     // heartbeat) and commits attempt 2's result.
-    let result = eventually!("taken over and committed", Duration::from_secs(15), {
-        match c.rpc("fixture/task_wait", json!([id, 500])).await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                assert!(e.to_string().starts_with("TASK_IN_FLIGHT"), "{e}");
-                None
-            }
-        }
-    });
+    let result = result_of(c, &id, Duration::from_secs(20)).await.unwrap();
     eprintln!(
         "taken over and committed {:?} after the kill",
         killed.elapsed()
@@ -422,9 +440,8 @@ async fn a_task_whose_host_is_killed_mid_run_is_taken_over_and_commits_once() {
         (Some(2), Some(2)),
         "{result}"
     );
-    // The killed attempt's SQL sleep ends meanwhile; nothing else commits
-    // or runs, later either.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Nothing else commits or runs, later either.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let task = admin_task(h, &id).await;
     assert_eq!(task["state"], "committed", "{task}");
     assert_eq!(
@@ -456,13 +473,15 @@ async fn a_task_taken_over_from_a_live_runner_is_cut_off_there_and_commits_only_
     let b = host(&pg);
     let mut c = client(&a).await;
     runs_table(&mut c).await;
-    let t = start(&mut c, "slow", "k", json!({"sleep_s": 3}), None).await;
+    let t = start(&mut c, "slow", "k", json!({"sleep_s": 8}), None).await;
     let id = t["id"].as_str().unwrap().to_owned();
     eventually!("slow task started", Duration::from_secs(10), {
         let r = runs(&mut c).await;
         (runs_of(&r, &id).len() == 1).then_some(())
     });
     // The operator takes it over while attempt 1 sleeps.
+    let running = admin_task(&a, &id).await;
+    assert_eq!(running["state"], "running", "{running}");
     let (status, v) = b
         .admin(
             "POST",
@@ -472,17 +491,24 @@ async fn a_task_taken_over_from_a_live_runner_is_cut_off_there_and_commits_only_
         .await
         .unwrap();
     assert_eq!(status, 200, "{v}");
-    let result = c.rpc("fixture/task_wait", json!([id, 4000])).await.unwrap();
-    assert_eq!(result["attempt"], 2, "{result}");
+    let took_over = Instant::now();
+    let result = result_of(&mut c, &id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        (result["attempt"].as_i64(), result["fence"].as_i64()),
+        (Some(2), Some(3)),
+        "{result}"
+    );
     // Attempt 1's runner was cut off at its next heartbeat: its result
     // never lands, also after its sleep would have ended.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(took_over.elapsed())).await;
     let task = admin_task(&a, &id).await;
     assert_eq!(
         (task["state"].as_str(), &task["result"]),
         (Some("committed"), &result)
     );
-    assert_eq!(runs_of(&runs(&mut c).await, &id), [(1, 1), (2, 2)]);
+    assert_eq!(runs_of(&runs(&mut c).await, &id), [(1, 1), (2, 3)]);
     assert_eq!(task_events(&[&a, &b], "fenced_out").await, 1.0);
     assert_eq!(task_events(&[&a, &b], "committed").await, 1.0);
     // Taking over a task that is not running is a 404.
@@ -508,19 +534,19 @@ async fn a_failing_task_is_failed_after_its_attempts_and_a_flaky_one_succeeds_on
     runs_table(&mut c).await;
     let fail = start(&mut c, "fail", "f", json!({"why": "always"}), Some(3)).await;
     let fail_id = fail["id"].as_str().unwrap().to_owned();
-    let flaky = c
-        .rpc("fixture/task_run", json!(["flaky", "fl", {}, 3000]))
-        .await
-        .unwrap();
+    let flaky = start(&mut c, "flaky", "fl", json!({}), None).await;
+    let flaky = result_of(
+        &mut c,
+        flaky["id"].as_str().unwrap(),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
     assert_eq!(flaky["attempt"], 2, "{flaky}");
     // Three attempts (backoff ~100 ms, then ~200 ms), then failed.
-    let err = eventually!("failed", Duration::from_secs(10), {
-        match c.rpc("fixture/task_wait", json!([fail_id, 1000])).await {
-            Ok(v) => panic!("a failing task committed {v}"),
-            Err(e) if e.to_string().starts_with("TASK_IN_FLIGHT") => None,
-            Err(e) => Some(e.to_string()),
-        }
-    });
+    let err = result_of(&mut c, &fail_id, Duration::from_secs(20))
+        .await
+        .expect_err("a failing task committed");
     assert!(
         err.starts_with("TASK_FAILED") && err.contains("TASK_BOOM"),
         "{err}"

@@ -216,11 +216,16 @@ impl CpuBudget {
     }
 
     /// The guest is about to wait for a host import: account its running
-    /// time so far. Call [`CpuBudget::resume`] when the wait is over; the
-    /// time in between is not charged.
+    /// time so far and give back its CPU slot, if it holds one (a call
+    /// waiting for SQL, a lock or a task does not use a CPU: holding the
+    /// slot would stall the tenant's other long calls for the whole wait;
+    /// the guest takes a slot again at its next yield). Call
+    /// [`CpuBudget::resume`] when the wait is over; the time in between is
+    /// not charged.
     pub fn pause(&mut self) {
         // A spent budget is acted on at the next epoch tick.
         let _ = self.charge();
+        self.release_slot();
     }
 
     /// The guest runs again after a host import returned. The slice goes
@@ -281,6 +286,26 @@ fn duration_nanos(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_call_waiting_on_a_host_import_gives_its_cpu_slot_back() {
+        let slots = Arc::new(Semaphore::new(1));
+        let mut cpu = CpuBudget::new(Duration::from_millis(20), Arc::clone(&slots));
+        // A long call yields and takes the tenant's only slot.
+        cpu.yield_future().await;
+        assert_eq!(slots.available_permits(), 0);
+        cpu.pause();
+        assert_eq!(slots.available_permits(), 1, "free while it waits");
+        cpu.resume();
+        cpu.yield_future().await;
+        assert_eq!(
+            slots.available_permits(),
+            0,
+            "taken again at its next yield"
+        );
+        cpu.release_slot();
+        assert_eq!(slots.available_permits(), 1);
+    }
 
     #[test]
     fn time_waiting_on_host_imports_is_not_charged() {

@@ -848,10 +848,11 @@ impl TaskStore {
         Ok(released)
     }
 
-    /// Take task `id` of `tenant` over now if it is running: its lock
-    /// expires at once, so the next claim (on any host) runs it again with
-    /// a new fence and the current runner is fenced out (the seeds'
-    /// `takeover(id)`). `false` if it is not running.
+    /// Take task `id` of `tenant` over now if it is running: its fence
+    /// moves on (the current runner is fenced out: its heartbeat, commit
+    /// and failure are refused) and its lock expires at once, so the next
+    /// claim (on any host) runs it again with the next attempt and a new
+    /// fence (the seeds' `takeover(id)`). `false` if it is not running.
     pub async fn takeover(&self, tenant: &TenantId, id: i64) -> Result<bool, BackendError> {
         let schema = self.tables.schema();
         let n = self
@@ -860,8 +861,8 @@ impl TaskStore {
                 client
                     .execute(
                         &format!(
-                            "UPDATE {schema}.tasks SET locked_until = now(), updated_at = now() \
-                             WHERE tenant = $1 AND id = $2 AND state = 'running'"
+                            "UPDATE {schema}.tasks SET locked_until = now(), fence = fence + 1, \
+                             updated_at = now() WHERE tenant = $1 AND id = $2 AND state = 'running'"
                         ),
                         &[&tenant.as_str(), &id],
                     )
