@@ -460,3 +460,59 @@ impl TasksTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_tasks_table_has_the_seed_defaults_and_is_checked() {
+        let c = Config::from_toml("", Path::new("/etc/tenantry")).unwrap();
+        assert_eq!(c.tasks, TasksTable::default());
+        let s = c.tasks.store_settings(Duration::from_secs(5));
+        assert_eq!(s.fence_ttl, Duration::from_secs(60));
+        assert_eq!(s.row_ttl, Duration::from_secs(604_800));
+        assert_eq!(s.await_poll, Duration::from_millis(500));
+        assert_eq!(s.max_wait, Duration::from_secs(4));
+        assert_eq!(s.default_max_attempts, 3);
+        assert_eq!(
+            c.tasks.runner_settings().cleanup_every,
+            Duration::from_secs(3600)
+        );
+        // Waits stay below the call's wall-clock bound.
+        let short = c.tasks.store_settings(Duration::from_secs(2));
+        assert_eq!(short.max_wait, Duration::from_millis(1750));
+
+        let c = Config::from_toml(
+            "[tasks]\nfence_ttl_ms = 1500\npoll_ms = 50\nbatch = 4\nmax_attempts = 5\nrow_ttl_s = 60\n",
+            Path::new("/etc/tenantry"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tasks.store_settings(Duration::from_secs(5)).fence_ttl,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(c.tasks.runner_settings().batch, 4);
+        for bad in [
+            "fence_ttl_ms = 10",
+            "poll_ms = 0",
+            "batch = 0",
+            "max_attempts = 0",
+            "max_attempts = 101",
+            "retry_base_ms = 10\nretry_max_ms = 5",
+            "max_input_kb = 0",
+            "row_ttl_s = 0",
+            "cleanup_interval_ms = 10",
+            "nonsense = 1",
+        ] {
+            assert!(
+                Config::from_toml(&format!("[tasks]\n{bad}\n"), Path::new("/etc/tenantry"))
+                    .is_err(),
+                "{bad}"
+            );
+        }
+    }
+}
