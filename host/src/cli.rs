@@ -214,9 +214,22 @@ fn run_admin(cmd: AdminCommand) -> ExitCode {
 /// path, request id) or anything else for text.
 pub const LOG_FORMAT_ENV: &str = "TENANTRY_LOG_FORMAT";
 
+/// Added to `RUST_LOG` unless it names `tokio_postgres`: tokio-postgres
+/// logs every server notice at `info` (the `ROLLBACK` of each tenant SQL
+/// connection's reset, "already exists, skipping" at every start, a
+/// tenant's own `RAISE NOTICE`), which would flood the host's log.
+const QUIET_POSTGRES_NOTICES: &str = "tokio_postgres::connection=warn";
+
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let spec = if spec.contains("tokio_postgres") {
+        spec
+    } else {
+        format!("{spec},{QUIET_POSTGRES_NOTICES}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("info,{QUIET_POSTGRES_NOTICES}"))
+    });
     let json = std::env::var(LOG_FORMAT_ENV).is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 
 use crate::backend::postgres::jobs::{FailOutcome, Job, JobStore};
 use crate::backend::postgres::schedules::ScheduleStore;
-use crate::runtime::Plugin;
+use crate::quota::TenantQuota;
+use crate::runtime::{CallError, Plugin};
 use crate::tenant::{Registry, TenantId};
 
 /// How this host runs jobs (the `[jobs]` table).
@@ -49,6 +50,17 @@ impl Default for JobRunnerSettings {
             schedule_poll: Duration::from_millis(250),
         }
     }
+}
+
+/// How many jobs `tenant` may start now on this host: at most `batch`,
+/// at most half its plan's `max_concurrent_calls` (jobs share the call
+/// slots with its RPCs and hooks, which keep the other half), and no more
+/// than the slots free now.
+fn job_slots(batch: usize, quota: &TenantQuota) -> usize {
+    let max = quota.plan().max_concurrent_calls;
+    let free = max.saturating_sub(quota.calls());
+    let half = (max / 2).max(1);
+    batch.min(usize::try_from(half.min(free)).unwrap_or(usize::MAX))
 }
 
 /// This host's job runner and scheduler. Share it as `Arc<JobRunner>`.
@@ -121,18 +133,19 @@ impl JobRunner {
         let queues = plugin.job_queues();
         let s = &self.settings;
         loop {
-            let jobs = match self
-                .store
-                .claim(tenant, &queues, s.batch, s.visibility)
-                .await
-            {
+            let batch = job_slots(s.batch, &plugin.scope().quota);
+            if batch == 0 {
+                // The tenant's calls fill its plan; the next poll tries again.
+                return;
+            }
+            let jobs = match self.store.claim(tenant, &queues, batch, s.visibility).await {
                 Ok(j) => j,
                 Err(e) => {
                     tracing::warn!(%tenant, error = %e, "jobs not claimed");
                     return;
                 }
             };
-            let full = jobs.len() >= s.batch;
+            let full = jobs.len() >= batch;
             futures_util::future::join_all(jobs.iter().map(|j| self.run(tenant, plugin, j))).await;
             if !full {
                 return;
@@ -144,6 +157,11 @@ impl JobRunner {
     async fn run(&self, tenant: &TenantId, plugin: &Plugin, job: &Job) {
         let outcome = plugin.on_job(job).await;
         let settled = match &outcome {
+            Err(CallError::Overloaded) => {
+                // Not run (the tenant's calls filled its plan meanwhile):
+                // not an attempt.
+                self.store.release(tenant, job).await.map(|_| ())
+            }
             Ok(()) => self.store.complete(tenant, job).await.map(|done| {
                 if !done {
                     tracing::warn!(%tenant, job = job.id, attempt = job.attempt, "job finished after its claim expired; a newer attempt owns it");

@@ -401,7 +401,14 @@ async fn compile_failures_and_the_compile_budget_are_reported() {
         (422, Some("compile_timeout")),
         "{e}"
     );
-    // Cut in half: a component header, then garbage for the compiler.
+    let t = ok(&h, "GET", "/admin/tenants/budget", b"").await;
+    assert_eq!(t["versions"], 0, "rejected uploads change nothing");
+
+    // Cut in half: a component header, then garbage for the compiler. On a
+    // host with the default budget (parsing half a component can take more
+    // than 1 ms on a loaded machine, which would report the budget instead).
+    let h = host_with("");
+    ok(&h, "POST", "/admin/tenants", br#"{"id":"budget"}"#).await;
     let wasm = fixture_wasm();
     let (s, e) = err(
         &h,

@@ -115,7 +115,10 @@ impl Drop for Pg {
 /// slow job's 4 s of `pg_sleep`.
 fn tenants(ids: &[&str]) -> Vec<TenantSpec> {
     ids.iter()
-        .map(|id| TenantSpec::new(id, "fixture").limits("sql_statement_timeout_ms = 10000"))
+        .map(|id| {
+            TenantSpec::new(id, "fixture")
+                .limits("sql_statement_timeout_ms = 10000\nsql_max_connections = 40")
+        })
         .collect()
 }
 
@@ -196,7 +199,6 @@ async fn jobs_in(h: &HostProcess, tenant: &str, state: &str) -> Vec<Value> {
 }
 
 #[tokio::test]
-#[ignore = "known failure, see the issue 6 note: every job is recorded once, but some first attempts fail before recording and run again as attempt 2"]
 async fn jobs_enqueued_on_one_host_run_exactly_once_across_two() {
     let pg = Pg::new();
     let a = host(&pg, &["shop"], 30_000);
@@ -352,7 +354,6 @@ async fn failing_jobs_go_dead_are_listed_and_retried_and_flaky_ones_succeed_on_r
 }
 
 #[tokio::test]
-#[ignore = "known failure, see the issue 6 note: the job of a killed host is not re-run within 15 s"]
 async fn a_job_whose_host_dies_mid_run_runs_again_after_the_visibility_timeout() {
     let pg = Pg::new();
     let mut a = host(&pg, &["shop"], 2_000);

@@ -31,9 +31,6 @@ pub struct Scope {
     pub backends: Backends,
     /// The tenant's plan and quota state (publish rate, KV quota, log rate, CPU slots).
     pub quota: Arc<TenantQuota>,
-    /// The task names this plugin version runs (its `accepts-tasks` at
-    /// load; empty without the hook): the `tasks` import starts only these.
-    pub task_names: parking_lot::RwLock<Vec<String>>,
 }
 
 /// Store data for one call.
@@ -108,7 +105,8 @@ impl wasmtime::ResourceLimiterAsync for HostState {
         use wasmtime::ResourceLimiter;
         let granted = self.limiter.memory_growing(current, desired, maximum)?;
         if granted && current > 0 && desired.saturating_sub(current) >= GROWTH_YIELD_BYTES {
-            self.cpu.pause();
+            // Not a wait: the slot stays with the call.
+            let _ = self.cpu.charge();
             tokio::task::yield_now().await;
             self.cpu.resume();
         }
@@ -216,12 +214,11 @@ impl CpuBudget {
     }
 
     /// The guest is about to wait for a host import: account its running
-    /// time so far and give back its CPU slot, if it holds one (a call
-    /// waiting for SQL, a lock or a task does not use a CPU: holding the
-    /// slot would stall the tenant's other long calls for the whole wait;
-    /// the guest takes a slot again at its next yield). Call
+    /// time so far and give back its CPU slot, if it holds one (waiting is
+    /// not running: the tenant's other long calls go on meanwhile; a call
+    /// waiting seconds on SQL or a lock must not stall them). Call
     /// [`CpuBudget::resume`] when the wait is over; the time in between is
-    /// not charged.
+    /// not charged, and the call takes a slot again at its next yield.
     pub fn pause(&mut self) {
         // A spent budget is acted on at the next epoch tick.
         let _ = self.charge();
@@ -287,26 +284,6 @@ fn duration_nanos(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_call_waiting_on_a_host_import_gives_its_cpu_slot_back() {
-        let slots = Arc::new(Semaphore::new(1));
-        let mut cpu = CpuBudget::new(Duration::from_millis(20), Arc::clone(&slots));
-        // A long call yields and takes the tenant's only slot.
-        cpu.yield_future().await;
-        assert_eq!(slots.available_permits(), 0);
-        cpu.pause();
-        assert_eq!(slots.available_permits(), 1, "free while it waits");
-        cpu.resume();
-        cpu.yield_future().await;
-        assert_eq!(
-            slots.available_permits(),
-            0,
-            "taken again at its next yield"
-        );
-        cpu.release_slot();
-        assert_eq!(slots.available_permits(), 1);
-    }
-
     #[test]
     fn time_waiting_on_host_imports_is_not_charged() {
         let mut cpu = CpuBudget::new(Duration::from_millis(20), Arc::new(Semaphore::new(1)));
@@ -319,5 +296,27 @@ mod tests {
             cpu.charge(),
             "30 ms of running did not spend a 20 ms budget"
         );
+    }
+
+    #[tokio::test]
+    async fn a_call_waiting_on_a_host_import_gives_back_its_cpu_slot() {
+        let slots = Arc::new(Semaphore::new(1));
+        let mut cpu = CpuBudget::new(Duration::from_secs(1), Arc::clone(&slots));
+        // A long call yields and holds the tenant's only slot.
+        cpu.yield_future().await;
+        assert_eq!(slots.available_permits(), 0);
+        // Waiting on an import, it does not.
+        cpu.pause();
+        assert_eq!(
+            slots.available_permits(),
+            1,
+            "the slot was kept while waiting"
+        );
+        cpu.resume();
+        // Its next yield takes one again.
+        cpu.yield_future().await;
+        assert_eq!(slots.available_permits(), 0);
+        cpu.release_slot();
+        assert_eq!(slots.available_permits(), 1);
     }
 }

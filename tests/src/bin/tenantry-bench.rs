@@ -11,6 +11,7 @@
 //! target/release/tenantry-bench idle    --conns 10000
 //! target/release/tenantry-bench noisy   --seconds 5
 //! target/release/tenantry-bench sql     --conns 4 --seconds 5
+//! target/release/tenantry-bench jobs    --jobs 2000 --conns 4
 //! ```
 //!
 //! `noisy` is the noisy-neighbour benchmark: one host, two tenants. Tenant
@@ -144,6 +145,21 @@ enum Mode {
         #[arg(long, default_value = "postgres://root@127.0.0.1:5432/test")]
         postgres: String,
     },
+    /// The job queue on the real PostgreSQL: `conns` connections enqueue
+    /// `jobs` jobs (`fixture/enqueue` on queue `bench`) in closed loops
+    /// while the host runs them (`on-job` publishes each payload on topic
+    /// `jobs:done`, which one subscriber watches). Reports enqueues/s, jobs
+    /// run per second, enqueue → done latency p50/p99, lost jobs and host
+    /// CPU per job.
+    Jobs {
+        #[arg(long, default_value_t = 2000)]
+        jobs: u64,
+        #[arg(long, default_value_t = 4)]
+        conns: usize,
+        /// PostgreSQL URL (a superuser).
+        #[arg(long, default_value = "postgres://root@127.0.0.1:5432/test")]
+        postgres: String,
+    },
     /// Open N idle connections and report the host's RSS per connection.
     Idle {
         #[arg(long, default_value_t = 10_000)]
@@ -241,7 +257,9 @@ fn main() -> Result<()> {
             "\n[redis]\nurl = {url:?}\nnamespace = \"bench-presence-{}\"\n",
             std::process::id()
         ),
-        Mode::Sql { postgres, .. } | Mode::Notify { postgres, .. } => format!(
+        Mode::Sql { postgres, .. }
+        | Mode::Notify { postgres, .. }
+        | Mode::Jobs { postgres, .. } => format!(
             "\n[postgres]\nurl = {postgres:?}\nregistry_schema = \"bench_sql_{0}\"\ntenant_prefix = \"bench{0}\"\n",
             std::process::id()
         ),
@@ -266,6 +284,16 @@ fn main() -> Result<()> {
                 postgres,
             } => {
                 let result = notify_bench(&host, &postgres, subs, rate, seconds).await;
+                drop(host);
+                drop_bench_sql(&postgres).await?;
+                result
+            }
+            Mode::Jobs {
+                jobs,
+                conns,
+                postgres,
+            } => {
+                let result = jobs_bench(&host, jobs, conns).await;
                 drop(host);
                 drop_bench_sql(&postgres).await?;
                 result
@@ -603,8 +631,138 @@ async fn drop_bench_sql(url: &str) -> Result<()> {
             .await?;
     }
     client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS bench_sql_{pid} CASCADE"))
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS bench_sql_{pid} CASCADE; DROP SCHEMA IF EXISTS bench{pid}_host CASCADE"
+        ))
         .await?;
+    Ok(())
+}
+
+async fn jobs_bench(host: &HostProcess, jobs: u64, conns: usize) -> Result<()> {
+    use std::collections::HashMap;
+    let url = host.url("/t/bench/ws");
+    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let done = Arc::new(AtomicU64::new(0));
+    let mut watcher = open(&url).await?;
+    watcher
+        .send(Message::text(
+            r#"{"type":"subscribe","topic":"jobs:done","ref":1}"#,
+        ))
+        .await?;
+    loop {
+        match watcher.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().contains("subscribed") => break,
+            Some(Ok(_)) => continue,
+            other => bail!("subscribe failed: {other:?}"),
+        }
+    }
+    let last_done = Arc::new(Mutex::new(Instant::now()));
+    let reader = {
+        let (sent, latencies, done, last_done) = (
+            Arc::clone(&sent),
+            Arc::clone(&latencies),
+            Arc::clone(&done),
+            Arc::clone(&last_done),
+        );
+        tokio::spawn(async move {
+            while let Some(Ok(Message::Text(t))) = watcher.next().await {
+                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                    continue;
+                };
+                if v["topic"] != "jobs:done" {
+                    continue;
+                }
+                let Some(n) = v["data"]["n"].as_u64() else {
+                    continue;
+                };
+                done.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut l) = last_done.lock() {
+                    *l = Instant::now();
+                }
+                if let Some(at) = sent.lock().ok().and_then(|m| m.get(&n).copied()) {
+                    let us = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    if let Ok(mut l) = latencies.lock() {
+                        l.push(us);
+                    }
+                }
+            }
+        })
+    };
+    let conns = conns.max(1);
+    let mut sockets = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        sockets.push(open(&url).await?);
+    }
+    let failed = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_micros(host.pid())?;
+    let t0 = Instant::now();
+    let mut enqueuers = Vec::new();
+    for (k, mut ws) in sockets.into_iter().enumerate() {
+        let (sent, failed) = (Arc::clone(&sent), Arc::clone(&failed));
+        enqueuers.push(tokio::spawn(async move {
+            let mut n = k as u64;
+            while n < jobs {
+                if let Ok(mut m) = sent.lock() {
+                    m.insert(n, Instant::now());
+                }
+                let frame = format!(
+                    r#"{{"rpc":"fixture/enqueue","id":"{n}","args":["bench",{{"n":{n}}}]}}"#
+                );
+                if ws.send(Message::text(frame)).await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return ws;
+                }
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.as_str().contains(r#""id":""#) => {
+                            if !t.as_str().contains(r#""ok":true"#) {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            break;
+                        }
+                        Some(Ok(_)) => continue,
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            return ws;
+                        }
+                    }
+                }
+                n += conns as u64;
+            }
+            ws
+        }));
+    }
+    for e in enqueuers {
+        let _ = e.await;
+    }
+    let enqueue_s = t0.elapsed().as_secs_f64();
+    let wait_until = Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::Relaxed) < jobs && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = cpu_micros(host.pid())? - cpu0;
+    reader.abort();
+    let run_s = last_done
+        .lock()
+        .map(|l| l.duration_since(t0).as_secs_f64())
+        .unwrap_or(0.0);
+    let ran = done.load(Ordering::Relaxed);
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    println!(
+        "{}",
+        json!({
+            "mode": "jobs", "jobs": jobs, "connections": conns,
+            "enqueue_failed": failed.load(Ordering::Relaxed),
+            "enqueues_per_s": (jobs as f64 / enqueue_s).round(),
+            "ran": ran, "lost": jobs.saturating_sub(ran),
+            "jobs_per_s": (ran as f64 / run_s.max(1e-9)).round(),
+            "p50_us": percentile(&lat, 0.50), "p99_us": percentile(&lat, 0.99),
+            "max_us": lat.last().copied().unwrap_or(0),
+            "host_cpu_us_per_job": (cpu as f64 / (jobs.max(1)) as f64 * 100.0).round() / 100.0,
+        })
+    );
     Ok(())
 }
 

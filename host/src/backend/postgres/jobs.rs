@@ -620,6 +620,33 @@ impl JobStore {
         })
     }
 
+    /// Give back the claim of attempt `job.attempt` of `job` without
+    /// counting it: the job did not run (the tenant was at its concurrent
+    /// call limit), so it is queued again, due at once, with its attempt
+    /// count as before the claim. `false` if the claim was no longer this
+    /// runner's.
+    pub async fn release(&self, tenant: &TenantId, job: &Job) -> Result<bool, BackendError> {
+        let schema = self.tables.schema();
+        let attempt = i32::try_from(job.attempt).unwrap_or(i32::MAX);
+        let n = self
+            .bounded(async {
+                let client = self.client(tenant).await?;
+                client
+                    .execute(
+                        &format!(
+                            "UPDATE {schema}.jobs SET state = 'queued', attempts = attempts - 1, \
+                                locked_until = NULL, run_at = now() \
+                             WHERE tenant = $1 AND id = $2 AND attempts = $3 AND state = 'running'"
+                        ),
+                        &[&tenant.as_str(), &job.id, &attempt],
+                    )
+                    .await
+                    .map_err(|e| unavailable("release", &e))
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
     /// Extend the claim of attempt `job.attempt` to `visibility` from now.
     /// `false` if the claim was no longer this runner's.
     pub async fn extend(

@@ -481,7 +481,7 @@ impl TenantSql {
             .map_err(|_| SqlFailure::unavailable("every SQL connection of this host is busy"))?
             .map_err(|_| SqlFailure::unavailable("SQL is shutting down"))?;
         let deadline = tokio::time::Instant::now() + limits.timeout + CANCEL_GRACE;
-        let client = pool.get().await.map_err(|e| pool_failure(&e))?;
+        let client = checkout(&pool, tokio::time::Instant::now() + CHECKOUT_TIMEOUT).await?;
         let cancel = client.cancel_token();
         let work = execute(&client, statements, atomic, limits);
         match tokio::time::timeout_at(deadline, work).await {
@@ -525,6 +525,37 @@ async fn reset(client: Object) {
         }
     }
 }
+
+/// A connection of `pool`. The role's `CONNECTION LIMIT` counts the
+/// tenant's connections on every host, so a new connection may be refused
+/// (`53300`) while another host holds them; that is waited out (retrying
+/// every [`CONNECTION_RETRY`]) until `deadline`, like a full pool.
+async fn checkout(pool: &Pool, deadline: tokio::time::Instant) -> Result<Object, SqlFailure> {
+    loop {
+        match pool.get().await {
+            Ok(client) => return Ok(client),
+            Err(PoolError::Backend(e))
+                if e.as_db_error().map(|d| d.code().code()) == Some("53300")
+                    && tokio::time::Instant::now() + CONNECTION_RETRY < deadline =>
+            {
+                tokio::time::sleep(CONNECTION_RETRY).await;
+            }
+            Err(PoolError::Backend(e))
+                if e.as_db_error().map(|d| d.code().code()) == Some("53300") =>
+            {
+                return Err(SqlFailure::unavailable(format!(
+                    "every SQL connection of this tenant is in use across the fleet \
+                     (sql_max_connections): {}",
+                    describe(&e)
+                )));
+            }
+            Err(e) => return Err(pool_failure(&e)),
+        }
+    }
+}
+
+/// How often a checkout refused by the role's connection limit tries again.
+const CONNECTION_RETRY: Duration = Duration::from_millis(25);
 
 fn pool_failure(e: &PoolError) -> SqlFailure {
     match e {
