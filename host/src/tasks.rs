@@ -6,9 +6,9 @@
 //! plugin runs tasks (its `accepts-tasks` answer, probed at load), the
 //! runner claims as many due tasks as the tenant has room for on this
 //! host: at most [`TaskRunnerSettings::batch`] of its tasks run here at
-//! once, and never more than its plan's free concurrent calls (keeping one
-//! for its RPCs when the plan allows more than one), so a claim is not
-//! refused `OVERLOADED` by the sandbox. Due means pending (new, or after
+//! once, at most half its plan's `max_concurrent_calls` (the other half
+//! stays for its RPCs, as for jobs), and never more than its free calls,
+//! so a claim is rarely refused `OVERLOADED` by the sandbox. Due means pending (new, or after
 //! its backoff), or running with an expired lock: the **takeover** of a
 //! task whose runner died. One claim per tenant runs at a time; each
 //! claimed task then runs on its own.
@@ -89,6 +89,17 @@ impl Drop for Running<'_> {
     }
 }
 
+/// How many more tasks of a tenant this host may start now, with `running`
+/// of them running here: at most `batch` in all, at most half the plan's
+/// `max_concurrent_calls` (tasks share the call slots with the tenant's
+/// RPCs and hooks, which keep the other half, as for jobs), and no more
+/// than the calls free now (`max_calls - calls`).
+fn task_room(batch: usize, running: usize, max_calls: u64, calls: u64) -> usize {
+    let half = usize::try_from((max_calls / 2).max(1)).unwrap_or(usize::MAX);
+    let free = usize::try_from(max_calls.saturating_sub(calls)).unwrap_or(usize::MAX);
+    batch.min(half).saturating_sub(running).min(free)
+}
+
 /// This process's name on the tasks it claims: `hostname/pid`.
 pub fn owner_name() -> String {
     let host = std::env::var("HOSTNAME")
@@ -114,9 +125,9 @@ impl TaskRunner {
         })
     }
 
-    /// `tenant`'s active plugin, if it runs tasks, and how many more
-    /// calls its plan lets the runner make now.
-    fn runner_of(&self, tenant: &TenantId) -> Option<(Arc<Plugin>, usize)> {
+    /// `tenant`'s active plugin, if it runs tasks, and its plan's
+    /// `max_concurrent_calls` and calls running now.
+    fn runner_of(&self, tenant: &TenantId) -> Option<(Arc<Plugin>, u64, u64)> {
         let t = self.registry.get(tenant)?;
         if t.is_suspended() {
             return None;
@@ -125,10 +136,7 @@ impl TaskRunner {
             .deployment()
             .active
             .filter(|p| !p.task_names().is_empty())?;
-        let max = t.quota.plan().max_concurrent_calls;
-        let reserve = u64::from(max > 1);
-        let free = max.saturating_sub(t.quota.calls()).saturating_sub(reserve);
-        Some((plugin, usize::try_from(free).unwrap_or(usize::MAX)))
+        Some((plugin, t.quota.plan().max_concurrent_calls, t.quota.calls()))
     }
 
     /// Start a claim for every tenant with room for more tasks and none
@@ -142,13 +150,13 @@ impl TaskRunner {
                 .retain(|t, s| s.running > 0 || s.claiming || known.contains(t));
         }
         for tenant in ids {
-            let Some((plugin, free)) = self.runner_of(&tenant) else {
+            let Some((plugin, max_calls, calls)) = self.runner_of(&tenant) else {
                 continue;
             };
             let room = {
                 let mut slots = self.slots.lock();
                 let s = slots.entry(tenant.clone()).or_default();
-                let room = self.settings.batch.saturating_sub(s.running).min(free);
+                let room = task_room(self.settings.batch, s.running, max_calls, calls);
                 if s.claiming || room == 0 {
                     continue;
                 }
@@ -467,6 +475,23 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn tasks_take_at_most_half_the_plans_calls_and_only_free_ones() {
+        // The free plan's 8 calls: 4 tasks at most, fewer when calls run.
+        assert_eq!(task_room(16, 0, 8, 0), 4);
+        assert_eq!(task_room(16, 3, 8, 3), 1);
+        assert_eq!(task_room(16, 4, 8, 4), 0);
+        assert_eq!(task_room(16, 0, 8, 7), 1, "only free calls");
+        assert_eq!(task_room(16, 0, 8, 9), 0);
+        assert_eq!(
+            task_room(16, 0, 1, 0),
+            1,
+            "a plan of one call still runs tasks"
+        );
+        assert_eq!(task_room(2, 0, 32, 0), 2, "the batch bounds it");
+        assert_eq!(task_room(16, 10, 32, 10), 6);
+    }
 
     #[test]
     fn the_tasks_table_has_the_seed_defaults_and_is_checked() {

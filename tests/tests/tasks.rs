@@ -289,8 +289,9 @@ async fn one_key_is_one_task_run_once_and_both_hosts_get_its_result() {
     );
     assert_eq!(runs_of(&runs(&mut on_a).await, &id), [(1, 1)], "ran once");
 
-    // 40 tasks at once (more than the plan's 8 concurrent calls): each runs
-    // once, on its first attempt (a busy tenant is no failed attempt).
+    // 40 tasks at once (more than two hosts run at once: half the starter
+    // plan's 32 calls each): each runs once, on its first attempt (a busy
+    // tenant is no failed attempt).
     let started = Instant::now();
     let mut ids = Vec::new();
     for n in 0..40 {
