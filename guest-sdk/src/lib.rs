@@ -139,6 +139,7 @@ pub mod replay;
 mod router;
 pub mod schedule;
 pub mod sql;
+pub mod tasks;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 

@@ -9,6 +9,7 @@ use crate::bindings::exports::tenantry::plugin::handler::Guest;
 use crate::bindings::exports::tenantry::plugin::job_events as wit_jobs;
 use crate::bindings::exports::tenantry::plugin::notify_events as wit_notify;
 use crate::bindings::exports::tenantry::plugin::presence_events as wit_presence;
+use crate::bindings::exports::tenantry::plugin::task_events as wit_tasks;
 use crate::bindings::tenantry::plugin::types as wit;
 use crate::ctx::{ConnectRequest, Ctx, User};
 use crate::error::{LiveError, ValidationIssue};
@@ -16,6 +17,7 @@ use crate::jobs::Job;
 use crate::notify::Publication;
 use crate::presence::PresenceEvent;
 use crate::router::Router;
+use crate::tasks::Task;
 
 /// A Tenantry plugin: its handlers and its two hooks.
 ///
@@ -83,6 +85,25 @@ pub trait Plugin {
         Err(LiveError::not_found(format!(
             "no handler for jobs of queue {}",
             job.queue
+        )))
+    }
+
+    /// The task names the host gives to [`Plugin::on_task`] (see
+    /// [`crate::tasks`]); only these can be started. Default: none.
+    const TASKS: &'static [&'static str] = &[];
+
+    /// Run one attempt of a task named in [`Plugin::TASKS`], in a fresh
+    /// sandbox under the same limits as a call, with no connection. `Ok`
+    /// commits the result (unless the task was taken over meanwhile); an
+    /// error (or a trap or timeout) fails this attempt, and it is retried
+    /// with backoff until it has had its attempts. A task whose host died
+    /// runs again elsewhere: make it idempotent.
+    ///
+    /// The default fails every task with `NOT_FOUND`.
+    fn on_task(task: &Task) -> Result<serde_json::Value, LiveError> {
+        Err(LiveError::not_found(format!(
+            "no handler for tasks named {}",
+            task.name
         )))
     }
 
@@ -248,6 +269,28 @@ impl<P: Plugin + 'static> wit_jobs::Guest for Adapter<P> {
             enqueued_at_ms: job.enqueued_at_ms,
         };
         P::on_job(&job).map_err(error_to_wit)
+    }
+}
+
+impl<P: Plugin + 'static> wit_tasks::Guest for Adapter<P> {
+    fn accepts_tasks() -> Vec<String> {
+        P::TASKS.iter().map(|t| (*t).to_owned()).collect()
+    }
+
+    fn on_task(task: wit_tasks::Task) -> Result<String, wit::LiveError> {
+        let task = Task {
+            id: task.id,
+            name: task.name,
+            idempotency_key: task.idempotency_key,
+            input_json: task.input,
+            attempt: task.attempt,
+            max_attempts: task.max_attempts,
+            fence: task.fence,
+            request_id: task.request_id,
+        };
+        P::on_task(&task)
+            .map(|v| v.to_string())
+            .map_err(error_to_wit)
     }
 }
 

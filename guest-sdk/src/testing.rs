@@ -65,6 +65,14 @@ pub fn reset() {
     crate::jobs::imp::JOBS.with_borrow_mut(|s| *s = Default::default());
     crate::schedule::imp::SCHEDULES.with_borrow_mut(std::collections::BTreeMap::clear);
     crate::notify::imp::NOTIFY.with_borrow_mut(|s| *s = Default::default());
+    crate::tasks::imp::TASKS.with_borrow_mut(|s| *s = Default::default());
+}
+
+/// Settle task `id` of this thread's stand-in ([`crate::tasks`]):
+/// committed with `Ok(result JSON)`, or failed with `Err(error)`. `false`
+/// if there is no such task.
+pub fn settle_task(id: &str, outcome: Result<String, String>) -> bool {
+    crate::tasks::imp::settle(id, outcome)
 }
 
 /// Take (and clear) the jobs enqueued so far on this thread through

@@ -293,6 +293,15 @@ pub async fn serve_config(
         .clone()
         .map(crate::backend::postgres::schedules::ScheduleStore::new);
     let job_stores = backends.jobs.clone().zip(backends.schedules.clone());
+    backends.tasks = backends.host_tables.clone().map(|tables| {
+        crate::backend::postgres::tasks::TaskStore::new(
+            tables,
+            config
+                .tasks
+                .store_settings(config.limits.call_wall_timeout()),
+        )
+    });
+    let task_store = backends.tasks.clone();
     durable_stores(&config, &mut backends)?;
     let purgeable = backends.clone();
     let purgeable_breakers = backends.breakers.clone();
@@ -456,6 +465,15 @@ pub async fn serve_config(
         .spawn(),
         None => Vec::new(),
     };
+    let task_tasks = match task_store {
+        Some(store) => crate::tasks::TaskRunner::new(
+            store,
+            Arc::clone(&registry),
+            config.tasks.runner_settings(),
+        )
+        .spawn(),
+        None => Vec::new(),
+    };
     let notify_bridge = notify_bridge(&config, notify_sql, &registry);
     let group_maintenance = {
         let registry = Arc::clone(&registry);
@@ -498,6 +516,9 @@ pub async fn serve_config(
     group_maintenance.abort();
     presence_event_delivery.abort();
     for task in job_tasks {
+        task.abort();
+    }
+    for task in task_tasks {
         task.abort();
     }
     if let Some((bridge, task)) = notify_bridge {

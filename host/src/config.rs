@@ -776,6 +776,8 @@ pub struct Config {
     pub groups: GroupsTable,
     /// The job queue and scheduler (the `[jobs]` table).
     pub jobs: JobsTable,
+    /// The task runner (the `[tasks]` table; with `[postgres]`).
+    pub tasks: crate::tasks::TasksTable,
     /// Metric names and label bounds (the `[metrics]` table).
     pub metrics: crate::metrics::MetricsSettings,
     /// The LISTEN/NOTIFY bridge (the `[notify]` table; with `[postgres]`).
@@ -812,6 +814,7 @@ impl Default for Config {
                 presence: PresenceTable::default(),
                 groups: GroupsTable::default(),
                 jobs: JobsTable::default(),
+                tasks: crate::tasks::TasksTable::default(),
                 metrics: crate::metrics::MetricsSettings::default(),
                 notify: crate::notify::NotifyTable::default(),
                 limits: Limits::default(),
@@ -849,6 +852,8 @@ struct FileConfig {
     groups: GroupsTable,
     #[serde(default)]
     jobs: JobsTable,
+    #[serde(default)]
+    tasks: crate::tasks::TasksTable,
     #[serde(default)]
     metrics: crate::metrics::MetricsSettings,
     #[serde(default)]
@@ -944,6 +949,7 @@ impl Config {
         file.presence.validate()?;
         file.groups.validate()?;
         file.jobs.validate()?;
+        file.tasks.validate().map_err(ConfigError::Invalid)?;
         file.notify.validate().map_err(ConfigError::Invalid)?;
         file.metrics.validate().map_err(ConfigError::Invalid)?;
         if let Some(r) = &file.redis {
@@ -1147,6 +1153,7 @@ impl Config {
             presence: file.presence,
             groups: file.groups,
             jobs: file.jobs,
+            tasks: file.tasks,
             metrics: file.metrics,
             notify: file.notify,
             limits: file.limits,

@@ -45,5 +45,6 @@ pub mod protocol;
 pub mod quota;
 pub mod runtime;
 pub mod server;
+pub mod tasks;
 pub mod tenant;
 pub mod usage;

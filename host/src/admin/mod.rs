@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod error;
+mod tasks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -94,6 +95,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/tenants/{id}/usage", get(usage))
         .route("/admin/tenants/{id}/jobs", get(list_jobs))
         .route("/admin/tenants/{id}/jobs/{job}/retry", post(retry_job))
+        .route("/admin/tenants/{id}/tasks", get(tasks::list_tasks))
+        .route("/admin/tenants/{id}/tasks/counts", get(tasks::task_counts))
+        .route("/admin/tenants/{id}/tasks/{task}", get(tasks::get_task))
+        .route(
+            "/admin/tenants/{id}/tasks/{task}/takeover",
+            post(tasks::takeover_task),
+        )
         .route("/admin/tenants/{id}/suspend", post(suspend))
         .route("/admin/tenants/{id}/resume", post(resume))
         .route("/admin/tenants/{id}/keys", post(create_key).get(list_keys))

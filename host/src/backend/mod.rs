@@ -178,6 +178,9 @@ pub struct Backends {
     /// Recurring jobs (`[postgres]`; the `schedule` import and the
     /// scheduler); `None` without Postgres.
     pub schedules: Option<Arc<postgres::schedules::ScheduleStore>>,
+    /// The task runner's store (`[postgres]`; the `tasks` import and the
+    /// runner); `None` without Postgres.
+    pub tasks: Option<Arc<postgres::tasks::TaskStore>>,
 }
 
 impl Backends {
@@ -248,6 +251,10 @@ impl Backends {
                 Some(s) => s.purge_tenant(tenant).await.map_err(|e| ("schedules", e))?,
                 None => 0,
             },
+            tasks: match &self.tasks {
+                Some(t) => t.purge_tenant(tenant).await.map_err(|e| ("tasks", e))?,
+                None => 0,
+            },
             sql_schema: match &self.sql {
                 Some(sql) => sql
                     .drop_tenant(tenant)
@@ -288,4 +295,6 @@ pub struct PurgeReport {
     pub jobs: u64,
     /// Schedules.
     pub schedules: u64,
+    /// Tasks (every state).
+    pub tasks: u64,
 }

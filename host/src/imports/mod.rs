@@ -15,6 +15,7 @@ mod pubsub;
 mod ratelimit;
 mod replay;
 mod sql;
+mod tasks;
 
 pub use log::{LogLevel, emit_plugin_log};
 pub(crate) use pubsub::publish_as;

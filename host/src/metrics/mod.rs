@@ -209,6 +209,7 @@ pub struct Metrics {
     cursor_throttled: IntCounterVec,
     jobs: IntCounterVec,
     job_claim: HistogramVec,
+    tasks: IntCounterVec,
     notify_received: IntCounterVec,
     notify_parse_errors: IntCounterVec,
     notify_reconnects: IntCounter,
@@ -485,6 +486,11 @@ impl Metrics {
                 "Time of one job claim (checkout, expiry sweep, claim query).",
                 &[],
                 &LATENCY_BUCKETS,
+            )?,
+            tasks: f.counters(
+                "tasks_total",
+                "Task runner events: created, committed, retried (an attempt failed), failed (out of attempts), taken_over, fenced_out, released.",
+                &["tenant", "event"],
             )?,
             notify_received: f.counters(
                 "notify_received_total",
@@ -915,6 +921,42 @@ pub fn job(tenant: &TenantId, event: JobEvent) {
 pub fn job_claim(elapsed: Duration) {
     if let Some(m) = get() {
         m.observe(&m.job_claim, "job_claim", &[], elapsed.as_secs_f64());
+    }
+}
+
+/// What happened to a task, for [`task`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskEvent {
+    /// A task was created (a start with a new key).
+    Created,
+    /// A task committed its result.
+    Committed,
+    /// An attempt failed; the task will run again.
+    Retried,
+    /// A task failed (out of attempts).
+    Failed,
+    /// A claim took a task over from a runner whose lock expired.
+    TakenOver,
+    /// A runner lost its task to a newer claim (its run was cut off or its
+    /// result discarded).
+    FencedOut,
+    /// A claim was given back without an attempt (the tenant was busy).
+    Released,
+}
+
+/// Count a task event of `tenant`.
+pub fn task(tenant: &TenantId, event: TaskEvent) {
+    if let Some(m) = get() {
+        let name = match event {
+            TaskEvent::Created => "created",
+            TaskEvent::Committed => "committed",
+            TaskEvent::Retried => "retried",
+            TaskEvent::Failed => "failed",
+            TaskEvent::TakenOver => "taken_over",
+            TaskEvent::FencedOut => "fenced_out",
+            TaskEvent::Released => "released",
+        };
+        m.inc(&m.tasks, "tasks", &[m.tenant(tenant), name], 1);
     }
 }
 

@@ -36,6 +36,7 @@ pub mod optional {
             "tenantry:plugin/jobs": super::tenantry::plugin::jobs,
             "tenantry:plugin/schedule": super::tenantry::plugin::schedule,
             "tenantry:plugin/notify": super::tenantry::plugin::notify,
+            "tenantry:plugin/tasks": super::tenantry::plugin::tasks,
         },
     });
 }

@@ -13,6 +13,7 @@ mod engine;
 mod limiter;
 mod stdio;
 mod store;
+mod tasks;
 pub mod types;
 mod validate;
 
@@ -30,6 +31,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use bindings::optional::exports::tenantry::plugin::job_events as wit_job_events;
 use bindings::optional::exports::tenantry::plugin::notify_events as wit_notify_events;
 use bindings::optional::exports::tenantry::plugin::presence_events as wit_presence_events;
+use bindings::optional::exports::tenantry::plugin::task_events as wit_task_events;
 pub(crate) use bindings::tenantry::plugin as wit;
 pub use store::{HostState, Scope};
 pub use types::{
@@ -40,6 +42,7 @@ pub use validate::{PluginInfo, PluginRejection};
 use wit_job_events::GuestIndices as JobHookIndices;
 use wit_notify_events::GuestIndices as NotifyHookIndices;
 use wit_presence_events::GuestIndices as PresenceHookIndices;
+use wit_task_events::GuestIndices as TaskHookIndices;
 
 use crate::backend::Backends;
 use crate::metrics::{self, RefusalKind, TrapKind};
@@ -185,6 +188,7 @@ impl Runtime {
         let notify_hook = NotifyHookIndices::new(&pre).ok();
         let presence_hook = PresenceHookIndices::new(&pre).ok();
         let job_hook = JobHookIndices::new(&pre).ok();
+        let task_hook = TaskHookIndices::new(&pre).ok();
         self.store_compiled(&compiled).await;
         tracing::info!(%tenant, plugin_version = %version, "plugin loaded");
         let plugin = Arc::new(Plugin {
@@ -193,6 +197,7 @@ impl Runtime {
                 plugin_version: version.clone(),
                 backends: self.backends.clone(),
                 quota,
+                task_names: parking_lot::RwLock::new(Vec::new()),
             }),
             tenant,
             version,
@@ -202,6 +207,7 @@ impl Runtime {
             wants_presence: AtomicBool::new(false),
             job_hook,
             job_queues: parking_lot::Mutex::new(Vec::new()),
+            task_hook,
             notify_hook,
             wants_notify: AtomicBool::new(false),
             idle: parking_lot::Mutex::new(Vec::new()),
@@ -210,6 +216,7 @@ impl Runtime {
         plugin.probe_presence_hook().await;
         plugin.probe_notify_hook().await;
         plugin.probe_job_hook().await;
+        plugin.probe_task_hook().await;
         tokio::spawn(sweep_idle(Arc::downgrade(&plugin)));
         Ok(plugin)
     }
@@ -354,6 +361,9 @@ pub struct Plugin {
     job_hook: Option<JobHookIndices>,
     /// The queues the plugin runs jobs of (its `accepts-jobs` at load).
     job_queues: parking_lot::Mutex<Vec<String>>,
+    /// The optional `task-events` export, if the plugin has it (its
+    /// `accepts-tasks` answer is in the scope, see [`Scope::task_names`]).
+    task_hook: Option<TaskHookIndices>,
     /// Warm instances ready for another call (only with `max_reuse` > 1).
     idle: parking_lot::Mutex<Vec<Warm>>,
     runtime: Arc<Runtime>,

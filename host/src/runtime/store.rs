@@ -31,6 +31,9 @@ pub struct Scope {
     pub backends: Backends,
     /// The tenant's plan and quota state (publish rate, KV quota, log rate, CPU slots).
     pub quota: Arc<TenantQuota>,
+    /// The task names this plugin version runs (its `accepts-tasks` at
+    /// load; empty without the hook): the `tasks` import starts only these.
+    pub task_names: parking_lot::RwLock<Vec<String>>,
 }
 
 /// Store data for one call.

@@ -47,6 +47,7 @@ const HOST_INTERFACES: &[&str] = &[
     "jobs",
     "schedule",
     "notify",
+    "tasks",
 ];
 
 /// `(major, minor)` of the WASI preview 2 interfaces the host links

@@ -78,5 +78,6 @@ pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
         host_tables: None,
         jobs: None,
         schedules: None,
+        tasks: None,
     }
 }

@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[(&str, &[&str])] = &[
         "idempotency",
         crate::backend::idempotency::postgres::MIGRATION,
     ),
+    ("tasks", super::tasks::TASKS_MIGRATIONS),
 ];
 
 /// Longest wait for a connection of the host pool.

@@ -229,20 +229,34 @@ pub fn valid_queue(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn ms(v: i64) -> u64 {
+/// A non-negative `BIGINT` (ms, counts) as `u64` (0 if negative).
+pub(super) fn ms(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn count(v: i32) -> u32 {
+/// A non-negative `INTEGER` as `u32` (0 if negative).
+pub(super) fn count(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
-fn millis(d: Duration) -> i64 {
+/// `d` in whole milliseconds, saturating.
+pub(super) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The backoff before attempt `attempt + 1`: `base * 2^(attempt-1)` capped
+/// at `max`, with jitter (between half and all of it).
+pub(super) fn backoff_between(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let base = base.as_millis() as f64;
+    let exp = 2f64.powi(i32::try_from(attempt.saturating_sub(1).min(40)).unwrap_or(40));
+    let full = (base * exp).min(max.as_millis() as f64);
+    // Random in [0.5, 1).
+    let r = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
+    Duration::from_millis((full * (0.5 + r / 2.0)) as u64)
+}
+
 /// Truncate `s` to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+pub(super) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -548,12 +562,7 @@ impl JobStore {
     /// The backoff before attempt `attempt + 1`: `retry_base * 2^(attempt-1)`
     /// capped at `retry_max`, with jitter (between half and all of it).
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.settings.retry_base.as_millis() as f64;
-        let exp = 2f64.powi(i32::try_from(attempt.saturating_sub(1).min(40)).unwrap_or(40));
-        let full = (base * exp).min(self.settings.retry_max.as_millis() as f64);
-        // Random in [0.5, 1).
-        let r = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
-        Duration::from_millis((full * (0.5 + r / 2.0)) as u64)
+        backoff_between(self.settings.retry_base, self.settings.retry_max, attempt)
     }
 
     /// Attempt `job.attempt` of `job` failed with `error`: queue it again

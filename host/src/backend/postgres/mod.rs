@@ -37,6 +37,7 @@ pub mod notify;
 pub mod provision;
 pub mod schedules;
 pub mod stores;
+pub mod tasks;
 pub mod value;
 
 use std::collections::{BTreeMap, HashMap};
