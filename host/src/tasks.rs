@@ -245,17 +245,19 @@ impl TaskRunner {
                     tracing::warn!(%tenant, task = task.id, error = %e, "task result not committed; the task is taken over once its lock expires");
                 }
             },
-            Err(CallError::Overloaded) => match self.store.release(tenant, task).await {
-                Ok(released) => {
-                    if released {
-                        metrics::task(tenant, TaskEvent::Released);
+            Err(CallError::Overloaded | CallError::FaultBudget(_)) => {
+                match self.store.release(tenant, task).await {
+                    Ok(released) => {
+                        if released {
+                            metrics::task(tenant, TaskEvent::Released);
+                        }
+                        tracing::debug!(%tenant, task = task.id, "the tenant was at its concurrency cap or out of fault budget; task claim given back");
                     }
-                    tracing::debug!(%tenant, task = task.id, "the tenant was at its concurrency cap; task claim given back");
+                    Err(e) => {
+                        tracing::warn!(%tenant, task = task.id, error = %e, "task claim not given back; it is taken over once its lock expires");
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(%tenant, task = task.id, error = %e, "task claim not given back; it is taken over once its lock expires");
-                }
-            },
+            }
             Err(e) => self.fail(tenant, task, &e.to_string()).await,
         }
     }
