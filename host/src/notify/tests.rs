@@ -62,12 +62,22 @@ impl Subscriber {
 impl Fixture {
     fn new(settings: NotifySettings) -> Self {
         let prefix = format!("nt{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        Self::with(prefix, settings, BTreeMap::new())
+    }
+
+    /// A fixture whose tenants in `tenant_urls` live in databases of their
+    /// own (the isolated tier).
+    fn with(
+        prefix: String,
+        settings: NotifySettings,
+        tenant_urls: BTreeMap<TenantId, String>,
+    ) -> Self {
         let sql = TenantSql::new(SqlSettings {
             url: url(),
             tenant_prefix: prefix.clone(),
             password_secret: b"test".to_vec(),
             max_connections: 16,
-            tenant_urls: BTreeMap::new(),
+            tenant_urls: tenant_urls.clone(),
         })
         .unwrap();
         let hub = Hub::new();
@@ -86,7 +96,7 @@ impl Fixture {
             Arc::clone(&sql),
             Arc::clone(&registry),
             url(),
-            BTreeMap::new(),
+            tenant_urls,
             NotifySettings {
                 resync: Duration::from_millis(50),
                 ..settings
@@ -208,6 +218,68 @@ impl Drop for Fixture {
         })
         .join();
     }
+}
+
+#[tokio::test]
+async fn a_tenant_in_its_own_database_is_bridged_on_a_listen_connection_of_its_own() {
+    let prefix = format!("nt{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let db = format!("{prefix}_iso");
+    {
+        let (root, conn) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        root.batch_execute(&format!("CREATE DATABASE \"{db}\""))
+            .await
+            .unwrap();
+    }
+    let base = url();
+    let iso_url = format!("{}/{db}", &base[..base.rfind('/').unwrap()]);
+    let f = Fixture::with(
+        prefix,
+        NotifySettings::default(),
+        BTreeMap::from([(tid("vip"), iso_url)]),
+    );
+    let vip = f.tenant("vip", "orders").await;
+    let shared = f.tenant("shop", "orders").await;
+    let mut vip_sub = f.subscribe("vip", "orders");
+    let mut shop_sub = f.subscribe("shop", "orders");
+    vip.call(ctx(), "orders/place", &place_args("v-1"))
+        .await
+        .unwrap();
+    let frame = vip_sub
+        .next(Duration::from_secs(5))
+        .await
+        .expect("delivered");
+    assert_eq!(frame["event"], "created");
+    assert_eq!(frame["data"]["order_id"], "v-1");
+    shared
+        .call(ctx(), "orders/place", &place_args("s-1"))
+        .await
+        .unwrap();
+    let frame = shop_sub
+        .next(Duration::from_secs(5))
+        .await
+        .expect("delivered");
+    assert_eq!(frame["data"]["order_id"], "s-1");
+    // Each got its own rows only, and the vip's table is in its database.
+    assert!(vip_sub.next(Duration::from_millis(300)).await.is_none());
+    assert!(shop_sub.next(Duration::from_millis(300)).await.is_none());
+    let out = f
+        .as_tenant("vip", "SELECT current_database() AS d", vec![])
+        .await
+        .unwrap();
+    assert_eq!(out[0].rows, format!(r#"[{{"d":"{db}"}}]"#));
+    assert_eq!(f.bridge.listener_pids().len(), 2, "one LISTEN per database");
+    drop(vip);
+    drop(shared);
+    let sql = Arc::clone(&f.sql);
+    assert!(sql.drop_tenant(&tid("vip")).await.unwrap());
+    drop(f);
+    drop(sql);
+    let (root, conn) = tokio_postgres::connect(&url(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    root.batch_execute(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
+        .await
+        .unwrap();
 }
 
 fn place_args(id: &str) -> String {
