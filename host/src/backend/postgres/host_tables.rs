@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[(&str, &[&str])] = &[
         "idempotency",
         crate::backend::idempotency::postgres::MIGRATION,
     ),
+    ("replay", crate::backend::replay::postgres::MIGRATION),
 ];
 
 /// Longest wait for a connection of the host pool.
