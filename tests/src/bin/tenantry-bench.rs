@@ -97,6 +97,11 @@ enum Mode {
         /// Redis URL.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
+        /// PostgreSQL URL: with it the replay buffers are durable on
+        /// Postgres (`[replay] store = "postgres"`, the bus takes its seqs
+        /// there); the bench's schemas are dropped at the end.
+        #[arg(long)]
+        postgres: Option<String>,
     },
     /// Presence at scale: N users (plugin `chat`) join R rooms' presence
     /// by subscribing (one observer per room first), then all leave.
@@ -222,6 +227,7 @@ fn main() -> Result<()> {
         rate,
         seconds,
         redis,
+        postgres,
     } = &cli.mode
     {
         return rt.block_on(fleet(
@@ -229,6 +235,7 @@ fn main() -> Result<()> {
             cli.reuse,
             &tenants,
             &redis.clone(),
+            postgres.as_deref(),
             *subs,
             *rate,
             *seconds,
@@ -704,14 +711,23 @@ async fn fleet(
     reuse: u32,
     tenants: &[TenantSpec],
     redis_url: &str,
+    postgres: Option<&str>,
     subs: usize,
     rate: u64,
     seconds: u64,
 ) -> Result<()> {
     let namespace = format!("bench-{}", std::process::id());
-    let extra = format!(
+    let mut extra = format!(
         "{BENCH_PLAN}instance_reuse = {reuse}\n\n[redis]\nurl = {redis_url:?}\nnamespace = {namespace:?}\n"
     );
+    let prefix = format!("bench{}", std::process::id());
+    let registry = format!("tenantry_bench_{}", std::process::id());
+    if let Some(url) = postgres {
+        extra.push_str(&format!(
+            "[postgres]\nurl = {url:?}\nregistry_schema = {registry:?}\ntenant_prefix = {prefix:?}\n\
+             [notify]\nenabled = false\n[replay]\nstore = \"postgres\"\n"
+        ));
+    }
     let a = HostProcess::start_with(bin, tenants, &extra)?;
     let b = HostProcess::start_with(bin, tenants, &extra)?;
     eprintln!(
@@ -811,10 +827,20 @@ async fn fleet(
     if !keys.is_empty() {
         let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut redis_conn);
     }
+    if let Some(url) = postgres {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        for schema in [format!("{prefix}_host"), registry] {
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await?;
+        }
+    }
     println!(
         "{}",
         json!({
-            "mode": "fleet", "subscribers_on_b": subs, "rate_per_s": rate, "published_on_a": total,
+            "mode": "fleet", "replay_store": if postgres.is_some() { "postgres" } else { "default" },
+            "subscribers_on_b": subs, "rate_per_s": rate, "published_on_a": total,
             "deliveries_expected": expected, "deliveries": got,
             "lost": expected.saturating_sub(got), "seq_gaps": gaps.load(Ordering::Relaxed),
             "deliveries_per_s": (got as f64 / elapsed).round(),
