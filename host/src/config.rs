@@ -308,7 +308,8 @@ pub struct ReplayTable {
     /// MiB of buffered events one tenant may hold (memory and Redis;
     /// at least 1). Default 8.
     pub max_mb_per_tenant: u64,
-    /// Topics one tenant may buffer (memory and Redis). Default 10000.
+    /// Topics one tenant may buffer (memory and Redis; Postgres: at each
+    /// cleanup). Default 10000.
     pub max_topics_per_tenant: usize,
     /// Where the buffers live: `"default"` (with the bus: memory, or Redis
     /// with `[redis] bus`) or `"postgres"` (durable, in the host schema;
@@ -1479,6 +1480,16 @@ mod tests {
                 .to_string();
             assert!(e.contains("mongo"), "{e}");
         }
+        assert_eq!(
+            c.replay.cleanup_interval(),
+            crate::backend::replay::postgres::DEFAULT_CLEANUP_INTERVAL
+        );
+        let c = parse("[replay]\ncleanup_interval_ms = 250\n").unwrap();
+        assert_eq!(c.replay.cleanup_interval(), Duration::from_millis(250));
+        let e = parse("[replay]\ncleanup_interval_ms = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cleanup_interval_ms"), "{e}");
     }
 
     #[test]

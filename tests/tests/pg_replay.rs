@@ -133,9 +133,20 @@ async fn resume(c: &mut Client, last: u64) -> Vec<(u64, u64)> {
 
 #[tokio::test]
 async fn two_hosts_on_postgres_resume_across_hosts_and_keep_the_buffers_across_restarts() {
-    let pg = Pg::new("f");
+    fleet_on_postgres("pubsub").await;
+}
+
+#[tokio::test]
+async fn the_sharded_bus_on_postgres_resumes_across_hosts_and_restarts() {
+    fleet_on_postgres("sharded").await;
+}
+
+/// Two hosts on Postgres and a Redis bus of `bus_mode`: failover resume,
+/// then a restart of every host (and a fresh Redis namespace).
+async fn fleet_on_postgres(bus_mode: &str) {
+    let pg = Pg::new(&bus_mode[..1]);
     let ns = RedisNamespace::new("pgreplay");
-    let toml = format!("{}{}", pg.toml(), ns.toml());
+    let toml = format!("{}{}", pg.toml(), ns.toml_with_bus(bus_mode));
     let mut a = HostProcess::start_with(bin(), &tenants(), &toml).unwrap();
     let mut b = HostProcess::start_with(bin(), &tenants(), &toml).unwrap();
     assert!(
@@ -175,7 +186,7 @@ async fn two_hosts_on_postgres_resume_across_hosts_and_keep_the_buffers_across_r
     b.kill().unwrap();
     drop(ns);
     let ns = RedisNamespace::new("pgreplay2");
-    let toml = format!("{}{}", pg.toml(), ns.toml());
+    let toml = format!("{}{}", pg.toml(), ns.toml_with_bus(bus_mode));
     let a = HostProcess::start_with(bin(), &tenants(), &toml).unwrap();
     let b = HostProcess::start_with(bin(), &tenants(), &toml).unwrap();
     let mut c = Client::connect(&a.url("/t/alpha/ws")).await.unwrap();

@@ -72,8 +72,9 @@ pub struct ReplaySettings {
     /// Bytes of buffered events one tenant may hold (memory and Redis); over
     /// it, the oldest events of the least recently published topics go.
     pub max_bytes_per_tenant: usize,
-    /// Topics one tenant may buffer (memory and Redis); over it, the least
-    /// recently published topic is forgotten (seq included).
+    /// Topics one tenant may buffer (memory and Redis; Postgres at each
+    /// cleanup); over it, the least recently published topic is forgotten
+    /// (seq included).
     pub max_topics_per_tenant: usize,
 }
 

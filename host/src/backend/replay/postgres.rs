@@ -43,18 +43,19 @@
 //!
 //! Every cleanup interval (the seeds' `cleanupInterval`, default
 //! [`DEFAULT_CLEANUP_INTERVAL`]) each host deletes, database by database,
-//! the topics idle past the TTL (seq rows and events) and the events no
-//! reader sees any more (trimmed leftovers), at most [`CLEANUP_BATCH`] rows
-//! per statement.
+//! the topics idle past the TTL (seq rows and events), each tenant's least
+//! recently published topics past `max_topics_per_tenant` (seq rows and
+//! events, as the memory buffers forget them) and the events no reader
+//! sees any more (trimmed leftovers), at most [`CLEANUP_BATCH`] topics or
+//! events per statement.
 //!
 //! # Bounds
 //!
-//! [`ReplaySettings::size`] and [`ReplaySettings::ttl`] apply.
-//! The memory buffers' per-tenant bounds (`max_bytes_per_tenant`,
-//! `max_topics_per_tenant`) do **not** apply here: the buffers are on disk,
-//! at most `size` events per topic, and topics go with the TTL (set one:
-//! without it, every topic ever published keeps its seq row and its last
-//! `size` events until the tenant is purged).
+//! [`ReplaySettings::size`] and [`ReplaySettings::ttl`] apply at once.
+//! [`ReplaySettings::max_topics_per_tenant`] applies at each cleanup (a
+//! tenant can exceed it in between). `max_bytes_per_tenant` does **not**
+//! apply: the buffers are on disk, at most `size` events per topic and at
+//! most `max_topics_per_tenant` topics per tenant (after a cleanup).
 //!
 //! # Failures
 //!
@@ -112,6 +113,7 @@ struct Statements {
     purge: String,
     cleanup_expired: String,
     cleanup_trimmed: String,
+    cleanup_topics: String,
 }
 
 /// `updated_at` of `alias` is recent enough for the TTL in `ttl` (ms, 0:
@@ -196,6 +198,23 @@ impl Statements {
                    WHERE r.tenant = gone.tenant AND r.topic = gone.topic RETURNING 1) \
                  SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM events)"
             ),
+            // $1 max topics per tenant, $2 batch: the least recently
+            // published topics past the bound, with their events.
+            cleanup_topics: format!(
+                "WITH ranked AS ( \
+                   SELECT tenant, topic, row_number() OVER ( \
+                     PARTITION BY tenant ORDER BY updated_at DESC, topic) AS rank \
+                   FROM {seqs}), \
+                 gone AS ( \
+                   DELETE FROM {seqs} s \
+                   USING (SELECT tenant, topic FROM ranked WHERE rank > $1 LIMIT $2) v \
+                   WHERE s.tenant = v.tenant AND s.topic = v.topic \
+                   RETURNING s.tenant, s.topic), \
+                 events AS ( \
+                   DELETE FROM {events} r USING gone \
+                   WHERE r.tenant = gone.tenant AND r.topic = gone.topic RETURNING 1) \
+                 SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM events)"
+            ),
             // $1 size, $2 batch: events no reader sees (trimmed leftovers,
             // events of topics that are gone).
             cleanup_trimmed: format!(
@@ -218,6 +237,7 @@ pub struct PostgresReplay {
     sql: Statements,
     size: i64,
     ttl_ms: i64,
+    max_topics: i64,
 }
 
 impl PostgresReplay {
@@ -236,6 +256,7 @@ impl PostgresReplay {
             ttl_ms: settings.ttl.map_or(0, |t| {
                 i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)
             }),
+            max_topics: i64::try_from(settings.max_topics_per_tenant.max(1)).unwrap_or(i64::MAX),
         });
         spawn_cleanup(
             &replay,
@@ -246,8 +267,10 @@ impl PostgresReplay {
         replay
     }
 
-    /// Delete, in every database, the topics idle past the TTL and the
-    /// events no reader sees any more; how many rows went.
+    /// Delete, in every database, the topics idle past the TTL, the least
+    /// recently published topics of a tenant past
+    /// [`ReplaySettings::max_topics_per_tenant`] and the events no reader
+    /// sees any more; how many rows went.
     pub async fn cleanup(&self) -> Result<u64, BackendError> {
         let mut removed = 0;
         for db in self.tables.databases() {
@@ -260,6 +283,15 @@ impl PostgresReplay {
                     if n < CLEANUP_BATCH as u64 {
                         break;
                     }
+                }
+            }
+            loop {
+                let n = self
+                    .sweep(db.as_ref(), &self.sql.cleanup_topics, self.max_topics)
+                    .await?;
+                removed += n;
+                if n < CLEANUP_BATCH as u64 {
+                    break;
                 }
             }
             loop {
@@ -626,14 +658,14 @@ mod tests {
     #[tokio::test]
     async fn an_idle_topic_is_forgotten_and_cleaned_up() {
         let db = TestTables::new("rpt");
-        let r = replay(&db, settings(10, Some(Duration::from_millis(300))));
+        let r = replay(&db, settings(10, Some(Duration::from_millis(800))));
         let bus = MemoryBus::with_seq_source(Hub::new(), Arc::clone(&r) as Arc<dyn SeqSource>);
         let t = tid("ttl-pg");
         bus.publish(&t, "old", "m", "1").await.unwrap();
         bus.publish(&t, "old", "m", "2").await.unwrap();
         bus.publish(&t, "gone", "m", "1").await.unwrap();
         assert_eq!(r.seq(&t, "old").await, Ok(2));
-        tokio::time::sleep(Duration::from_millis(450)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         bus.publish(&t, "fresh", "m", "1").await.unwrap();
         let p = r.since(&t, "old", 2).await.unwrap();
         assert_eq!((p.seq, p.events.len()), (0, 0), "expired rows read as gone");
@@ -664,7 +696,7 @@ mod tests {
     #[tokio::test]
     async fn trimmed_leftovers_are_invisible_and_cleaned_up() {
         let db = TestTables::new("rpl");
-        let r = PostgresReplay::new(db.tables(), settings(3, None), Duration::from_millis(200));
+        let r = replay(&db, settings(3, None));
         let bus = MemoryBus::with_seq_source(Hub::new(), Arc::clone(&r) as Arc<dyn SeqSource>);
         let t = tid("left-pg");
         for i in 0..5 {
@@ -672,16 +704,22 @@ mod tests {
         }
         let root = db.root().await;
         let table = format!("{}.replay", db.schema());
+        let leave = |topic: &'static str, seq: i64| {
+            let (root, table) = (&root, &table);
+            async move {
+                root.execute(
+                    &format!(
+                        "INSERT INTO {table} (tenant, topic, seq, event, data, created_at) \
+                         VALUES ('left-pg', $1, $2, 'stale', '0', now())"
+                    ),
+                    &[&topic, &seq],
+                )
+                .await
+                .unwrap();
+            }
+        };
         for (topic, seq) in [("x", 1), ("x", 9), ("nowhere", 1)] {
-            root.execute(
-                &format!(
-                    "INSERT INTO {table} (tenant, topic, seq, event, data, created_at) \
-                     VALUES ('left-pg', $1, $2, 'stale', '0', now())"
-                ),
-                &[&topic, &(seq as i64)],
-            )
-            .await
-            .unwrap();
+            leave(topic, seq).await;
         }
         let p = r.since(&t, "x", 0).await.unwrap();
         assert_eq!(
@@ -691,6 +729,11 @@ mod tests {
         assert!(!p.truncated);
         assert!(r.since(&t, "x", 1).await.unwrap().truncated);
         assert_eq!(db.count("replay").await, 6);
+        assert_eq!(r.cleanup().await, Ok(3));
+        assert_eq!(db.count("replay").await, 3);
+        // Another host's buffers with a short interval: the task runs.
+        let _auto = PostgresReplay::new(db.tables(), settings(3, None), Duration::from_millis(200));
+        leave("x", 1).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while db.count("replay").await != 3 {
             assert!(
@@ -700,6 +743,39 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         r.purge_tenant(&t).await.unwrap();
+        db.drop_schema().await;
+    }
+
+    /// Past `max_topics_per_tenant` the cleanup forgets a tenant's least
+    /// recently published topics (seq and events); other tenants keep
+    /// their own budget.
+    #[tokio::test]
+    async fn the_cleanup_applies_the_topic_bound() {
+        let db = TestTables::new("rpb");
+        let r = replay(
+            &db,
+            ReplaySettings {
+                max_topics_per_tenant: 3,
+                ..settings(10, None)
+            },
+        );
+        let bus = MemoryBus::with_seq_source(Hub::new(), Arc::clone(&r) as Arc<dyn SeqSource>);
+        let (a, b) = (tid("bound-a"), tid("bound-b"));
+        for topic in ["t1", "t2", "t3", "t4", "t5"] {
+            bus.publish(&a, topic, "e", "1").await.unwrap();
+        }
+        bus.publish(&b, "t1", "e", "1").await.unwrap();
+        assert_eq!(r.seq(&a, "t1").await, Ok(1), "bounded at the cleanup only");
+        assert_eq!(r.cleanup().await, Ok(4), "two topics, two events");
+        for topic in ["t1", "t2"] {
+            assert_eq!(r.seq(&a, topic).await, Ok(0), "{topic} forgotten");
+        }
+        for topic in ["t3", "t4", "t5"] {
+            assert_eq!(r.since(&a, topic, 0).await.unwrap().events.len(), 1);
+        }
+        assert_eq!(r.seq(&b, "t1").await, Ok(1), "b has its own budget");
+        assert_eq!(r.purge_tenant(&a).await, Ok(3));
+        assert_eq!(r.purge_tenant(&b).await, Ok(1));
         db.drop_schema().await;
     }
 
