@@ -706,6 +706,7 @@ fn redis_commands(conn: &mut redis::Connection) -> Result<u64> {
         .context("no total_commands_processed in INFO")
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn fleet(
     bin: &std::path::Path,
     reuse: u32,
