@@ -17,6 +17,17 @@
 //! [`BackendError::Unavailable`] or, after [`COMMAND_TIMEOUT`],
 //! [`BackendError::Timeout`] (then the event may or may not have been sent).
 //!
+//! **Durable replay** (`[replay] store = "postgres"`,
+//! [`RedisBus::start_with_seqs`]): the seq and the buffer are Postgres's
+//! ([`crate::backend::replay::PostgresReplay`]). A publish appends the event
+//! there and, while Postgres holds the topic's row lock, sends a plain
+//! `PUBLISH` of `<seq>\n<topic>\n<event>\n<data>` with that seq through the
+//! same pipeline (no script, no seq key or buffer in Redis): the next event
+//! of the topic, from any host, gets its seq only after this one was
+//! published, so the channel still carries a topic's events in seq order.
+//! With Redis unusable the event (already buffered) is delivered locally
+//! with its durable seq; with Postgres unusable the publish fails.
+//!
 //! **Pipelining**: publishes do not each wait for their own round trip.
 //! [`Bus::publish`] puts its script call on the bus's publish queue (at most
 //! [`PUBLISH_QUEUE`] waiting; a publisher finding it full waits for room)

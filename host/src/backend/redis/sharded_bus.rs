@@ -16,7 +16,10 @@
 //! [`super::bus`]), with the payload `<seq>\n<topic>\n<event>\n<data>` sent
 //! with `SPUBLISH` to the topic's channel. Same guarantees: one seq source,
 //! per-topic order, gap-free seqs, [`Bus::publish`] returns once the event
-//! is in Redis, `Timeout` / `Unavailable` as there.
+//! is in Redis, `Timeout` / `Unavailable` as there. With durable replay
+//! buffers ([`RedisShardedBus::start_with_seqs`]) the seq comes from
+//! Postgres and the event is sent with a plain `SPUBLISH`, as the plain
+//! bus does (see "Durable replay" in [`super::bus`]).
 //!
 //! **Following**: the hub tells the bus when a `(tenant, topic)` gets its
 //! first local subscriber and loses its last ([`Hub::observe_topics`], a
