@@ -25,7 +25,10 @@
 //! commits: the row lock is held while the event is delivered, so the next
 //! event of the topic gets its seq only after this one was handed to the
 //! subscribers (the hub, or Redis `PUBLISH`), and every host delivers a
-//! topic's events in seq order. A publish costs three round trips to
+//! topic's events in seq order. Before that, a host's appends to one topic
+//! take turns locally ([`TURNS`] fair locks striped by tenant and topic),
+//! so only one of its connections at a time waits on a hot topic's row
+//! (many waiters on one row are slow in Postgres). A publish costs three round trips to
 //! Postgres (`BEGIN`, the append, `COMMIT`) plus the delivery; publishes of
 //! one topic are serialized across the fleet by the row lock, publishes of
 //! different topics run side by side (up to the pool's connections).
@@ -85,6 +88,10 @@ use crate::tenant::TenantId;
 pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 /// Most rows one cleanup statement deletes.
 pub const CLEANUP_BATCH: i64 = 1000;
+/// Local turns (striped by tenant and topic, a power of two): a host's
+/// appends to one topic take turns here before Postgres, so at most one
+/// of its connections waits on the topic's row lock.
+const TURNS: usize = 256;
 
 /// The host-table migration steps of the durable replay buffers (see
 /// [`crate::backend::postgres::host_tables::MIGRATIONS`]).
@@ -235,6 +242,10 @@ impl Statements {
 pub struct PostgresReplay {
     tables: Arc<HostTables>,
     sql: Statements,
+    /// See [`TURNS`]; fair (FIFO), so this host's appends of a topic get
+    /// their seqs in the order they came.
+    turns: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
     size: i64,
     ttl_ms: i64,
     max_topics: i64,
@@ -251,6 +262,8 @@ impl PostgresReplay {
     ) -> Arc<Self> {
         let replay = Arc::new(Self {
             sql: Statements::new(&tables.schema()),
+            turns: (0..TURNS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: Default::default(),
             tables,
             size: i64::try_from(settings.size).unwrap_or(i64::MAX),
             ttl_ms: settings.ttl.map_or(0, |t| {
@@ -355,6 +368,9 @@ impl SeqSource for PostgresReplay {
         data: &str,
         deliver: Deliver<'_>,
     ) -> Result<u64, BackendError> {
+        use std::hash::BuildHasher;
+        let stripe = self.hasher.hash_one((tenant.as_str(), topic)) as usize & (TURNS - 1);
+        let _turn = bounded(async { Ok(self.turns[stripe].lock().await) }).await?;
         let mut client = bounded(self.client(tenant)).await?;
         let client = &mut client;
         let (tx, seq) = bounded(async move {
