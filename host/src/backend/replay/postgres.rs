@@ -31,7 +31,9 @@
 //! (many waiters on one row are slow in Postgres). A publish costs three round trips to
 //! Postgres (`BEGIN`, the append, `COMMIT`) plus the delivery; publishes of
 //! one topic are serialized across the fleet by the row lock, publishes of
-//! different topics run side by side (up to the pool's connections).
+//! different topics run side by side (up to the pool's connections). The
+//! lock is held through the `COMMIT` (a WAL flush), so one topic's publish
+//! rate is bounded by the database's commit latency (see BENCHMARKS.md).
 //!
 //! # Reads
 //!
