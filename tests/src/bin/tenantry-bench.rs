@@ -831,9 +831,33 @@ async fn fleet(
     if let Some(url) = postgres {
         let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
-        for schema in [format!("{prefix}_host"), registry] {
+        // The host schema, the registry and the tenant's schema and role.
+        let like = format!("{prefix}\\_t\\_%");
+        let mut schemas = vec![format!("{prefix}_host"), registry];
+        for row in client
+            .query(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                &[&like],
+            )
+            .await?
+        {
+            schemas.push(row.get(0));
+        }
+        for schema in schemas {
             client
                 .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await?;
+        }
+        for row in client
+            .query(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE $1",
+                &[&like],
+            )
+            .await?
+        {
+            let role: String = row.get(0);
+            client
+                .batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""))
                 .await?;
         }
     }
