@@ -281,10 +281,12 @@ pub async fn serve_config(
         tracing::warn!("metrics were set up before the configuration was read; [metrics] ignored");
     }
     let hub = Hub::new();
-    let mut backends = build_backends(&config, &hub).await?;
+    let tables = host_tables(&config)?;
+    let durable_replay = durable_replay(&config, tables.as_ref())?;
+    let mut backends = build_backends(&config, &hub, durable_replay.as_ref()).await?;
     backends.sql = tenant_sql(&config)?;
     let notify_sql = backends.sql.clone();
-    backends.host_tables = host_tables(&config)?;
+    backends.host_tables = tables;
     backends.jobs = backends.host_tables.clone().map(|tables| {
         crate::backend::postgres::jobs::JobStore::new(tables, config.jobs.store_settings())
     });
@@ -660,8 +662,59 @@ fn host_tables(
 /// Connections per database of the host's own Postgres tables.
 const HOST_TABLE_CONNECTIONS: usize = 8;
 
-/// Put the stores `store = "postgres"` asks for (`[idempotency]`,
-/// `[replay]`) on the host tables (the config checked `[postgres]` is set).
+/// Connections per database of the durable replay buffers (a pool of
+/// their own: a publish holds its connection while it delivers).
+const REPLAY_CONNECTIONS: usize = 16;
+
+/// The durable replay buffers when `[replay] store = "postgres"` (the
+/// config checked `[postgres]` is set): on the host tables' schema, with a
+/// pool of their own. The bus [`build_backends`] makes numbers and buffers
+/// its events there (one seq source).
+fn durable_replay(
+    config: &Config,
+    tables: Option<&Arc<crate::backend::postgres::host_tables::HostTables>>,
+) -> Result<Option<crate::backend::replay::DurableReplay>, CliError> {
+    use crate::config::StoreChoice;
+    if config.replay.store != StoreChoice::Postgres {
+        return Ok(None);
+    }
+    let (Some(pg), Some(_)) = (&config.postgres, tables) else {
+        return Err(CliError::Sql(
+            crate::backend::postgres::SqlFailure::unavailable(
+                "replay.store = \"postgres\" needs [postgres]",
+            ),
+        ));
+    };
+    let tenant_urls = pg
+        .tenant_urls
+        .iter()
+        .filter_map(|(id, url)| Some((TenantId::parse(id).ok()?, url.clone())))
+        .collect();
+    let own = crate::backend::postgres::host_tables::HostTables::new(
+        &pg.url,
+        &pg.tenant_prefix,
+        &tenant_urls,
+        REPLAY_CONNECTIONS,
+    )
+    .map_err(CliError::Sql)?;
+    let settings = config.replay.settings();
+    let replay = crate::backend::replay::PostgresReplay::new(
+        own,
+        settings,
+        config.replay.cleanup_interval(),
+    );
+    tracing::info!(
+        size = settings.size,
+        ttl_s = settings.ttl.map_or(0, |t| t.as_secs()),
+        cleanup_interval_ms = config.replay.cleanup_interval().as_millis() as u64,
+        "replay buffers on Postgres (the bus numbers events there)"
+    );
+    Ok(Some(crate::backend::replay::DurableReplay::new(replay)))
+}
+
+/// Put the stores `store = "postgres"` asks for (`[idempotency]`; the
+/// replay buffers are made with the bus, see [`durable_replay`]) on the
+/// host tables (the config checked `[postgres]` is set).
 fn durable_stores(config: &Config, backends: &mut Backends) -> Result<(), CliError> {
     use crate::config::StoreChoice;
     let tables = || {
@@ -681,11 +734,16 @@ fn durable_stores(config: &Config, backends: &mut Backends) -> Result<(), CliErr
 
 /// The backends `config` asks for: in memory, or on Redis (`[redis]`, per
 /// extension, and per tenant with `tenant_urls`) — the bus then fans out
-/// through `hub` on every host.
-async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, CliError> {
+/// through `hub` on every host. With `durable` replay buffers the bus
+/// numbers and buffers there.
+async fn build_backends(
+    config: &Config,
+    hub: &Arc<Hub>,
+    durable: Option<&crate::backend::replay::DurableReplay>,
+) -> Result<Backends, CliError> {
     let replay = config.replay.settings();
     let Some(r) = &config.redis else {
-        let mut backends = memory::backends_with_replay(Arc::clone(hub), replay);
+        let mut backends = memory::backends_with_durable_replay(Arc::clone(hub), replay, durable);
         backends.groups = Groups::new(
             Arc::new(MemoryGroups::new()),
             Arc::clone(hub),
@@ -694,9 +752,10 @@ async fn build_backends(config: &Config, hub: &Arc<Hub>) -> Result<Backends, Cli
         );
         return Ok(backends);
     };
-    let backends = redis_backend::fleet_backends(r, hub, replay, config.groups.member_ttl())
-        .await
-        .map_err(CliError::Redis)?;
+    let backends =
+        redis_backend::fleet_backends(r, hub, replay, config.groups.member_ttl(), durable)
+            .await
+            .map_err(CliError::Redis)?;
     tracing::info!(
         namespace = %r.namespace,
         bus = r.bus,

@@ -308,12 +308,17 @@ pub struct ReplayTable {
     /// MiB of buffered events one tenant may hold (memory and Redis;
     /// at least 1). Default 8.
     pub max_mb_per_tenant: u64,
-    /// Topics one tenant may buffer (memory and Redis). Default 10000.
+    /// Topics one tenant may buffer (memory and Redis; Postgres: at each
+    /// cleanup). Default 10000.
     pub max_topics_per_tenant: usize,
     /// Where the buffers live: `"default"` (with the bus: memory, or Redis
     /// with `[redis] bus`) or `"postgres"` (durable, in the host schema;
     /// needs `[postgres]`).
     pub store: StoreChoice,
+    /// How often each host deletes expired topics and trimmed events of the
+    /// durable buffers (`store = "postgres"`), ms. Default 60000 (the
+    /// seeds' `cleanupInterval`).
+    pub cleanup_interval_ms: u64,
 }
 
 impl Default for ReplayTable {
@@ -325,11 +330,20 @@ impl Default for ReplayTable {
             max_mb_per_tenant: (d.max_bytes_per_tenant >> 20) as u64,
             max_topics_per_tenant: d.max_topics_per_tenant,
             store: StoreChoice::Default,
+            cleanup_interval_ms: u64::try_from(
+                crate::backend::replay::postgres::DEFAULT_CLEANUP_INTERVAL.as_millis(),
+            )
+            .unwrap_or(60_000),
         }
     }
 }
 
 impl ReplayTable {
+    /// How often the durable buffers are cleaned up.
+    pub fn cleanup_interval(&self) -> Duration {
+        Duration::from_millis(self.cleanup_interval_ms)
+    }
+
     /// The backend settings.
     pub fn settings(&self) -> ReplaySettings {
         ReplaySettings {
@@ -355,6 +369,11 @@ impl ReplayTable {
         if self.max_mb_per_tenant == 0 {
             return Err(ConfigError::Invalid(
                 "replay.max_mb_per_tenant must be greater than 0".into(),
+            ));
+        }
+        if self.cleanup_interval_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "replay.cleanup_interval_ms must be at least 100".into(),
             ));
         }
         Ok(())
@@ -1468,6 +1487,16 @@ mod tests {
                 .to_string();
             assert!(e.contains("mongo"), "{e}");
         }
+        assert_eq!(
+            c.replay.cleanup_interval(),
+            crate::backend::replay::postgres::DEFAULT_CLEANUP_INTERVAL
+        );
+        let c = parse("[replay]\ncleanup_interval_ms = 250\n").unwrap();
+        assert_eq!(c.replay.cleanup_interval(), Duration::from_millis(250));
+        let e = parse("[replay]\ncleanup_interval_ms = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cleanup_interval_ms"), "{e}");
     }
 
     #[test]

@@ -98,6 +98,11 @@ enum Mode {
         /// Redis URL.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
+        /// PostgreSQL URL: with it the replay buffers are durable on
+        /// Postgres (`[replay] store = "postgres"`, the bus takes its seqs
+        /// there); the bench's schemas are dropped at the end.
+        #[arg(long)]
+        postgres: Option<String>,
     },
     /// Presence at scale: N users (plugin `chat`) join R rooms' presence
     /// by subscribing (one observer per room first), then all leave.
@@ -238,6 +243,7 @@ fn main() -> Result<()> {
         rate,
         seconds,
         redis,
+        postgres,
     } = &cli.mode
     {
         return rt.block_on(fleet(
@@ -245,6 +251,7 @@ fn main() -> Result<()> {
             cli.reuse,
             &tenants,
             &redis.clone(),
+            postgres.as_deref(),
             *subs,
             *rate,
             *seconds,
@@ -857,19 +864,29 @@ fn redis_commands(conn: &mut redis::Connection) -> Result<u64> {
         .context("no total_commands_processed in INFO")
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn fleet(
     bin: &std::path::Path,
     reuse: u32,
     tenants: &[TenantSpec],
     redis_url: &str,
+    postgres: Option<&str>,
     subs: usize,
     rate: u64,
     seconds: u64,
 ) -> Result<()> {
     let namespace = format!("bench-{}", std::process::id());
-    let extra = format!(
+    let mut extra = format!(
         "{BENCH_PLAN}instance_reuse = {reuse}\n\n[redis]\nurl = {redis_url:?}\nnamespace = {namespace:?}\n"
     );
+    let prefix = format!("bench{}", std::process::id());
+    let registry = format!("tenantry_bench_{}", std::process::id());
+    if let Some(url) = postgres {
+        extra.push_str(&format!(
+            "[postgres]\nurl = {url:?}\nregistry_schema = {registry:?}\ntenant_prefix = {prefix:?}\n\
+             [notify]\nenabled = false\n[replay]\nstore = \"postgres\"\n"
+        ));
+    }
     let a = HostProcess::start_with(bin, tenants, &extra)?;
     let b = HostProcess::start_with(bin, tenants, &extra)?;
     eprintln!(
@@ -969,10 +986,44 @@ async fn fleet(
     if !keys.is_empty() {
         let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut redis_conn);
     }
+    if let Some(url) = postgres {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        // The host schema, the registry and the tenant's schema and role.
+        let like = format!("{prefix}\\_t\\_%");
+        let mut schemas = vec![format!("{prefix}_host"), registry];
+        for row in client
+            .query(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                &[&like],
+            )
+            .await?
+        {
+            schemas.push(row.get(0));
+        }
+        for schema in schemas {
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await?;
+        }
+        for row in client
+            .query(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE $1",
+                &[&like],
+            )
+            .await?
+        {
+            let role: String = row.get(0);
+            client
+                .batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""))
+                .await?;
+        }
+    }
     println!(
         "{}",
         json!({
-            "mode": "fleet", "subscribers_on_b": subs, "rate_per_s": rate, "published_on_a": total,
+            "mode": "fleet", "replay_store": if postgres.is_some() { "postgres" } else { "default" },
+            "subscribers_on_b": subs, "rate_per_s": rate, "published_on_a": total,
             "deliveries_expected": expected, "deliveries": got,
             "lost": expected.saturating_sub(got), "seq_gaps": gaps.load(Ordering::Relaxed),
             "deliveries_per_s": (got as f64 / elapsed).round(),

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
-use crate::backend::replay::{MemoryReplay, ReplaySettings};
+use crate::backend::replay::{MemoryReplay, ReplaySettings, SeqSource};
 use crate::backend::{BackendError, Bus};
 use crate::hub::Hub;
 use crate::tenant::TenantId;
@@ -14,9 +15,21 @@ use crate::tenant::TenantId;
 /// which assigns the topic's seq (one seq source: the wire seq is the
 /// replay seq); events on the host's reserved `__` channels are not
 /// buffered. Slow subscribers miss frames; publishing never blocks.
+///
+/// With durable buffers ([`MemoryBus::with_seq_source`]) every event is
+/// appended there instead and delivered with the seq it got; a publish
+/// then fails with the buffer's error when it cannot be appended.
 pub struct MemoryBus {
     hub: Arc<Hub>,
-    replay: Arc<MemoryReplay>,
+    seqs: Seqs,
+}
+
+/// Where the memory bus numbers and buffers its events.
+enum Seqs {
+    /// In this process (the default).
+    Memory(Arc<MemoryReplay>),
+    /// In a durable buffer.
+    External(Arc<dyn SeqSource>),
 }
 
 impl MemoryBus {
@@ -27,7 +40,19 @@ impl MemoryBus {
 
     /// A bus publishing into `hub` and buffering in `replay`.
     pub fn with_replay(hub: Arc<Hub>, replay: Arc<MemoryReplay>) -> Self {
-        Self { hub, replay }
+        Self {
+            hub,
+            seqs: Seqs::Memory(replay),
+        }
+    }
+
+    /// A bus publishing into `hub` whose events are numbered and buffered
+    /// by `seqs` (the durable replay buffers).
+    pub fn with_seq_source(hub: Arc<Hub>, seqs: Arc<dyn SeqSource>) -> Self {
+        Self {
+            hub,
+            seqs: Seqs::External(seqs),
+        }
     }
 }
 
@@ -46,9 +71,28 @@ impl Bus for MemoryBus {
             self.hub.publish(tenant, topic, event, data);
             return Ok(());
         }
-        self.replay.append_then(tenant, topic, event, data, |seq| {
-            self.hub.deliver(tenant, topic, event, data, seq);
-        });
+        match &self.seqs {
+            Seqs::Memory(replay) => {
+                replay.append_then(tenant, topic, event, data, |seq| {
+                    self.hub.deliver(tenant, topic, event, data, seq);
+                });
+            }
+            Seqs::External(seqs) => {
+                let hub = &self.hub;
+                seqs.append_then(
+                    tenant,
+                    topic,
+                    event,
+                    data,
+                    Box::new(move |seq| {
+                        hub.deliver(tenant, topic, event, data, seq);
+                        let done: BoxFuture<'_, ()> = Box::pin(std::future::ready(()));
+                        done
+                    }),
+                )
+                .await?;
+            }
+        }
         Ok(())
     }
 }

@@ -29,7 +29,7 @@ use crate::backend::presence_events::memory::MemoryPresenceOutbox;
 use crate::backend::publish_rate::PublishRates;
 use crate::backend::publish_rate::memory::MemoryRateBoard;
 use crate::backend::ratelimit::memory::MemoryRateLimiter;
-use crate::backend::replay::{MemoryReplay, ReplaySettings};
+use crate::backend::replay::{DurableReplay, MemoryReplay, ReplayBuffer, ReplaySettings};
 use crate::groups::Groups;
 use crate::hub::Hub;
 
@@ -47,15 +47,40 @@ pub fn backends(hub: Arc<Hub>) -> Backends {
 /// default limits. Called inside a tokio runtime, it also
 /// starts the KV's periodic sweeper (every [`KV_SWEEP_INTERVAL`]).
 pub fn backends_with_replay(hub: Arc<Hub>, replay: ReplaySettings) -> Backends {
+    backends_with_durable_replay(hub, replay, None)
+}
+
+/// As [`backends_with_replay`]; with `durable` (`[replay] store =
+/// "postgres"`) the bus numbers and buffers in those replay buffers
+/// instead, and they are the `replay` of the backends.
+pub fn backends_with_durable_replay(
+    hub: Arc<Hub>,
+    replay: ReplaySettings,
+    durable: Option<&DurableReplay>,
+) -> Backends {
     let kv = Arc::new(MemoryKv::new());
     if tokio::runtime::Handle::try_current().is_ok() {
         kv.spawn_sweeper(KV_SWEEP_INTERVAL);
     }
-    let replay = Arc::new(MemoryReplay::new(replay));
-    let bus: Arc<dyn crate::backend::Bus> = Arc::new(MemoryBus::with_replay(
-        Arc::clone(&hub),
-        Arc::clone(&replay),
-    ));
+    let (bus, replay): (Arc<dyn crate::backend::Bus>, Arc<dyn ReplayBuffer>) = match durable {
+        Some(d) => (
+            Arc::new(MemoryBus::with_seq_source(
+                Arc::clone(&hub),
+                Arc::clone(&d.seqs),
+            )),
+            Arc::clone(&d.buffer),
+        ),
+        None => {
+            let replay = Arc::new(MemoryReplay::new(replay));
+            (
+                Arc::new(MemoryBus::with_replay(
+                    Arc::clone(&hub),
+                    Arc::clone(&replay),
+                )),
+                replay,
+            )
+        }
+    };
     Backends {
         groups: Groups::new(
             Arc::new(MemoryGroups::new()),

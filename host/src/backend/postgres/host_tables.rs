@@ -43,6 +43,7 @@ pub const MIGRATIONS: &[(&str, &[&str])] = &[
         crate::backend::idempotency::postgres::MIGRATION,
     ),
     ("tasks", super::tasks::TASKS_MIGRATIONS),
+    ("replay", crate::backend::replay::postgres::MIGRATION),
 ];
 
 /// Longest wait for a connection of the host pool.

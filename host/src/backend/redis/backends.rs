@@ -30,7 +30,7 @@ use crate::backend::publish_rate::{PublishRates, RateBoard};
 use crate::backend::ratelimit::RateLimiter;
 use crate::backend::ratelimit::redis::RedisRateLimiter;
 use crate::backend::replay::redis::RedisReplay;
-use crate::backend::replay::{ReplayBuffer, ReplaySettings};
+use crate::backend::replay::{DurableReplay, ReplayBuffer, ReplaySettings};
 use crate::backend::routed::Routed;
 use crate::backend::{BackendError, Backends, Bus, Kv};
 use crate::config::{BusMode, RedisSettings};
@@ -60,8 +60,9 @@ impl RedisBackends {
     /// Connect to the Redis at `url` and build the extensions `settings`
     /// enables, with one breaker called `name` (its logs and metrics), for the tenants of `scope` (whose bus events this server
     /// carries, and who hear its breaker's notices), the bus delivering
-    /// into `hub` and buffering as `replay` says. `Unavailable` if the
-    /// server cannot be reached.
+    /// into `hub` and buffering as `replay` says — or, with `durable`,
+    /// numbering and buffering there. `Unavailable` if the server cannot
+    /// be reached.
     pub async fn connect(
         name: &str,
         url: &str,
@@ -69,6 +70,7 @@ impl RedisBackends {
         hub: &Arc<Hub>,
         replay: ReplaySettings,
         scope: TenantScope,
+        durable: Option<&DurableReplay>,
     ) -> Result<Self, BackendError> {
         let conn = super::connect(url).await?;
         let breaker = Arc::new(CircuitBreaker::new(name, BreakerConfig::default()));
@@ -78,20 +80,34 @@ impl RedisBackends {
         let bus = if settings.bus {
             // The replay buffers follow the bus: its publish script numbers
             // and buffers each event in one step (one seq source).
+            // With durable buffers, those number and buffer instead.
             let (c, n, b) = store(&conn);
+            let seqs = durable.map(|d| Arc::clone(&d.seqs));
             let bus: Arc<dyn Bus> = match settings.bus_mode {
                 BusMode::Pubsub => {
-                    RedisBus::start_configured(c, url, n, Arc::clone(hub), b, replay, scope).await?
+                    RedisBus::start_with_seqs(c, url, n, Arc::clone(hub), b, replay, scope, seqs)
+                        .await?
                 }
                 BusMode::Sharded => {
-                    RedisShardedBus::start(c, url, n, Arc::clone(hub), b, replay, scope).await?
+                    RedisShardedBus::start_with_seqs(
+                        c,
+                        url,
+                        n,
+                        Arc::clone(hub),
+                        b,
+                        replay,
+                        scope,
+                        seqs,
+                    )
+                    .await?
                 }
             };
             let (c, n, b) = store(&conn);
-            Some((
-                bus,
-                Arc::new(RedisReplay::new(c, n, b)) as Arc<dyn ReplayBuffer>,
-            ))
+            let buffer = match durable {
+                Some(d) => Arc::clone(&d.buffer),
+                None => Arc::new(RedisReplay::new(c, n, b)) as Arc<dyn ReplayBuffer>,
+            };
+            Some((bus, buffer))
         } else {
             None
         };
@@ -128,12 +144,15 @@ impl RedisBackends {
 /// A host's backends on Redis: the extensions `settings` enables on the
 /// shared Redis (`settings.url`), except for the tenants of
 /// `settings.tenant_urls`, whose extensions use their own Redis; the
-/// others in memory. Every Redis is connected before this returns.
+/// others in memory. Every Redis is connected before this returns. With
+/// `durable` (`[replay] store = "postgres"`) every bus, Redis or memory,
+/// numbers and buffers its events there, and those are the replay buffers.
 pub async fn fleet_backends(
     settings: &RedisSettings,
     hub: &Arc<Hub>,
     replay: ReplaySettings,
     group_member_ttl: std::time::Duration,
+    durable: Option<&DurableReplay>,
 ) -> Result<Backends, BackendError> {
     // One route per distinct URL; tenants naming the same URL share it.
     let mut urls: Vec<&str> = Vec::new();
@@ -154,8 +173,16 @@ pub async fn fleet_backends(
     } else {
         TenantScope::AllBut(own)
     };
-    let shared =
-        RedisBackends::connect("redis", &settings.url, settings, hub, replay, shared_scope).await?;
+    let shared = RedisBackends::connect(
+        "redis",
+        &settings.url,
+        settings,
+        hub,
+        replay,
+        shared_scope,
+        durable,
+    )
+    .await?;
     let mut dedicated = Vec::with_capacity(urls.len());
     for (index, url) in urls.iter().enumerate() {
         let served: HashSet<TenantId> = tenants
@@ -167,13 +194,14 @@ pub async fn fleet_backends(
         names.sort_unstable();
         let name = format!("redis:{}", names.join(","));
         let scope = TenantScope::Only(Arc::new(served.clone()));
-        let set = RedisBackends::connect(&name, url, settings, hub, replay, scope)
+        let set = RedisBackends::connect(&name, url, settings, hub, replay, scope, durable)
             .await
             .map_err(|e| BackendError::Unavailable(format!("the Redis of {name}: {e}")))?;
         tracing::info!(tenants = ?names, "Redis of their own connected");
         dedicated.push((set, served.into_iter().collect()));
     }
-    let mut backends = crate::backend::memory::backends_with_replay(Arc::clone(hub), replay);
+    let mut backends =
+        crate::backend::memory::backends_with_durable_replay(Arc::clone(hub), replay, durable);
     backends.breakers = std::iter::once(&shared)
         .chain(dedicated.iter().map(|(set, _)| set))
         .map(|set| Arc::clone(&set.breaker))

@@ -17,6 +17,17 @@
 //! [`BackendError::Unavailable`] or, after [`COMMAND_TIMEOUT`],
 //! [`BackendError::Timeout`] (then the event may or may not have been sent).
 //!
+//! **Durable replay** (`[replay] store = "postgres"`,
+//! [`RedisBus::start_with_seqs`]): the seq and the buffer are Postgres's
+//! ([`crate::backend::replay::PostgresReplay`]). A publish appends the event
+//! there and, while Postgres holds the topic's row lock, sends a plain
+//! `PUBLISH` of `<seq>\n<topic>\n<event>\n<data>` with that seq through the
+//! same pipeline (no script, no seq key or buffer in Redis): the next event
+//! of the topic, from any host, gets its seq only after this one was
+//! published, so the channel still carries a topic's events in seq order.
+//! With Redis unusable the event (already buffered) is delivered locally
+//! with its durable seq; with Postgres unusable the publish fails.
+//!
 //! **Pipelining**: publishes do not each wait for their own round trip.
 //! [`Bus::publish`] puts its script call on the bus's publish queue (at most
 //! [`PUBLISH_QUEUE`] waiting; a publisher finding it full waits for room)
@@ -101,6 +112,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, PubSub};
 use redis::{Client, Msg, RedisError, RedisResult, Script};
 use serde::de::IgnoredAny;
@@ -110,7 +122,7 @@ use tokio::task::JoinHandle;
 use super::keys::{self, TenantKeys};
 use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT};
 use crate::backend::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
-use crate::backend::replay::ReplaySettings;
+use crate::backend::replay::{ReplaySettings, SeqSource};
 use crate::backend::{BackendError, Bus};
 use crate::hub::Hub;
 use crate::tenant::{TenantId, TenantScope};
@@ -273,6 +285,8 @@ pub struct RedisBus {
     fallback: LocalFallback,
     /// Whether the subscription is active (set by the subscriber task).
     subscribed: Arc<AtomicBool>,
+    /// The durable buffers numbering the events, if any (else the script).
+    seqs: Option<Arc<dyn SeqSource>>,
     task: JoinHandle<()>,
     notices: JoinHandle<()>,
 }
@@ -332,6 +346,27 @@ impl RedisBus {
         replay: ReplaySettings,
         scope: TenantScope,
     ) -> Result<Arc<RedisBus>, BackendError> {
+        Self::start_with_seqs(conn, url, namespace, hub, breaker, replay, scope, None).await
+    }
+
+    /// As [`RedisBus::start_configured`]; with `seqs` (the durable replay
+    /// buffers) every replayable event is first appended there and then
+    /// `PUBLISH`ed with the seq it got, under the buffer's per-topic lock
+    /// (one seq source; the script's seq keys and Redis buffers are not
+    /// used). A publish then fails with the buffer's error when it cannot
+    /// be appended; with Redis down the appended event is delivered
+    /// locally with its durable seq.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_with_seqs(
+        conn: ConnectionManager,
+        url: &str,
+        namespace: String,
+        hub: Arc<Hub>,
+        breaker: Arc<CircuitBreaker>,
+        replay: ReplaySettings,
+        scope: TenantScope,
+        seqs: Option<Arc<dyn SeqSource>>,
+    ) -> Result<Arc<RedisBus>, BackendError> {
         check_namespace(&namespace)?;
         let client = Client::open(url)
             .map_err(|e| BackendError::Unavailable(format!("invalid Redis URL: {e}")))?;
@@ -354,12 +389,13 @@ impl RedisBus {
         let fallback = LocalFallback::new(namespace.clone(), Arc::clone(&hub), scope);
         let notices = fallback.spawn_notices(&breaker);
         Ok(Arc::new(RedisBus {
-            pipeline: PublishPipeline::start(conn, Script::new(PUBLISH_SCRIPT), replay),
+            pipeline: PublishPipeline::start(conn, Script::new(PUBLISH_SCRIPT), "PUBLISH", replay),
             namespace,
             hub,
             breaker,
             fallback,
             subscribed,
+            seqs,
             task,
             notices,
         }))
@@ -402,6 +438,23 @@ impl Bus for RedisBus {
     ) -> Result<(), BackendError> {
         let keys = TenantKeys::new(&self.namespace, tenant);
         let call = PublishCall::new(&keys, keys.fixed("bus"), topic, event, data)?;
+        if let Some(seqs) = &self.seqs
+            && !topic.starts_with("__")
+        {
+            seqs.append_then(
+                tenant,
+                topic,
+                event,
+                data,
+                Box::new(move |seq| {
+                    let relay: BoxFuture<'_, ()> =
+                        Box::pin(self.relay(call, tenant, topic, event, data, seq));
+                    relay
+                }),
+            )
+            .await?;
+            return Ok(());
+        }
         if let Err(open) = self.breaker.guard() {
             return self
                 .fallback
@@ -422,6 +475,40 @@ impl Bus for RedisBus {
                 Ok(())
             }
             Err(e) => self.fallback.publish(tenant, topic, event, data, &e),
+        }
+    }
+}
+
+impl RedisBus {
+    /// `PUBLISH` an event a durable buffer numbered `seq` (`call` is its
+    /// publish); with Redis unusable, deliver it locally with that seq.
+    async fn relay(
+        &self,
+        mut call: PublishCall,
+        tenant: &TenantId,
+        topic: &str,
+        event: &str,
+        data: &str,
+        seq: u64,
+    ) {
+        call.assign(seq);
+        if let Err(open) = self.breaker.guard() {
+            return self
+                .fallback
+                .deliver(tenant, topic, event, data, seq, &open.into());
+        }
+        let started = std::time::Instant::now();
+        let result = self.pipeline.call(call).await;
+        crate::metrics::backend_command(self.breaker.name(), started.elapsed());
+        self.breaker.record(&result);
+        match result {
+            Ok(_) => {
+                crate::metrics::bus_relayed(tenant);
+                if !self.subscribed.load(Ordering::Acquire) {
+                    self.hub.deliver(tenant, topic, event, data, seq);
+                }
+            }
+            Err(e) => self.fallback.deliver(tenant, topic, event, data, seq, &e),
         }
     }
 }
@@ -462,8 +549,12 @@ pub(crate) struct PublishCall {
     replay_prefix: String,
     channel: String,
     topic: String,
-    /// `<event>\n<data>`.
+    /// `<event>\n<data>`; with `seq`, the whole message
+    /// `<seq>\n<topic>\n<event>\n<data>`.
     payload: String,
+    /// The seq a durable buffer assigned ([`PublishCall::assign`]): the
+    /// call is then a plain `PUBLISH` of the message, no script.
+    seq: Option<u64>,
 }
 
 impl PublishCall {
@@ -497,7 +588,15 @@ impl PublishCall {
             channel,
             topic: topic.to_owned(),
             payload,
+            seq: None,
         })
+    }
+
+    /// Make this call publish the event with `seq` (assigned and buffered
+    /// by a durable replay buffer) instead of running the publish script.
+    pub(crate) fn assign(&mut self, seq: u64) {
+        self.payload = format!("{seq}\n{}\n{}", self.topic, self.payload);
+        self.seq = Some(seq);
     }
 }
 
@@ -517,13 +616,20 @@ pub(crate) struct PublishPipeline {
 
 impl PublishPipeline {
     /// Start the task sending `script` calls through `conn`, with the
-    /// buffer size and TTL of `replay`.
-    pub(crate) fn start(conn: ConnectionManager, script: Script, replay: ReplaySettings) -> Self {
+    /// buffer size and TTL of `replay`; calls with an assigned seq are sent
+    /// as `publish` (`PUBLISH` or `SPUBLISH`, the script's own).
+    pub(crate) fn start(
+        conn: ConnectionManager,
+        script: Script,
+        publish: &'static str,
+        replay: ReplaySettings,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(PUBLISH_QUEUE);
         let round_trips = Arc::new(AtomicU64::new(0));
         let sender = BatchSender {
             conn,
             script,
+            publish,
             ttl_ms: replay.ttl.map_or(0, |t| {
                 u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
             }),
@@ -574,6 +680,8 @@ impl Drop for PublishPipeline {
 struct BatchSender {
     conn: ConnectionManager,
     script: Script,
+    /// `PUBLISH` or `SPUBLISH`, for calls with an assigned seq.
+    publish: &'static str,
     ttl_ms: u64,
     size: usize,
     max_topics: usize,
@@ -613,6 +721,11 @@ impl BatchSender {
                     missing_script.push(pending);
                 }
                 result => {
+                    // A plain publish answers its receivers; the seq is ours.
+                    let result = match pending.call.seq {
+                        Some(seq) => result.map(|_| seq),
+                        None => result,
+                    };
                     let _ = pending.reply.send(result.map_err(|e| publish_error(&e)));
                 }
             }
@@ -643,6 +756,10 @@ impl BatchSender {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for Pending { call, .. } in batch {
+            if call.seq.is_some() {
+                pipe.cmd(self.publish).arg(&call.channel).arg(&call.payload);
+                continue;
+            }
             pipe.cmd("EVALSHA")
                 .arg(self.script.get_hash())
                 .arg(5)
@@ -744,6 +861,28 @@ impl LocalFallback {
         }
         self.hub.publish(tenant, topic, event, data);
         Ok(())
+    }
+
+    /// Deliver to this host's subscribers only an event a durable buffer
+    /// numbered `seq` (Redis is down or the breaker is open); logs once per
+    /// outage.
+    pub(crate) fn deliver(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        event: &str,
+        data: &str,
+        seq: u64,
+        why: &BackendError,
+    ) {
+        if !self.degradation_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                namespace = self.namespace,
+                reason = %why,
+                "Redis bus degraded: publishing to local subscribers only (durable seqs)"
+            );
+        }
+        self.hub.deliver(tenant, topic, event, data, seq);
     }
 
     /// Start the task turning `breaker`'s transitions into notices (it

@@ -16,7 +16,10 @@
 //! [`super::bus`]), with the payload `<seq>\n<topic>\n<event>\n<data>` sent
 //! with `SPUBLISH` to the topic's channel. Same guarantees: one seq source,
 //! per-topic order, gap-free seqs, [`Bus::publish`] returns once the event
-//! is in Redis, `Timeout` / `Unavailable` as there.
+//! is in Redis, `Timeout` / `Unavailable` as there. With durable replay
+//! buffers ([`RedisShardedBus::start_with_seqs`]) the seq comes from
+//! Postgres and the event is sent with a plain `SPUBLISH`, as the plain
+//! bus does (see "Durable replay" in [`super::bus`]).
 //!
 //! **Following**: the hub tells the bus when a `(tenant, topic)` gets its
 //! first local subscriber and loses its last ([`Hub::observe_topics`], a
@@ -74,6 +77,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{
@@ -91,7 +95,7 @@ use super::bus::{RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN};
 use super::keys::TenantKeys;
 use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT};
 use crate::backend::breaker::{BreakerState, CircuitBreaker};
-use crate::backend::replay::ReplaySettings;
+use crate::backend::replay::{ReplaySettings, SeqSource};
 use crate::backend::{BackendError, Bus};
 use crate::hub::{Hub, TopicChanges, TopicEvent, TopicEvents};
 use crate::tenant::{TenantId, TenantScope};
@@ -114,6 +118,8 @@ pub struct RedisShardedBus {
     breaker: Arc<CircuitBreaker>,
     fallback: LocalFallback,
     follows: Arc<Follows>,
+    /// The durable buffers numbering the events, if any (else the script).
+    seqs: Option<Arc<dyn SeqSource>>,
     task: JoinHandle<()>,
     notices: JoinHandle<()>,
 }
@@ -139,6 +145,24 @@ impl RedisShardedBus {
         replay: ReplaySettings,
         scope: TenantScope,
     ) -> Result<Arc<RedisShardedBus>, BackendError> {
+        Self::start_with_seqs(conn, url, namespace, hub, breaker, replay, scope, None).await
+    }
+
+    /// As [`RedisShardedBus::start`]; with `seqs` (the durable replay
+    /// buffers) every replayable event is appended there first and then
+    /// `SPUBLISH`ed with the seq it got (as
+    /// [`RedisBus::start_with_seqs`](super::bus::RedisBus::start_with_seqs)).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_with_seqs(
+        conn: ConnectionManager,
+        url: &str,
+        namespace: String,
+        hub: Arc<Hub>,
+        breaker: Arc<CircuitBreaker>,
+        replay: ReplaySettings,
+        scope: TenantScope,
+        seqs: Option<Arc<dyn SeqSource>>,
+    ) -> Result<Arc<RedisShardedBus>, BackendError> {
         check_namespace(&namespace)?;
         let client = resp3_client(url)?;
         let follows = Arc::new(Follows::default());
@@ -159,12 +183,18 @@ impl RedisShardedBus {
         let fallback = LocalFallback::new(namespace.clone(), Arc::clone(&hub), scope);
         let notices = fallback.spawn_notices(&breaker);
         Ok(Arc::new(RedisShardedBus {
-            pipeline: PublishPipeline::start(conn, Script::new(SPUBLISH_SCRIPT), replay),
+            pipeline: PublishPipeline::start(
+                conn,
+                Script::new(SPUBLISH_SCRIPT),
+                "SPUBLISH",
+                replay,
+            ),
             namespace,
             hub,
             breaker,
             fallback,
             follows,
+            seqs,
             task,
             notices,
         }))
@@ -219,6 +249,23 @@ impl Bus for RedisShardedBus {
         let keys = TenantKeys::new(&self.namespace, tenant);
         let channel = Channel::Sharded.name(&keys, topic);
         let call = PublishCall::new(&keys, channel.clone(), topic, event, data)?;
+        if let Some(seqs) = &self.seqs
+            && !topic.starts_with("__")
+        {
+            seqs.append_then(
+                tenant,
+                topic,
+                event,
+                data,
+                Box::new(move |seq| {
+                    let relay: BoxFuture<'_, ()> =
+                        Box::pin(self.relay(call, channel, tenant, topic, event, data, seq));
+                    relay
+                }),
+            )
+            .await?;
+            return Ok(());
+        }
         if let Err(open) = self.breaker.guard() {
             return self
                 .fallback
@@ -243,6 +290,47 @@ impl Bus for RedisShardedBus {
                 Ok(())
             }
             Err(e) => self.fallback.publish(tenant, topic, event, data, &e),
+        }
+    }
+}
+
+impl RedisShardedBus {
+    /// `SPUBLISH` an event a durable buffer numbered `seq` (`call` is its
+    /// publish on `channel`); with Redis unusable, deliver it locally with
+    /// that seq.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        mut call: PublishCall,
+        channel: String,
+        tenant: &TenantId,
+        topic: &str,
+        event: &str,
+        data: &str,
+        seq: u64,
+    ) {
+        call.assign(seq);
+        if let Err(open) = self.breaker.guard() {
+            return self
+                .fallback
+                .deliver(tenant, topic, event, data, seq, &open.into());
+        }
+        let local = self
+            .follows
+            .local_delivery_needed(&self.hub, tenant, topic, &channel)
+            .await;
+        let started = std::time::Instant::now();
+        let result = self.pipeline.call(call).await;
+        crate::metrics::backend_command(self.breaker.name(), started.elapsed());
+        self.breaker.record(&result);
+        match result {
+            Ok(_) => {
+                crate::metrics::bus_relayed(tenant);
+                if local {
+                    self.hub.deliver(tenant, topic, event, data, seq);
+                }
+            }
+            Err(e) => self.fallback.deliver(tenant, topic, event, data, seq, &e),
         }
     }
 }

@@ -25,18 +25,29 @@
 //! `since` is ahead of the topic's seq (the seq restarted after the topic
 //! was forgotten). `since == 0` means "everything you have" and is never
 //! truncated.
+//!
+//! **Durable buffers** (`[replay] store = "postgres"`): [`PostgresReplay`]
+//! keeps the buffers in the host's Postgres tables and is then the seq
+//! source of whichever bus is in front of it, through [`SeqSource`]: the
+//! memory bus appends there and delivers with the seq it got, the Redis
+//! buses append there and `PUBLISH` the event with that seq (instead of
+//! their script's `INCR` + `ZADD`). The rule stays one seq source.
 
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod memory;
+pub mod postgres;
 pub mod redis;
 
 pub use memory::MemoryReplay;
+pub use postgres::PostgresReplay;
 pub use redis::RedisReplay;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
 use crate::backend::BackendError;
 use crate::tenant::TenantId;
@@ -61,8 +72,9 @@ pub struct ReplaySettings {
     /// Bytes of buffered events one tenant may hold (memory and Redis); over
     /// it, the oldest events of the least recently published topics go.
     pub max_bytes_per_tenant: usize,
-    /// Topics one tenant may buffer (memory and Redis); over it, the least
-    /// recently published topic is forgotten (seq included).
+    /// Topics one tenant may buffer (memory and Redis; Postgres at each
+    /// cleanup); over it, the least recently published topic is forgotten
+    /// (seq included).
     pub max_topics_per_tenant: usize,
 }
 
@@ -116,6 +128,52 @@ pub trait ReplayBuffer: Send + Sync + 'static {
     /// Forget every buffer of `tenant` (the tenant is being deleted);
     /// returns how many topics were removed. Other tenants are untouched.
     async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, BackendError>;
+}
+
+/// What a [`SeqSource`] does with an event once it has its seq: deliver it
+/// (the memory bus: to the local hub; the Redis buses: `PUBLISH` it).
+pub type Deliver<'a> = Box<dyn FnOnce(u64) -> BoxFuture<'a, ()> + Send + 'a>;
+
+/// A seq source and replay buffer outside the bus (the durable buffers),
+/// which a bus appends every replayable event to before delivering it with
+/// the seq it got (see the module docs). The default buses do not use one:
+/// the memory bus numbers in [`MemoryReplay`], the Redis buses in their
+/// publish script.
+#[async_trait]
+pub trait SeqSource: Send + Sync + 'static {
+    /// Assign `topic`'s next seq to the event, buffer it and call `deliver`
+    /// with the seq before any later event of the topic (on any host
+    /// sharing the buffer) gets its seq, so deliveries follow seq order.
+    /// Returns the seq; on an error `deliver` was not called and nothing
+    /// was buffered.
+    async fn append_then(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        event: &str,
+        data: &str,
+        deliver: Deliver<'_>,
+    ) -> Result<u64, BackendError>;
+}
+
+/// A durable replay buffer: the [`SeqSource`] the bus appends to and the
+/// [`ReplayBuffer`] clients read, one object behind both handles.
+#[derive(Clone)]
+pub struct DurableReplay {
+    /// Where the bus appends.
+    pub seqs: Arc<dyn SeqSource>,
+    /// Where clients read (the same buffers).
+    pub buffer: Arc<dyn ReplayBuffer>,
+}
+
+impl DurableReplay {
+    /// Both handles of `replay`.
+    pub fn new<R: SeqSource + ReplayBuffer>(replay: Arc<R>) -> Self {
+        Self {
+            seqs: Arc::clone(&replay) as Arc<dyn SeqSource>,
+            buffer: replay,
+        }
+    }
 }
 
 /// Whether a client that saw up to `since` missed events no longer
