@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release -p tenantry-tests --bins
-//! target/release/tenantry-bench echo    --conns 50 --seconds 10
+//! target/release/tenantry-bench echo    --conns 50 --seconds 10 [--plugin hostile]
 //! target/release/tenantry-bench --reuse 1000 echo --conns 50 --seconds 10
 //! target/release/tenantry-bench fanout  --subs 1000 --rate 200 --seconds 10
 //! target/release/tenantry-bench idle    --conns 10000
@@ -73,6 +73,10 @@ enum Mode {
         conns: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// The plugin whose `PLUGIN/echo` is called: `fixture` (imports
+        /// every interface) or `hostile` (imports few).
+        #[arg(long, default_value = "fixture")]
+        plugin: String,
     },
     /// One publisher at a fixed rate, N subscribers on one topic.
     Fanout {
@@ -236,6 +240,7 @@ fn main() -> Result<()> {
         ],
         Mode::Presence { .. } => vec![TenantSpec::new("bench", "chat").plan("bench")],
         Mode::Notify { .. } => vec![TenantSpec::new("bench", "orders").plan("bench")],
+        Mode::Echo { ref plugin, .. } => vec![TenantSpec::new("bench", plugin).plan("bench")],
         _ => vec![TenantSpec::new("bench", "fixture").plan("bench")],
     };
     if let Mode::Fleet {
@@ -277,7 +282,11 @@ fn main() -> Result<()> {
     rt.block_on(async {
         match cli.mode {
             Mode::Fleet { .. } => Ok(()),
-            Mode::Echo { conns, seconds } => echo(&host, conns, seconds).await,
+            Mode::Echo {
+                conns,
+                seconds,
+                plugin,
+            } => echo(&host, conns, seconds, &plugin).await,
             Mode::Fanout {
                 subs,
                 rate,
@@ -452,7 +461,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn echo(host: &HostProcess, conns: usize, seconds: u64) -> Result<()> {
+async fn echo(host: &HostProcess, conns: usize, seconds: u64, plugin: &str) -> Result<()> {
     let url = host.url("/t/bench/ws");
     let mut sockets = Vec::with_capacity(conns);
     for _ in 0..conns {
@@ -460,9 +469,9 @@ async fn echo(host: &HostProcess, conns: usize, seconds: u64) -> Result<()> {
     }
     // Warm up.
     for ws in sockets.iter_mut() {
-        ws.send(Message::text(
-            r#"{"rpc":"fixture/echo","id":"w","args":["warm"]}"#,
-        ))
+        ws.send(Message::text(format!(
+            r#"{{"rpc":"{plugin}/echo","id":"w","args":["warm"]}}"#
+        )))
         .await?;
         let _ = ws.next().await;
     }
@@ -472,13 +481,14 @@ async fn echo(host: &HostProcess, conns: usize, seconds: u64) -> Result<()> {
     let mut tasks = Vec::new();
     for mut ws in sockets {
         let stop = Arc::clone(&stop);
+        let plugin = plugin.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut n = 0u64;
             let payload = "x".repeat(100);
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let frame = format!(r#"{{"rpc":"fixture/echo","id":"{n}","args":["{payload}"]}}"#);
+                let frame = format!(r#"{{"rpc":"{plugin}/echo","id":"{n}","args":["{payload}"]}}"#);
                 let t = Instant::now();
                 if ws.send(Message::text(frame)).await.is_err() {
                     break;
