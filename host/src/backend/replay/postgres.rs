@@ -29,11 +29,23 @@
 //! take turns locally ([`TURNS`] fair locks striped by tenant and topic),
 //! so only one of its connections at a time waits on a hot topic's row
 //! (many waiters on one row are slow in Postgres). A publish costs three round trips to
-//! Postgres (`BEGIN`, the append, `COMMIT`) plus the delivery; publishes of
+//! Postgres (`BEGIN`, `SET LOCAL`, the append, `COMMIT`) plus the delivery; publishes of
 //! one topic are serialized across the fleet by the row lock, publishes of
 //! different topics run side by side (up to the pool's connections). The
-//! lock is held through the `COMMIT` (a WAL flush), so one topic's publish
-//! rate is bounded by the database's commit latency (see BENCHMARKS.md).
+//! lock is held through the `COMMIT`, so one topic's publish rate is
+//! bounded by those round trips and the delivery (see BENCHMARKS.md).
+//!
+//! # Durability
+//!
+//! The append transaction commits with `synchronous_commit = off`: COMMIT
+//! returns before the WAL is flushed to disk, so the topic's row lock is
+//! released after a round trip instead of a disk write. The events are
+//! already delivered live when they commit; what a crash of the *database
+//! server* (not of a host, not a clean shutdown) can lose is the last
+//! fraction of a second of buffered events and seqs (at most three times
+//! `wal_writer_delay`, 600 ms by default). A client resuming with a seq
+//! the buffer no longer has is told its replay is truncated, as after any
+//! gap.
 //!
 //! # Reads
 //!
@@ -377,6 +389,12 @@ impl SeqSource for PostgresReplay {
         let client = &mut client;
         let (tx, seq) = bounded(async move {
             let tx = client.transaction().await.map_err(|e| pg_error(&e))?;
+            // The row lock is held until COMMIT returns: without waiting
+            // for the WAL flush, a hot topic is bounded by a round trip,
+            // not by the disk (see the module docs, "Durability").
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(|e| pg_error(&e))?;
             let append = tx
                 .prepare_cached(&self.sql.append)
                 .await
