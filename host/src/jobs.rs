@@ -146,21 +146,29 @@ impl JobRunner {
                 }
             };
             let full = jobs.len() >= batch;
-            futures_util::future::join_all(jobs.iter().map(|j| self.run(tenant, plugin, j))).await;
-            if !full {
+            let given_back =
+                futures_util::future::join_all(jobs.iter().map(|j| self.run(tenant, plugin, j)))
+                    .await;
+            // A job given back means the tenant cannot run more now: wait
+            // for the next poll instead of claiming it again at once.
+            if !full || given_back.contains(&true) {
                 return;
             }
         }
     }
 
-    /// Run one claimed job and settle it.
-    async fn run(&self, tenant: &TenantId, plugin: &Plugin, job: &Job) {
+    /// Run one claimed job and settle it; `true` if it did not run and
+    /// was given back.
+    async fn run(&self, tenant: &TenantId, plugin: &Plugin, job: &Job) -> bool {
         let outcome = plugin.on_job(job).await;
         let settled = match &outcome {
             Err(CallError::Overloaded | CallError::FaultBudget(_)) => {
                 // Not run (the tenant's calls filled its plan meanwhile, or
                 // its plugin faulted too often lately): not an attempt.
-                self.store.release(tenant, job).await.map(|_| ())
+                if let Err(e) = self.store.release(tenant, job).await {
+                    tracing::warn!(%tenant, job = job.id, error = %e, "job not given back; it runs again after its visibility timeout");
+                }
+                return true;
             }
             Ok(()) => self.store.complete(tenant, job).await.map(|done| {
                 if !done {
@@ -189,6 +197,7 @@ impl JobRunner {
             // The claim expires and the job runs again.
             tracing::warn!(%tenant, job = job.id, error = %e, "job not settled; it runs again after its visibility timeout");
         }
+        false
     }
 
     /// Fire the due schedules of every loaded tenant once.
