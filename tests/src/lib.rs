@@ -731,3 +731,106 @@ impl Drop for RedisNamespace {
         .join();
     }
 }
+
+/// The PostgreSQL the end-to-end tests use (a superuser, trust auth).
+pub const PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
+
+/// A registry schema and tenant prefix of one test's own on [`PG_URL`], so
+/// tests run in parallel; dropping it removes everything hosts made under
+/// them: the tenants' sessions, schemas and roles, the registry schema and
+/// the host schema (`{prefix}_host`).
+pub struct PgScope {
+    /// The hosts' `tenant_prefix`.
+    pub prefix: String,
+    /// The hosts' `registry_schema`.
+    pub registry: String,
+}
+
+/// Scopes made by this process, so two made in the same nanosecond differ.
+static PG_SCOPES: AtomicU64 = AtomicU64::new(0);
+
+impl PgScope {
+    /// A fresh scope: prefix `{label}{tag}`, registry
+    /// `tenantry_e2e_{label}_{tag}` (`label`: a few lowercase letters).
+    pub fn new(label: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = PG_SCOPES.fetch_add(1, Ordering::Relaxed);
+        let tag = format!(
+            "{:x}",
+            (nanos ^ u128::from(std::process::id()) << 64 ^ u128::from(n) << 32) & 0xff_ffff_ffff
+        );
+        Self {
+            prefix: format!("{label}{tag}"),
+            registry: format!("tenantry_e2e_{label}_{tag}"),
+        }
+    }
+
+    /// The `[postgres]` table for hosts of this scope.
+    pub fn postgres_toml(&self) -> String {
+        format!(
+            "[postgres]\nurl = {PG_URL:?}\nregistry_schema = {:?}\ntenant_prefix = {:?}\n",
+            self.registry, self.prefix
+        )
+    }
+}
+
+impl Drop for PgScope {
+    fn drop(&mut self) {
+        let (prefix, registry) = (self.prefix.clone(), self.registry.clone());
+        // From a plain thread: the test's runtime may be gone.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok((c, conn)) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(conn);
+                let like = format!("{prefix}\\_t\\_%");
+                let _ = c
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename LIKE $1",
+                        &[&like],
+                    )
+                    .await;
+                let schemas = c
+                    .query(
+                        "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                        &[&like],
+                    )
+                    .await
+                    .unwrap_or_default();
+                for row in schemas {
+                    let n: String = row.get(0);
+                    let _ = c
+                        .batch_execute(&format!("DROP SCHEMA \"{n}\" CASCADE"))
+                        .await;
+                }
+                let roles = c
+                    .query("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", &[&like])
+                    .await
+                    .unwrap_or_default();
+                for row in roles {
+                    let n: String = row.get(0);
+                    let _ = c
+                        .batch_execute(&format!("DROP OWNED BY \"{n}\"; DROP ROLE \"{n}\""))
+                        .await;
+                }
+                let _ = c
+                    .batch_execute(&format!(
+                        "DROP SCHEMA IF EXISTS \"{registry}\" CASCADE; \
+                         DROP SCHEMA IF EXISTS \"{prefix}_host\" CASCADE"
+                    ))
+                    .await;
+            });
+        })
+        .join();
+    }
+}

@@ -18,38 +18,33 @@ use tenantry::backend::postgres::provision::{tenant_ident, tenant_password};
 use tenantry::tenant::TenantId;
 use tenantry_tests::{Client, HostProcess, RedisNamespace, TenantSpec};
 
-const PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
+use tenantry_tests::{PG_URL, PgScope};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tenantry-host"))
 }
 
 /// A tenant prefix and registry schema of this test's own.
-struct Pg {
-    prefix: String,
-    registry: String,
+/// This test's Postgres scope ([`PgScope`]: dropped with everything in it).
+struct Pg(PgScope);
+
+impl std::ops::Deref for Pg {
+    type Target = PgScope;
+    fn deref(&self) -> &PgScope {
+        &self.0
+    }
 }
 
 impl Pg {
     fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let tag = format!(
-            "{:x}",
-            (nanos ^ u128::from(std::process::id()) << 64) & 0xff_ffff_ffff
-        );
-        Self {
-            prefix: format!("e2n{tag}"),
-            registry: format!("tenantry_e2e_notify_{tag}"),
-        }
+        Self(PgScope::new("e2n"))
     }
 
     fn toml(&self) -> String {
         format!(
-            "[postgres]\nurl = {PG_URL:?}\nregistry_schema = {:?}\ntenant_prefix = {:?}\n\
+            "{}\
              [notify]\nreconnect_ms = 200\n",
-            self.registry, self.prefix
+            self.postgres_toml()
         )
     }
 
@@ -64,50 +59,6 @@ async fn root() -> tokio_postgres::Client {
         .unwrap();
     tokio::spawn(conn);
     client
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let (prefix, registry) = (self.prefix.clone(), self.registry.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let c = root().await;
-                let like = format!("{prefix}\\_t\\_%");
-                let _ = c
-                    .execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename LIKE $1",
-                        &[&like],
-                    )
-                    .await;
-                for row in c
-                    .query("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", &[&like])
-                    .await
-                    .unwrap()
-                {
-                    let n: String = row.get(0);
-                    let _ = c.batch_execute(&format!("DROP SCHEMA \"{n}\" CASCADE")).await;
-                }
-                for row in c
-                    .query("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", &[&like])
-                    .await
-                    .unwrap()
-                {
-                    let n: String = row.get(0);
-                    let _ = c
-                        .batch_execute(&format!("DROP OWNED BY \"{n}\"; DROP ROLE \"{n}\""))
-                        .await;
-                }
-                let _ = c
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{registry}\" CASCADE"))
-                    .await;
-            });
-        })
-        .join();
-    }
 }
 
 /// Every `created` event `c` gets on `orders` within `quiet` of the last.

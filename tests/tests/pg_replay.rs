@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tenantry_tests::{Client, HostProcess, RedisNamespace, TenantSpec};
 
-const PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
+use tenantry_tests::PgScope;
 const SILENCE: Duration = Duration::from_millis(300);
 
 fn bin() -> &'static Path {
@@ -26,85 +26,28 @@ fn tenants() -> Vec<TenantSpec> {
 
 /// A tenant prefix (so a host schema `{prefix}_host`) and registry schema
 /// of this test's own, dropped at the end.
-struct Pg {
-    prefix: String,
-    registry: String,
+/// This test's Postgres scope ([`PgScope`]: dropped with everything in it).
+struct Pg(PgScope);
+
+impl std::ops::Deref for Pg {
+    type Target = PgScope;
+    fn deref(&self) -> &PgScope {
+        &self.0
+    }
 }
 
 impl Pg {
     fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let id = format!(
-            "{:x}",
-            (nanos ^ u128::from(std::process::id()) << 64) & 0xff_ffff_ffff
-        );
-        Self {
-            prefix: format!("e2r{tag}{id}"),
-            registry: format!("tenantry_e2e_replay_{tag}{id}"),
-        }
+        Self(PgScope::new(&format!("e2r{tag}")))
     }
 
     fn toml(&self) -> String {
         format!(
-            "[postgres]\nurl = {PG_URL:?}\nregistry_schema = {:?}\ntenant_prefix = {:?}\n\
+            "{}\
              [notify]\nenabled = false\n\
              [replay]\nstore = \"postgres\"\nsize = 100\n",
-            self.registry, self.prefix
+            self.postgres_toml()
         )
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let schemas = [format!("{}_host", self.prefix), self.registry.clone()];
-        let like = format!("{}\\_t\\_%", self.prefix);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (c, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                // Tenant schemas and roles, should any have been made.
-                for row in c
-                    .query(
-                        "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
-                        &[&like],
-                    )
-                    .await
-                    .unwrap_or_default()
-                {
-                    let n: String = row.get(0);
-                    let _ = c
-                        .batch_execute(&format!("DROP SCHEMA \"{n}\" CASCADE"))
-                        .await;
-                }
-                for row in c
-                    .query(
-                        "SELECT rolname FROM pg_roles WHERE rolname LIKE $1",
-                        &[&like],
-                    )
-                    .await
-                    .unwrap_or_default()
-                {
-                    let n: String = row.get(0);
-                    let _ = c
-                        .batch_execute(&format!("DROP OWNED BY \"{n}\"; DROP ROLE \"{n}\""))
-                        .await;
-                }
-                for s in schemas {
-                    let _ = c
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE"))
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }
 

@@ -18,31 +18,26 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tenantry_tests::{Client, HostProcess, TenantSpec};
 
-const PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
+use tenantry_tests::PgScope;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tenantry-host"))
 }
 
 /// A registry schema and tenant prefix of this test's own.
-struct Pg {
-    prefix: String,
-    registry: String,
+/// This test's Postgres scope ([`PgScope`]: dropped with everything in it).
+struct Pg(PgScope);
+
+impl std::ops::Deref for Pg {
+    type Target = PgScope;
+    fn deref(&self) -> &PgScope {
+        &self.0
+    }
 }
 
 impl Pg {
     fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let tag = format!(
-            "{:x}",
-            (nanos ^ u128::from(std::process::id()) << 64) & 0xff_ffff_ffff
-        );
-        Self {
-            prefix: format!("tasks{tag}"),
-            registry: format!("tenantry_e2e_tasks_{tag}"),
-        }
+        Self(PgScope::new("tasks"))
     }
 
     /// The config: this test's Postgres schemas and a fast task runner
@@ -51,67 +46,11 @@ impl Pg {
     /// a machine that may be busy).
     fn toml(&self) -> String {
         format!(
-            "[postgres]\nurl = {PG_URL:?}\nregistry_schema = {:?}\ntenant_prefix = {:?}\n\
+            "{}\
              [tasks]\npoll_ms = 50\nfence_ttl_ms = 1500\nawait_poll_ms = 50\nretry_base_ms = 100\n\
              [limits]\ncall_wall_timeout_ms = 30000\n",
-            self.registry, self.prefix
+            self.postgres_toml()
         )
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let (prefix, registry) = (self.prefix.clone(), self.registry.clone());
-        // Dropped from a plain thread: the test's runtime may be gone.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (c, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                let like = format!("{prefix}\\_t\\_%");
-                let _ = c
-                    .execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename LIKE $1",
-                        &[&like],
-                    )
-                    .await;
-                for row in c
-                    .query(
-                        "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
-                        &[&like],
-                    )
-                    .await
-                    .unwrap()
-                {
-                    let n: String = row.get(0);
-                    let _ = c
-                        .batch_execute(&format!("DROP SCHEMA \"{n}\" CASCADE"))
-                        .await;
-                }
-                for row in c
-                    .query("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", &[&like])
-                    .await
-                    .unwrap()
-                {
-                    let n: String = row.get(0);
-                    let _ = c
-                        .batch_execute(&format!("DROP OWNED BY \"{n}\"; DROP ROLE \"{n}\""))
-                        .await;
-                }
-                let _ = c
-                    .batch_execute(&format!(
-                        "DROP SCHEMA IF EXISTS \"{registry}\" CASCADE; \
-                         DROP SCHEMA IF EXISTS \"{prefix}_host\" CASCADE"
-                    ))
-                    .await;
-            });
-        })
-        .join();
     }
 }
 
