@@ -47,14 +47,15 @@ impl Host for HostState {
         meta: String,
     ) -> Result<GroupInfo, HostError> {
         check_meta(&meta)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .groups
-            .create(&s.tenant, &name, max_members, &meta)
+        let r = self
+            .cpu
+            .wait(
+                s.backends
+                    .groups
+                    .create(&s.tenant, &name, max_members, &meta),
+            )
             .await;
-        self.cpu.resume();
         let info = r.map_err(HostError::from)?;
         Ok(GroupInfo {
             created: info.created,
@@ -73,14 +74,17 @@ impl Host for HostState {
         let Some(outbound) = conn.outbound else {
             return Err(HostError::Unavailable);
         };
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .groups
-            .join(&s.tenant, &conn.id, &outbound, &name, role_from_wit(role))
+        let r = self
+            .cpu
+            .wait(s.backends.groups.join(
+                &s.tenant,
+                &conn.id,
+                &outbound,
+                &name,
+                role_from_wit(role),
+            ))
             .await;
-        self.cpu.resume();
         match &r {
             Ok(j) if j.new => metrics::group(&s.tenant, &name, GroupEvent::Join),
             Err(BackendError::QuotaExceeded(_)) => {
@@ -100,10 +104,11 @@ impl Host for HostState {
         let Some(conn) = self.connection.as_ref().map(|c| c.id.clone()) else {
             return Err(HostError::AccessDenied);
         };
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.groups.leave(&s.tenant, &conn, &name).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.groups.leave(&s.tenant, &conn, &name))
+            .await;
         if let Ok(true) = r {
             metrics::group(&s.tenant, &name, GroupEvent::Leave);
         }
@@ -119,14 +124,17 @@ impl Host for HostState {
     ) -> Result<(), HostError> {
         crate::groups::check_group_name(&name).map_err(HostError::from)?;
         super::pubsub::check_publish(&self.scope, &event, &data)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .groups
-            .publish(&s.tenant, &name, &event, &data, role.map(role_from_wit))
+        let r = self
+            .cpu
+            .wait(s.backends.groups.publish(
+                &s.tenant,
+                &name,
+                &event,
+                &data,
+                role.map(role_from_wit),
+            ))
             .await;
-        self.cpu.resume();
         if r.is_ok() {
             s.backends
                 .publish_rates
@@ -138,10 +146,11 @@ impl Host for HostState {
 
     async fn members(&mut self, name: String) -> Result<Vec<GroupMember>, HostError> {
         crate::groups::check_group_name(&name).map_err(HostError::from)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.groups.store().members(&s.tenant, &name).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.groups.store().members(&s.tenant, &name))
+            .await;
         Ok(r.map_err(HostError::from)?
             .into_iter()
             .map(|m| GroupMember {
@@ -153,42 +162,41 @@ impl Host for HostState {
 
     async fn count(&mut self, name: String) -> Result<u64, HostError> {
         crate::groups::check_group_name(&name).map_err(HostError::from)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.groups.store().count(&s.tenant, &name).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.groups.store().count(&s.tenant, &name))
+            .await;
         r.map_err(HostError::from)
     }
 
     async fn get_meta(&mut self, name: String) -> Result<Option<String>, HostError> {
         crate::groups::check_group_name(&name).map_err(HostError::from)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.groups.store().meta(&s.tenant, &name).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.groups.store().meta(&s.tenant, &name))
+            .await;
         r.map_err(HostError::from)
     }
 
     async fn set_meta(&mut self, name: String, meta: String) -> Result<(), HostError> {
         crate::groups::check_group_name(&name).map_err(HostError::from)?;
         check_meta(&meta)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .groups
-            .store()
-            .set_meta(&s.tenant, &name, &meta)
+        let r = self
+            .cpu
+            .wait(s.backends.groups.store().set_meta(&s.tenant, &name, &meta))
             .await;
-        self.cpu.resume();
         r.map_err(HostError::from)
     }
 
     async fn close(&mut self, name: String) -> Result<u32, HostError> {
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.groups.close(&s.tenant, &name).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.groups.close(&s.tenant, &name))
+            .await;
         let n = r.map_err(HostError::from)?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }

@@ -23,14 +23,15 @@ fn check_key(key: &str) -> Result<(), HostError> {
 impl Host for HostState {
     async fn acquire(&mut self, key: String, pending_ttl_ms: u64) -> Result<IdemState, HostError> {
         check_key(&key)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .idempotency
-            .acquire(&s.tenant, &key, Duration::from_millis(pending_ttl_ms))
+        let r = self
+            .cpu
+            .wait(s.backends.idempotency.acquire(
+                &s.tenant,
+                &key,
+                Duration::from_millis(pending_ttl_ms),
+            ))
             .await;
-        self.cpu.resume();
         Ok(match r.map_err(HostError::from)? {
             IdemAcquire::Acquired => IdemState::Acquired,
             IdemAcquire::Pending => IdemState::Pending,
@@ -44,23 +45,26 @@ impl Host for HostState {
         if serde_json::from_str::<IgnoredAny>(&value).is_err() {
             return Err(HostError::Invalid);
         }
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .idempotency
-            .commit(&s.tenant, &key, &value, Duration::from_millis(ttl_ms))
+        let r = self
+            .cpu
+            .wait(s.backends.idempotency.commit(
+                &s.tenant,
+                &key,
+                &value,
+                Duration::from_millis(ttl_ms),
+            ))
             .await;
-        self.cpu.resume();
         r.map_err(HostError::from)
     }
 
     async fn abort(&mut self, key: String) -> Result<(), HostError> {
         check_key(&key)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.idempotency.abort(&s.tenant, &key).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.idempotency.abort(&s.tenant, &key))
+            .await;
         r.map(drop).map_err(HostError::from)
     }
 }

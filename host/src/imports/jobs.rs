@@ -35,9 +35,10 @@ impl wit_jobs::Host for HostState {
             max_attempts: options.max_attempts,
             request_id: None,
         };
-        self.cpu.pause();
-        let r = jobs.enqueue(&tenant, &queue, &payload, &options).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(jobs.enqueue(&tenant, &queue, &payload, &options))
+            .await;
         if let Err(e) = &r {
             tracing::debug!(%tenant, queue, error = %e, "job not enqueued");
         }
@@ -58,9 +59,10 @@ impl wit_schedule::Host for HostState {
             return Err(not_configured());
         };
         let tenant = s.tenant.clone();
-        self.cpu.pause();
-        let r = schedules.set(&tenant, &id, &cron, &queue, &payload).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(schedules.set(&tenant, &id, &cron, &queue, &payload))
+            .await;
         Ok(r?)
     }
 
@@ -70,9 +72,7 @@ impl wit_schedule::Host for HostState {
             return Err(not_configured());
         };
         let tenant = s.tenant.clone();
-        self.cpu.pause();
-        let r = schedules.remove(&tenant, &id).await;
-        self.cpu.resume();
+        let r = self.cpu.wait(schedules.remove(&tenant, &id)).await;
         Ok(r?)
     }
 
@@ -82,9 +82,7 @@ impl wit_schedule::Host for HostState {
             return Err(not_configured());
         };
         let tenant = s.tenant.clone();
-        self.cpu.pause();
-        let r = schedules.list(&tenant).await;
-        self.cpu.resume();
+        let r = self.cpu.wait(schedules.list(&tenant)).await;
         Ok(r?
             .into_iter()
             .map(|s| wit_schedule::ScheduleInfo {

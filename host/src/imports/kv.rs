@@ -38,10 +38,8 @@ fn quota(scope: &Scope) -> KvQuota {
 impl Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, HostError> {
         check_key(&key)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.kv.get(&s.tenant, &key).await;
-        self.cpu.resume();
+        let r = self.cpu.wait(s.backends.kv.get(&s.tenant, &key)).await;
         r.map_err(HostError::from)
     }
 
@@ -58,38 +56,34 @@ impl Host for HostState {
         if ttl_ms == Some(0) {
             return Err(HostError::Invalid);
         }
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .kv
-            .set(
+        let r = self
+            .cpu
+            .wait(s.backends.kv.set(
                 &s.tenant,
                 &key,
                 value,
                 ttl_ms.map(Duration::from_millis),
                 quota(s),
-            )
+            ))
             .await;
-        self.cpu.resume();
         r.map_err(|e| refused(s, e))
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, HostError> {
         check_key(&key)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.kv.delete(&s.tenant, &key).await;
-        self.cpu.resume();
+        let r = self.cpu.wait(s.backends.kv.delete(&s.tenant, &key)).await;
         r.map_err(HostError::from)
     }
 
     async fn incr(&mut self, key: String, delta: i64) -> Result<i64, HostError> {
         check_key(&key)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.kv.incr(&s.tenant, &key, delta, quota(s)).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.kv.incr(&s.tenant, &key, delta, quota(s)))
+            .await;
         r.map_err(|e| refused(s, e))
     }
 }

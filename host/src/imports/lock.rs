@@ -15,39 +15,38 @@ impl Host for HostState {
         ttl_ms: u64,
         wait_ms: u64,
     ) -> Result<Option<u64>, HostError> {
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .lock
-            .acquire(
+        let r = self
+            .cpu
+            .wait(s.backends.lock.acquire(
                 &s.tenant,
                 &key,
                 Duration::from_millis(ttl_ms),
                 Duration::from_millis(wait_ms),
-            )
+            ))
             .await;
-        self.cpu.resume();
         Ok(r.map_err(HostError::from)?.map(|lease| lease.token))
     }
 
     async fn refresh(&mut self, key: String, token: u64, ttl_ms: u64) -> Result<bool, HostError> {
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .lock
-            .refresh(&s.tenant, &key, token, Duration::from_millis(ttl_ms))
+        let r = self
+            .cpu
+            .wait(
+                s.backends
+                    .lock
+                    .refresh(&s.tenant, &key, token, Duration::from_millis(ttl_ms)),
+            )
             .await;
-        self.cpu.resume();
         r.map_err(HostError::from)
     }
 
     async fn release(&mut self, key: String, token: u64) -> Result<bool, HostError> {
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.lock.release(&s.tenant, &key, token).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.lock.release(&s.tenant, &key, token))
+            .await;
         r.map_err(HostError::from)
     }
 }

@@ -45,11 +45,9 @@ impl HostState {
         };
         let limits = SqlLimits::of(&s.quota.plan());
         let tenant = s.tenant.clone();
-        self.cpu.pause();
         let started = std::time::Instant::now();
-        let r = work(sql, tenant.clone(), limits).await;
+        let r = self.cpu.wait(work(sql, tenant.clone(), limits)).await;
         let took = started.elapsed();
-        self.cpu.resume();
         self.scope.quota.usage.sql(took);
         crate::metrics::sql(&tenant, took, r.is_ok());
         if let Err(e) = &r {

@@ -53,10 +53,11 @@ impl Host for HostState {
 
     async fn members(&mut self, topic: String) -> Result<Vec<Member>, HostError> {
         check_topic(&topic)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.presence.members(&s.tenant, &topic).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.presence.members(&s.tenant, &topic))
+            .await;
         Ok(r.map_err(HostError::from)?
             .into_iter()
             .map(|m| Member {

@@ -73,9 +73,8 @@ impl Host for HostState {
         data: String,
     ) -> Result<(), HostError> {
         let scope = std::sync::Arc::clone(&self.scope);
-        self.cpu.pause();
-        let r = publish_as(&scope, &topic, &event, &data).await;
-        self.cpu.resume();
-        r
+        self.cpu
+            .wait(publish_as(&scope, &topic, &event, &data))
+            .await
     }
 }

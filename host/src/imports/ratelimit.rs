@@ -19,14 +19,11 @@ impl Host for HostState {
             interval: Duration::from_millis(rule.interval_ms),
             block: Duration::from_millis(rule.block_ms),
         };
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .ratelimit
-            .consume(&s.tenant, &key, rule, cost)
+        let r = self
+            .cpu
+            .wait(s.backends.ratelimit.consume(&s.tenant, &key, rule, cost))
             .await;
-        self.cpu.resume();
         let d = r.map_err(HostError::from)?;
         crate::metrics::ratelimit(&s.tenant, d.allowed);
         Ok(RateDecision {
@@ -38,22 +35,24 @@ impl Host for HostState {
     }
 
     async fn reset(&mut self, key: String) -> Result<(), HostError> {
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.ratelimit.reset(&s.tenant, &key).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.ratelimit.reset(&s.tenant, &key))
+            .await;
         r.map_err(HostError::from)
     }
 
     async fn ban(&mut self, key: String, duration_ms: u64) -> Result<(), HostError> {
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s
-            .backends
-            .ratelimit
-            .ban(&s.tenant, &key, Duration::from_millis(duration_ms))
+        let r = self
+            .cpu
+            .wait(
+                s.backends
+                    .ratelimit
+                    .ban(&s.tenant, &key, Duration::from_millis(duration_ms)),
+            )
             .await;
-        self.cpu.resume();
         if r.is_ok() {
             crate::metrics::ratelimit_ban(&s.tenant);
         }
@@ -61,10 +60,11 @@ impl Host for HostState {
     }
 
     async fn unban(&mut self, key: String) -> Result<(), HostError> {
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.ratelimit.unban(&s.tenant, &key).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.ratelimit.unban(&s.tenant, &key))
+            .await;
         r.map_err(HostError::from)
     }
 }

@@ -17,19 +17,21 @@ fn check_topic(topic: &str) -> Result<(), HostError> {
 impl Host for HostState {
     async fn seq(&mut self, topic: String) -> Result<u64, HostError> {
         check_topic(&topic)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.replay.seq(&s.tenant, &topic).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.replay.seq(&s.tenant, &topic))
+            .await;
         r.map_err(HostError::from)
     }
 
     async fn since(&mut self, topic: String, since: u64) -> Result<ReplayPage, HostError> {
         check_topic(&topic)?;
-        self.cpu.pause();
         let s = &self.scope;
-        let r = s.backends.replay.since(&s.tenant, &topic, since).await;
-        self.cpu.resume();
+        let r = self
+            .cpu
+            .wait(s.backends.replay.since(&s.tenant, &topic, since))
+            .await;
         let page = r.map_err(HostError::from)?;
         Ok(ReplayPage {
             truncated: page.truncated,

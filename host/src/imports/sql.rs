@@ -53,11 +53,12 @@ impl HostState {
         };
         let limits = SqlLimits::of(&s.quota.plan());
         let tenant = s.tenant.clone();
-        self.cpu.pause();
         let started = std::time::Instant::now();
-        let r = sql.run(&tenant, &limits, statements, atomic).await;
+        let r = self
+            .cpu
+            .wait(sql.run(&tenant, &limits, statements, atomic))
+            .await;
         let took = started.elapsed();
-        self.cpu.resume();
         s.quota.usage.sql(took);
         crate::metrics::sql(&tenant, took, r.is_ok());
         if let Err(e) = &r {

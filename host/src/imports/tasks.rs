@@ -66,11 +66,10 @@ impl wit_tasks::Host for HostState {
                 .request_id
                 .filter(|r| r.len() <= MAX_REQUEST_ID_BYTES),
         };
-        self.cpu.pause();
-        let r = tasks
-            .start(&tenant, &name, &idempotency_key, &input, &options)
+        let r = self
+            .cpu
+            .wait(tasks.start(&tenant, &name, &idempotency_key, &input, &options))
             .await;
-        self.cpu.resume();
         match r {
             Ok((task, _)) => Ok(info(task)),
             Err(e) => {
@@ -92,9 +91,7 @@ impl wit_tasks::Host for HostState {
         let settings = tasks.settings();
         let timeout = Duration::from_millis(timeout_ms).min(settings.max_wait);
         let poll = settings.await_poll;
-        self.cpu.pause();
-        let r = tasks.wait(&tenant, id, timeout, poll).await;
-        self.cpu.resume();
+        let r = self.cpu.wait(tasks.wait(&tenant, id, timeout, poll)).await;
         let task = r.map_err(host)?.ok_or(TaskError::NotFound)?;
         match task.state {
             TaskState::Committed => Ok(task.result.unwrap_or_else(|| "null".to_owned())),
@@ -112,9 +109,7 @@ impl wit_tasks::Host for HostState {
             return Ok(None);
         };
         let tenant = s.tenant.clone();
-        self.cpu.pause();
-        let r = tasks.get(&tenant, id).await;
-        self.cpu.resume();
+        let r = self.cpu.wait(tasks.get(&tenant, id)).await;
         Ok(r.map_err(host)?.map(info))
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -216,22 +217,45 @@ impl CpuBudget {
         self.release_slot();
     }
 
-    /// The guest is about to wait for a host import: account its running
-    /// time so far and give back its CPU slot, if it holds one (waiting is
-    /// not running: the tenant's other long calls go on meanwhile; a call
-    /// waiting seconds on SQL or a lock must not stall them). Call
-    /// [`CpuBudget::resume`] when the wait is over; the time in between is
-    /// not charged, and the call takes a slot again at its next yield.
-    pub fn pause(&mut self) {
+    /// Await `import`, a host import's work for the guest.
+    ///
+    /// What the import does without waiting (an in-memory backend answers
+    /// at once) is work done for the guest on this worker: it is charged to
+    /// the call's budget and the call keeps its CPU slot, so a plugin cannot
+    /// escape its deadline, or its tenant's limit on workers, by calling
+    /// such imports in a loop. Once the import has to wait (I/O, a lock, a
+    /// timer), the time so far is charged, the slot is given back (the
+    /// tenant's other long calls go on; a call waiting seconds on SQL must
+    /// not stall them) and the waiting time is not charged; the call takes a
+    /// slot again at its next yield.
+    pub async fn wait<F: Future>(&mut self, import: F) -> F::Output {
+        let mut import = std::pin::pin!(import);
+        let first = std::future::poll_fn(|cx| match import.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(Some(out)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        if let Some(out) = first {
+            return out;
+        }
+        self.pause();
+        let out = import.await;
+        self.resume();
+        out
+    }
+
+    /// The guest waits for a host import from now: account its running
+    /// time so far and give back its CPU slot, if it holds one. Until
+    /// [`CpuBudget::resume`], time is not charged.
+    fn pause(&mut self) {
         // A spent budget is acted on at the next epoch tick.
         let _ = self.charge();
         self.release_slot();
     }
 
-    /// The guest runs again after a host import returned. The slice goes
-    /// on: an import that completed at once did not give up the worker, and
-    /// a guest calling many of them must still yield.
-    pub fn resume(&self) {
+    /// The guest runs again after a host import's wait. The slice goes on
+    /// (it is wall time): a guest calling many imports must still yield.
+    fn resume(&self) {
         self.running_since
             .store(duration_nanos(self.origin.elapsed()), Ordering::Relaxed);
     }
@@ -299,6 +323,42 @@ mod tests {
             cpu.charge(),
             "30 ms of running did not spend a 20 ms budget"
         );
+    }
+
+    #[tokio::test]
+    async fn an_import_that_answers_at_once_is_charged_and_keeps_the_slot() {
+        let slots = Arc::new(Semaphore::new(1));
+        let mut cpu = CpuBudget::new(Duration::from_millis(20), Arc::clone(&slots));
+        cpu.yield_future().await;
+        assert_eq!(slots.available_permits(), 0);
+        // Host work done at once for the guest (30 ms of it).
+        cpu.wait(async { std::thread::sleep(Duration::from_millis(30)) })
+            .await;
+        assert_eq!(
+            slots.available_permits(),
+            0,
+            "the slot was given back for work that did not wait"
+        );
+        assert!(
+            cpu.charge(),
+            "30 ms of import work did not spend a 20 ms budget"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_import_that_waits_is_not_charged_and_gives_back_the_slot() {
+        let slots = Arc::new(Semaphore::new(1));
+        let mut cpu = CpuBudget::new(Duration::from_millis(20), Arc::clone(&slots));
+        cpu.yield_future().await;
+        let probe = Arc::clone(&slots);
+        let free_while_waiting = cpu
+            .wait(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                probe.available_permits()
+            })
+            .await;
+        assert_eq!(free_while_waiting, 1, "the slot was kept while waiting");
+        assert!(!cpu.charge(), "30 ms of waiting spent a 20 ms budget");
     }
 
     #[tokio::test]
