@@ -173,6 +173,10 @@ enum Mode {
     Idle {
         #[arg(long, default_value_t = 10_000)]
         conns: usize,
+        /// Keep the connections open this many seconds after the reading
+        /// (the host's pid is printed), e.g. to inspect its heap with gdb.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
     },
     /// Noisy neighbour: tenant B's steady echo load, first alone, then while
     /// tenant A (hostile plugin, default plan) runs one hostile behaviour
@@ -292,7 +296,7 @@ fn main() -> Result<()> {
                 rate,
                 seconds,
             } => fanout(&host, subs, rate, seconds).await,
-            Mode::Idle { conns } => idle(&host, conns).await,
+            Mode::Idle { conns, hold } => idle(&host, conns, hold).await,
             Mode::Notify {
                 subs,
                 rate,
@@ -1044,7 +1048,7 @@ async fn fleet(
     Ok(())
 }
 
-async fn idle(host: &HostProcess, conns: usize) -> Result<()> {
+async fn idle(host: &HostProcess, conns: usize, hold: u64) -> Result<()> {
     let url = host.url("/t/bench/ws");
     // Warm the process up with a few connections so one-off allocations are excluded.
     let mut warm = Vec::new();
@@ -1064,8 +1068,12 @@ async fn idle(host: &HostProcess, conns: usize) -> Result<()> {
         json!({
             "mode": "idle", "connections": conns, "rss_before_kib": rss0, "rss_after_kib": rss1,
             "kib_per_connection": ((rss1.saturating_sub(rss0)) as f64 / conns as f64 * 100.0).round() / 100.0,
+            "host_pid": host.pid(),
         })
     );
+    if hold > 0 {
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
     drop(warm);
     drop(sockets);
     Ok(())
