@@ -20,6 +20,7 @@
 //! (connections, subscriptions, versions, breakers) are read at scrape time
 //! from a [`LiveSource`], so they cost nothing on the hot path.
 
+mod hot;
 pub mod labels;
 
 use std::sync::OnceLock;
@@ -31,6 +32,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use hot::{HotCache, HotSeries};
 pub use labels::MetricsSettings;
 use labels::{SeriesBudget, TenantLabels, TopicMap};
 
@@ -168,6 +170,8 @@ pub struct Metrics {
     series: SeriesBudget,
     dropped: IntCounter,
     live: RwLock<Option<LiveSource>>,
+    /// Per-tenant handles on the series every call updates.
+    hot: HotCache,
     // The host's own.
     connections: IntGaugeVec,
     subscriptions: IntGaugeVec,
@@ -322,6 +326,7 @@ impl Metrics {
             topics: TopicMap::new(settings.map_topic.clone()),
             series: SeriesBudget::new(settings.max_series),
             live: RwLock::new(None),
+            hot: HotCache::default(),
             dropped: f.counter(
                 "metrics_series_dropped_total",
                 "Observations dropped because their metric holds max_series label sets.",
@@ -543,6 +548,56 @@ impl Metrics {
         }
     }
 
+    /// Run `f` on `tenant`'s per-call series, resolved at its first RPC
+    /// call and kept. `None` for a tenant labelled `other`, or while the
+    /// series cap refuses one of them: the caller then takes the per-label
+    /// path.
+    fn hot<R>(&self, tenant: &TenantId, f: impl FnOnce(&HotSeries) -> R) -> Option<R> {
+        self.hot.with(tenant, || self.resolve_hot(tenant), f)
+    }
+
+    /// As [`Metrics::hot`], but `None` until the tenant's first RPC call
+    /// resolved the series.
+    fn kept<R>(&self, tenant: &TenantId, f: impl FnOnce(&HotSeries) -> R) -> Option<R> {
+        self.hot.with_kept(tenant, f)
+    }
+
+    fn resolve_hot(&self, tenant: &TenantId) -> Option<HotSeries> {
+        let label = self.tenant(tenant);
+        if label != tenant.as_str() {
+            return None;
+        }
+        // A refusal is not counted as a drop here: the per-label path that
+        // follows counts the observation it drops.
+        let t = [label];
+        let admitted = self.series.admit("rpc_calls", &[label, "OK"])
+            && [
+                "rpc_duration",
+                "instantiation",
+                "cpu",
+                "memory",
+                "bytes_in",
+                "bytes_out",
+            ]
+            .into_iter()
+            .all(|key| self.series.admit(key, &t));
+        if !admitted {
+            return None;
+        }
+        Some(HotSeries {
+            rpc_ok: self
+                .rpc_calls
+                .get_metric_with_label_values(&[label, "OK"])
+                .ok()?,
+            rpc_duration: self.rpc_duration.get_metric_with_label_values(&t).ok()?,
+            instantiation: self.instantiation.get_metric_with_label_values(&t).ok()?,
+            cpu: self.cpu.get_metric_with_label_values(&t).ok()?,
+            memory: self.memory.get_metric_with_label_values(&t).ok()?,
+            bytes_in: self.bytes_in.get_metric_with_label_values(&t).ok()?,
+            bytes_out: self.bytes_out.get_metric_with_label_values(&t).ok()?,
+        })
+    }
+
     /// Count `n` on a `{tenant}` counter.
     fn by_tenant(&self, vec: &IntCounterVec, key: &'static str, tenant: &TenantId, n: u64) {
         self.inc(vec, key, &[self.tenant(tenant)], n);
@@ -683,49 +738,102 @@ pub fn refusal(tenant: &TenantId, kind: RefusalKind) {
 /// Count an answered RPC call: `code` is `OK` or the error code.
 pub fn rpc(tenant: &TenantId, code: &str, elapsed: Duration) {
     if let Some(m) = get() {
-        let code = KNOWN_CODES
-            .iter()
-            .find(|c| **c == code)
-            .copied()
-            .unwrap_or("OTHER");
-        let label = m.tenant(tenant);
-        m.inc(&m.rpc_calls, "rpc_calls", &[label, code], 1);
-        m.observe(
-            &m.rpc_duration,
-            "rpc_duration",
-            &[label],
-            elapsed.as_secs_f64(),
-        );
+        m.count_rpc(tenant, code, elapsed);
     }
 }
 
 /// Account one plugin call's costs.
 pub fn call_finished(tenant: &TenantId, stats: &CallStats) {
-    let Some(m) = get() else { return };
-    let label = m.tenant(tenant);
-    if let Some(d) = stats.instantiation {
-        m.observe(&m.instantiation, "instantiation", &[label], d.as_secs_f64());
-    }
-    if let Some(c) = m.series(&m.cpu, "cpu", &[label]) {
-        c.inc_by(stats.cpu.as_secs_f64());
-    }
-    m.observe(&m.memory, "memory", &[label], stats.memory_bytes as f64);
-    if let Some(fuel) = stats.fuel {
-        m.inc(&m.fuel, "fuel", &[label], fuel);
+    if let Some(m) = get() {
+        m.count_call(tenant, stats);
     }
 }
 
 /// Count `n` bytes received from a client of `tenant`.
 pub fn bytes_received(tenant: &TenantId, n: u64) {
     if let Some(m) = get() {
-        m.by_tenant(&m.bytes_in, "bytes_in", tenant, n);
+        m.count_bytes(tenant, Direction::In, n);
     }
 }
 
 /// Count `n` bytes sent to a client of `tenant`.
 pub fn bytes_sent(tenant: &TenantId, n: u64) {
     if let Some(m) = get() {
-        m.by_tenant(&m.bytes_out, "bytes_out", tenant, n);
+        m.count_bytes(tenant, Direction::Out, n);
+    }
+}
+
+/// Which way WebSocket bytes went, for [`Metrics::count_bytes`].
+#[derive(Clone, Copy)]
+enum Direction {
+    In,
+    Out,
+}
+
+impl Metrics {
+    fn count_rpc(&self, tenant: &TenantId, code: &str, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let ok = code == "OK";
+        let hot = self.hot(tenant, |h| {
+            h.rpc_duration.observe(secs);
+            if ok {
+                h.rpc_ok.inc();
+            }
+        });
+        if hot.is_some() && ok {
+            return;
+        }
+        let code = KNOWN_CODES
+            .iter()
+            .find(|c| **c == code)
+            .copied()
+            .unwrap_or("OTHER");
+        let label = self.tenant(tenant);
+        self.inc(&self.rpc_calls, "rpc_calls", &[label, code], 1);
+        if hot.is_none() {
+            self.observe(&self.rpc_duration, "rpc_duration", &[label], secs);
+        }
+    }
+
+    fn count_call(&self, tenant: &TenantId, stats: &CallStats) {
+        let hot = self.kept(tenant, |h| {
+            if let Some(d) = stats.instantiation {
+                h.instantiation.observe(d.as_secs_f64());
+            }
+            h.cpu.inc_by(stats.cpu.as_secs_f64());
+            h.memory.observe(stats.memory_bytes as f64);
+        });
+        if hot.is_none() {
+            let label = self.tenant(tenant);
+            if let Some(d) = stats.instantiation {
+                self.observe(
+                    &self.instantiation,
+                    "instantiation",
+                    &[label],
+                    d.as_secs_f64(),
+                );
+            }
+            if let Some(c) = self.series(&self.cpu, "cpu", &[label]) {
+                c.inc_by(stats.cpu.as_secs_f64());
+            }
+            self.observe(&self.memory, "memory", &[label], stats.memory_bytes as f64);
+        }
+        if let Some(fuel) = stats.fuel {
+            self.inc(&self.fuel, "fuel", &[self.tenant(tenant)], fuel);
+        }
+    }
+
+    fn count_bytes(&self, tenant: &TenantId, direction: Direction, n: u64) {
+        let hot = self.kept(tenant, |h| match direction {
+            Direction::In => h.bytes_in.inc_by(n),
+            Direction::Out => h.bytes_out.inc_by(n),
+        });
+        if hot.is_none() {
+            match direction {
+                Direction::In => self.by_tenant(&self.bytes_in, "bytes_in", tenant, n),
+                Direction::Out => self.by_tenant(&self.bytes_out, "bytes_out", tenant, n),
+            }
+        }
     }
 }
 
@@ -1058,6 +1166,74 @@ mod tests {
         assert_eq!(series("bounded_bytes_received_total{"), 2);
         assert!(text.contains(r#"bounded_bytes_received_total{tenant="t0"} 1"#));
         assert!(text.contains(r#"bounded_bytes_received_total{tenant="other"} 4"#));
+    }
+
+    #[test]
+    fn per_call_series_count_the_same_through_the_kept_handles() {
+        let m = Metrics::new(&MetricsSettings {
+            prefix: "hot_".into(),
+            max_tenants: 1,
+            ..MetricsSettings::default()
+        })
+        .unwrap();
+        let stats = CallStats {
+            instantiation: Some(Duration::from_millis(2)),
+            cpu: Duration::from_millis(250),
+            memory_bytes: 100_000,
+            fuel: None,
+        };
+        // acme gets the one tenant label (and kept handles); beta is `other`.
+        for t in [tid("acme"), tid("beta")] {
+            for _ in 0..3 {
+                m.count_rpc(&t, "OK", Duration::from_millis(1));
+                m.count_call(&t, &stats);
+                m.count_bytes(&t, Direction::In, 10);
+                m.count_bytes(&t, Direction::Out, 7);
+            }
+            m.count_rpc(&t, "NOT_FOUND", Duration::from_millis(1));
+        }
+        let text = m.render();
+        for label in ["acme", "other"] {
+            for line in [
+                format!(r#"hot_rpc_calls_total{{code="OK",tenant="{label}"}} 3"#),
+                format!(r#"hot_rpc_calls_total{{code="NOT_FOUND",tenant="{label}"}} 1"#),
+                format!(r#"hot_rpc_duration_seconds_count{{tenant="{label}"}} 4"#),
+                format!(r#"hot_instantiation_seconds_count{{tenant="{label}"}} 3"#),
+                format!(r#"hot_call_cpu_seconds_total{{tenant="{label}"}} 0.75"#),
+                format!(r#"hot_call_memory_bytes_count{{tenant="{label}"}} 3"#),
+                format!(r#"hot_bytes_received_total{{tenant="{label}"}} 30"#),
+                format!(r#"hot_bytes_sent_total{{tenant="{label}"}} 21"#),
+            ] {
+                assert!(text.contains(&line), "{line}\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn per_call_series_past_the_series_cap_are_dropped_once_each() {
+        let m = Metrics::new(&MetricsSettings {
+            prefix: "hotcap_".into(),
+            max_series: 1,
+            ..MetricsSettings::default()
+        })
+        .unwrap();
+        m.count_rpc(&tid("first"), "OK", Duration::from_millis(1));
+        m.count_bytes(&tid("first"), Direction::In, 5);
+        // `second` would be each family's second series: every observation
+        // (two per RPC, one per byte count) is refused and counted as one
+        // drop, not resolved into handles.
+        for _ in 0..4 {
+            m.count_rpc(&tid("second"), "OK", Duration::from_millis(1));
+            m.count_bytes(&tid("second"), Direction::In, 5);
+        }
+        let text = m.render();
+        assert!(text.contains(r#"hotcap_bytes_received_total{tenant="first"} 5"#));
+        assert!(text.contains(r#"hotcap_rpc_calls_total{code="OK",tenant="first"} 1"#));
+        assert!(!text.contains(r#"tenant="second""#), "{text}");
+        assert!(
+            text.contains("hotcap_metrics_series_dropped_total 12"),
+            "{text}"
+        );
     }
 
     #[test]
