@@ -100,3 +100,15 @@ pub fn start_epoch_ticker(engine: &Engine, active: Arc<AtomicUsize>) -> std::io:
         })
         .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_perf_map_is_opt_in() {
+        assert!(perf_map_requested(Some(std::ffi::OsStr::new("1"))));
+        assert!(!perf_map_requested(Some(std::ffi::OsStr::new("0"))));
+        assert!(!perf_map_requested(None));
+    }
+}
