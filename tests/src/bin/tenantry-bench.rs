@@ -77,6 +77,10 @@ enum Mode {
         /// every interface) or `hostile` (imports few).
         #[arg(long, default_value = "fixture")]
         plugin: String,
+        /// Bytes of the string each call echoes (the frame is about 50
+        /// bytes longer).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
     },
     /// One publisher at a fixed rate, N subscribers on one topic.
     Fanout {
@@ -290,7 +294,8 @@ fn main() -> Result<()> {
                 conns,
                 seconds,
                 plugin,
-            } => echo(&host, conns, seconds, &plugin).await,
+                payload,
+            } => echo(&host, conns, seconds, &plugin, payload).await,
             Mode::Fanout {
                 subs,
                 rate,
@@ -465,7 +470,13 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn echo(host: &HostProcess, conns: usize, seconds: u64, plugin: &str) -> Result<()> {
+async fn echo(
+    host: &HostProcess,
+    conns: usize,
+    seconds: u64,
+    plugin: &str,
+    payload: usize,
+) -> Result<()> {
     let url = host.url("/t/bench/ws");
     let mut sockets = Vec::with_capacity(conns);
     for _ in 0..conns {
@@ -489,7 +500,7 @@ async fn echo(host: &HostProcess, conns: usize, seconds: u64, plugin: &str) -> R
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut n = 0u64;
-            let payload = "x".repeat(100);
+            let payload = "x".repeat(payload);
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let frame = format!(r#"{{"rpc":"{plugin}/echo","id":"{n}","args":["{payload}"]}}"#);
@@ -518,7 +529,7 @@ async fn echo(host: &HostProcess, conns: usize, seconds: u64, plugin: &str) -> R
     println!(
         "{}",
         json!({
-            "mode": "echo", "connections": conns, "seconds": elapsed,
+            "mode": "echo", "connections": conns, "payload_bytes": payload, "seconds": elapsed,
             "calls": lat.len(), "calls_per_s": (calls / elapsed).round(),
             "p50_us": percentile(&lat, 0.50), "p99_us": percentile(&lat, 0.99),
             "host_cpu_us_per_call": (cpu as f64 / calls * 100.0).round() / 100.0,
