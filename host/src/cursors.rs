@@ -213,7 +213,6 @@ mod tests {
     use crate::backend::memory::MemoryBus;
     use crate::hub::{Hub, Outbound};
     use serde_json::{Value, json};
-    use tokio::sync::mpsc;
 
     fn frame(o: Outbound) -> Value {
         let Outbound::Text(t) = o;
@@ -227,7 +226,7 @@ mod tests {
         let cursors = Cursors::new(Arc::new(MemoryCursors::new()), bus);
         let _flusher = cursors.spawn_flusher();
         let t = TenantId::parse("acme").unwrap();
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = crate::outbound::queue(64);
         let viewer = hub.connect(t.clone(), tx, 10);
         viewer.subscribe(&channel("canvas")).unwrap();
         for x in 1..=10 {

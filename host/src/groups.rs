@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+
 use tokio::task::JoinHandle;
 
 use crate::backend::groups::{
@@ -200,7 +200,7 @@ impl Groups {
         &self,
         tenant: &TenantId,
         conn: &str,
-        outbound: &mpsc::Sender<Outbound>,
+        outbound: &crate::outbound::Sender,
         name: &str,
         role: Role,
     ) -> Result<Joined, BackendError> {
@@ -255,7 +255,7 @@ impl Groups {
         &self,
         tenant: &TenantId,
         conn: &str,
-        outbound: &mpsc::Sender<Outbound>,
+        outbound: &crate::outbound::Sender,
         name: &str,
         role: Role,
     ) -> bool {
@@ -289,7 +289,7 @@ impl Groups {
 
     /// Unsubscribe `conn` from `name`'s topics; its queue and role if it
     /// was attached.
-    fn detach(&self, conn: &str, name: &str) -> Option<(mpsc::Sender<Outbound>, Role)> {
+    fn detach(&self, conn: &str, name: &str) -> Option<(crate::outbound::Sender, Role)> {
         let mut local = self.local.lock();
         let l = local.get_mut(conn)?;
         let role = l.groups.remove(name)?;
@@ -544,7 +544,7 @@ mod tests {
     }
 
     /// The frames queued so far, as `(event, data)` (all on `topic`).
-    fn drain(rx: &mut mpsc::Receiver<Outbound>, topic: &str) -> Vec<(String, Value)> {
+    fn drain(rx: &mut crate::outbound::Receiver, topic: &str) -> Vec<(String, Value)> {
         let mut out = Vec::new();
         while let Ok(o) = rx.try_recv() {
             let f = frame(o);
@@ -574,9 +574,9 @@ mod tests {
             .await
             .unwrap();
         assert!(info.created);
-        let (atx, mut arx) = mpsc::channel(64);
-        let (btx, mut brx) = mpsc::channel(64);
-        let (ctx, _crx) = mpsc::channel(64);
+        let (atx, mut arx) = crate::outbound::queue(64);
+        let (btx, mut brx) = crate::outbound::queue(64);
+        let (ctx, _crx) = crate::outbound::queue(64);
 
         let j = g.join(&t, "a", &atx, "lobby", Role::Admin).await.unwrap();
         assert_eq!((j.new, j.role, j.count), (true, Role::Admin, 1));
@@ -669,8 +669,8 @@ mod tests {
         let (b, _hb) = host(Arc::clone(&store), DEFAULT_MEMBER_TTL);
         let t = tid("acme");
         a.create(&t, "room", None, "{}").await.unwrap();
-        let (atx, mut arx) = mpsc::channel(64);
-        let (btx, mut brx) = mpsc::channel(64);
+        let (atx, mut arx) = crate::outbound::queue(64);
+        let (btx, mut brx) = crate::outbound::queue(64);
         a.join(&t, "a1", &atx, "room", Role::Member).await.unwrap();
         b.join(&t, "b1", &btx, "room", Role::Member).await.unwrap();
         settle().await;
@@ -707,8 +707,8 @@ mod tests {
         let (alive, _ha) = host(Arc::clone(&store), ttl);
         let t = tid("acme");
         alive.create(&t, "g", None, "{}").await.unwrap();
-        let (ctx, _crx) = mpsc::channel(64);
-        let (atx, mut arx) = mpsc::channel(64);
+        let (ctx, _crx) = crate::outbound::queue(64);
+        let (atx, mut arx) = crate::outbound::queue(64);
         crashed
             .join(&t, "c1", &ctx, "g", Role::Admin)
             .await
@@ -753,7 +753,7 @@ mod tests {
                 .await,
             Err(BackendError::TooLarge(_))
         ));
-        let (tx, _rx) = mpsc::channel(4096);
+        let (tx, _rx) = crate::outbound::queue(4096);
         for i in 0..MAX_GROUPS_PER_CONNECTION {
             let name = format!("g{i}");
             g.create(&t, &name, None, "{}").await.unwrap();
@@ -772,7 +772,7 @@ mod tests {
             "the first role is kept"
         );
         // A connection whose queue closed is refused and not stored.
-        let (gone_tx, gone_rx) = mpsc::channel(4);
+        let (gone_tx, gone_rx) = crate::outbound::queue(4);
         drop(gone_rx);
         assert!(matches!(
             g.join(&t, "gone", &gone_tx, "g0", Role::Member).await,

@@ -57,18 +57,14 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc};
 
+use crate::outbound::TrySendError;
 use crate::protocol;
 use crate::tenant::{TenantId, TenantScope};
 
 /// Number of shards of the topic table (a power of two).
 const SHARDS: usize = 16;
 
-/// A frame queued for one connection's writer task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outbound {
-    /// A text frame, shared between every receiver of the same publish.
-    Text(Utf8Bytes),
-}
+pub use crate::outbound::Outbound;
 
 /// Separates a hub topic from its qualifier (see the module docs); never
 /// part of a wire topic.
@@ -197,14 +193,14 @@ impl TopicEvents {
 /// Where a topic's events go for one subscriber.
 enum Sink {
     /// Straight to the connection's outbound queue.
-    Live(mpsc::Sender<Outbound>),
+    Live(crate::outbound::Sender),
     /// Held, with their seqs, until the connection's replay has been sent
     /// ([`HubConnection::release_held`]).
     Held(Box<Held>),
 }
 
 struct Held {
-    queue: mpsc::Sender<Outbound>,
+    queue: crate::outbound::Sender,
     events: Vec<(u64, Utf8Bytes)>,
     overflowed: bool,
 }
@@ -265,7 +261,7 @@ impl Hub {
     pub fn connect(
         self: &Arc<Self>,
         tenant: TenantId,
-        queue: mpsc::Sender<Outbound>,
+        queue: crate::outbound::Sender,
         max_subscriptions: usize,
     ) -> HubConnection {
         HubConnection {
@@ -344,9 +340,9 @@ impl Hub {
             match sink {
                 Sink::Live(queue) => match queue.try_send(Outbound::Text(frame.clone())) {
                     Ok(()) => report.delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => report.dropped += 1,
+                    Err(TrySendError::Full(_)) => report.dropped += 1,
                     // The connection is going away; its cleanup removes it.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(TrySendError::Closed(_)) => {}
                 },
                 Sink::Held(held) => {
                     if held.events.len() < MAX_HELD_EVENTS {
@@ -389,8 +385,8 @@ impl Hub {
             if let Sink::Live(queue) = sink {
                 match queue.try_send(Outbound::Text(frame.clone())) {
                     Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(TrySendError::Full(_)) => dropped += 1,
+                    Err(TrySendError::Closed(_)) => {}
                 }
             }
         }
@@ -612,7 +608,7 @@ pub struct HubConnection {
     hub: Arc<Hub>,
     id: ConnectionId,
     tenant: TenantId,
-    queue: mpsc::Sender<Outbound>,
+    queue: crate::outbound::Sender,
     max_subscriptions: usize,
     /// `None` once closed.
     topics: Mutex<Option<HashSet<Box<str>>>>,
@@ -632,7 +628,7 @@ impl HubConnection {
     /// The connection's outbound queue, to send it frames directly or to
     /// give it a second membership ([`Hub::connect`] with this queue) that
     /// a host service subscribes on its behalf (broadcast groups).
-    pub fn outbound(&self) -> mpsc::Sender<Outbound> {
+    pub fn outbound(&self) -> crate::outbound::Sender {
         self.queue.clone()
     }
 
@@ -760,7 +756,7 @@ mod tests {
     #[tokio::test]
     async fn publish_reaches_subscribers_with_gap_free_seq() {
         let hub = Hub::new();
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::outbound::queue(16);
         let conn = hub.connect(tid("acme"), tx, 100);
         assert_eq!(conn.subscribe("room:1"), Ok(true));
         assert_eq!(conn.subscribe("room:1"), Ok(false));
@@ -782,8 +778,8 @@ mod tests {
     #[tokio::test]
     async fn a_qualified_topic_has_its_own_subscribers_under_the_wire_name() {
         let hub = Hub::new();
-        let (tx, mut rx) = mpsc::channel(16);
-        let (other_tx, mut other_rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::outbound::queue(16);
+        let (other_tx, mut other_rx) = crate::outbound::queue(16);
         let admin = hub.connect(tid("acme"), tx, 100);
         let member = hub.connect(tid("acme"), other_tx, 100);
         let qualified = format!("__group:g{QUALIFIER}admin");
@@ -808,7 +804,7 @@ mod tests {
     #[tokio::test]
     async fn send_reaches_live_subscribers_without_a_seq() {
         let hub = Hub::new();
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::outbound::queue(16);
         let conn = hub.connect(tid("acme"), tx, 100);
         conn.subscribe("t").unwrap();
         assert_eq!(hub.send(&tid("acme"), "t", "heartbeat", "[]"), 1);
@@ -824,8 +820,8 @@ mod tests {
     #[tokio::test]
     async fn tenants_are_disjoint_for_equal_topics() {
         let hub = Hub::new();
-        let (atx, mut arx) = mpsc::channel(16);
-        let (btx, mut brx) = mpsc::channel(16);
+        let (atx, mut arx) = crate::outbound::queue(16);
+        let (btx, mut brx) = crate::outbound::queue(16);
         let a = hub.connect(tid("acme"), atx, 100);
         let b = hub.connect(tid("beta"), btx, 100);
         a.subscribe("chat").unwrap();
@@ -846,8 +842,8 @@ mod tests {
     #[tokio::test]
     async fn slow_consumer_drops_without_blocking_others() {
         let hub = Hub::new();
-        let (slow_tx, mut slow_rx) = mpsc::channel(2);
-        let (fast_tx, mut fast_rx) = mpsc::channel(100);
+        let (slow_tx, mut slow_rx) = crate::outbound::queue(2);
+        let (fast_tx, mut fast_rx) = crate::outbound::queue(100);
         let slow = hub.connect(tid("acme"), slow_tx, 10);
         let fast = hub.connect(tid("acme"), fast_tx, 10);
         slow.subscribe("t").unwrap();
@@ -872,7 +868,7 @@ mod tests {
     #[tokio::test]
     async fn unsubscribe_and_disconnect_clean_up() {
         let hub = Hub::new();
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::outbound::queue(16);
         let conn = hub.connect(tid("acme"), tx.clone(), 10);
         let other = hub.connect(tid("acme"), tx, 10);
         conn.subscribe("a").unwrap();
@@ -895,7 +891,7 @@ mod tests {
     #[test]
     fn tenants_subscribed_to_lists_each_tenant_once() {
         let hub = Hub::new();
-        let (tx, _rx) = mpsc::channel(16);
+        let (tx, _rx) = crate::outbound::queue(16);
         let a1 = hub.connect(tid("acme"), tx.clone(), 10);
         let a2 = hub.connect(tid("acme"), tx.clone(), 10);
         let b = hub.connect(tid("beta"), tx.clone(), 10);
@@ -915,7 +911,7 @@ mod tests {
     #[test]
     fn subscription_limit() {
         let hub = Hub::new();
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = crate::outbound::queue(1);
         let conn = hub.connect(tid("acme"), tx, 2);
         conn.subscribe("a").unwrap();
         conn.subscribe("b").unwrap();
@@ -927,7 +923,7 @@ mod tests {
     #[test]
     fn resubscribed_topic_restarts_seq() {
         let hub = Hub::new();
-        let (tx, _rx) = mpsc::channel(16);
+        let (tx, _rx) = crate::outbound::queue(16);
         let conn = hub.connect(tid("acme"), tx, 10);
         conn.subscribe("t").unwrap();
         hub.publish(&tid("acme"), "t", "e", "1");
@@ -939,7 +935,7 @@ mod tests {
     #[tokio::test]
     async fn deliver_uses_the_given_seq() {
         let hub = Hub::new();
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::outbound::queue(16);
         let conn = hub.connect(tid("acme"), tx, 10);
         assert_eq!(hub.deliver(&tid("acme"), "t", "e", "1", 7).seq, None);
         conn.subscribe("t").unwrap();
@@ -960,7 +956,7 @@ mod tests {
     #[test]
     fn concurrent_publishers_keep_order() {
         let hub = Hub::new();
-        let (tx, mut rx) = mpsc::channel(10_000);
+        let (tx, mut rx) = crate::outbound::queue(10_000);
         let conn = hub.connect(tid("acme"), tx, 10);
         conn.subscribe("t").unwrap();
         std::thread::scope(|s| {
@@ -987,7 +983,7 @@ mod tests {
         let mut conns = Vec::new();
         let mut rxs = Vec::new();
         for _ in 0..1000 {
-            let (tx, rx) = mpsc::channel(1024);
+            let (tx, rx) = crate::outbound::queue(1024);
             let c = hub.connect(tid("acme"), tx, 10);
             c.subscribe("bench").unwrap();
             conns.push(c);
@@ -1022,7 +1018,7 @@ mod tests {
     async fn held_events_follow_the_replay_without_gap_or_duplicate() {
         let hub = Hub::new();
         let t = tid("acme");
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = crate::outbound::queue(64);
         let conn = hub.connect(t.clone(), tx.clone(), 10);
         assert_eq!(conn.subscribe_held("room"), Ok(true));
         assert_eq!(conn.subscribe_held("room"), Ok(false), "already subscribed");
@@ -1055,7 +1051,7 @@ mod tests {
     async fn holding_is_bounded() {
         let hub = Hub::new();
         let t = tid("acme");
-        let (tx, mut rx) = mpsc::channel(2 * MAX_HELD_EVENTS);
+        let (tx, mut rx) = crate::outbound::queue(2 * MAX_HELD_EVENTS);
         let conn = hub.connect(t.clone(), tx, 10);
         conn.subscribe_held("room").unwrap();
         for seq in 1..=(MAX_HELD_EVENTS as u64 + 10) {
@@ -1081,7 +1077,7 @@ mod tests {
     #[tokio::test]
     async fn observer_hears_first_and_last_subscriber_only() {
         let hub = Hub::new();
-        let (tx, _rx) = mpsc::channel(16);
+        let (tx, _rx) = crate::outbound::queue(16);
         let a = hub.connect(tid("acme"), tx.clone(), 10);
         let b = hub.connect(tid("acme"), tx.clone(), 10);
         a.subscribe("before").unwrap();
@@ -1127,7 +1123,7 @@ mod tests {
     #[tokio::test]
     async fn observer_queue_overflow_asks_for_a_resync() {
         let hub = Hub::new();
-        let (tx, _rx) = mpsc::channel(16);
+        let (tx, _rx) = crate::outbound::queue(16);
         let conn = hub.connect(tid("acme"), tx, 10);
         let mut events = hub.observe_topics(2, TenantScope::All);
         for topic in ["a", "b", "c"] {
@@ -1152,7 +1148,7 @@ mod tests {
     #[tokio::test]
     async fn each_observer_hears_only_the_tenants_it_serves() {
         let hub = Hub::new();
-        let (tx, _rx) = mpsc::channel(16);
+        let (tx, _rx) = crate::outbound::queue(16);
         let own: Arc<HashSet<TenantId>> = Arc::new([tid("beta")].into_iter().collect());
         let mut shared = hub.observe_topics(8, TenantScope::AllBut(Arc::clone(&own)));
         let mut dedicated = hub.observe_topics(8, TenantScope::Only(own));

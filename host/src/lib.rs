@@ -38,6 +38,7 @@ pub mod imports;
 pub mod jobs;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod plan;
 pub mod presence;
 pub mod presence_events;

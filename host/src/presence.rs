@@ -491,7 +491,6 @@ mod tests {
     use crate::backend::presence::memory::MemoryPresence;
     use crate::hub::Outbound;
     use serde_json::{Value, json};
-    use tokio::sync::mpsc;
 
     fn tid(s: &str) -> TenantId {
         TenantId::parse(s).unwrap()
@@ -526,7 +525,7 @@ mod tests {
     async fn tabs_of_one_user_are_one_member_and_leave_once() {
         let h = host(Arc::new(MemoryPresence::new()), Duration::from_secs(90));
         let t = tid("acme");
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::outbound::queue(16);
         let watcher = h.hub.connect(t.clone(), tx, 10);
         watcher.subscribe(&channel("room:1")).unwrap();
 
@@ -569,7 +568,7 @@ mod tests {
         let crashed = host(Arc::clone(&store), ttl);
         let alive = host(store, ttl);
         let t = tid("acme");
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = crate::outbound::queue(64);
         let watcher = alive.hub.connect(t.clone(), tx, 10);
         watcher.subscribe(&channel("room:1")).unwrap();
         crashed
@@ -625,7 +624,7 @@ mod tests {
     async fn joining_again_with_other_data_announces_the_update() {
         let h = host(Arc::new(MemoryPresence::new()), Duration::from_secs(90));
         let t = tid("acme");
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::outbound::queue(16);
         let watcher = h.hub.connect(t.clone(), tx, 10);
         watcher.subscribe(&channel("room:1")).unwrap();
         h.presence
@@ -659,7 +658,7 @@ mod tests {
     async fn changes_within_the_window_go_out_as_one_diff() {
         let h = host(Arc::new(MemoryPresence::new()), Duration::from_secs(90));
         let t = tid("acme");
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::outbound::queue(16);
         let watcher = h.hub.connect(t.clone(), tx, 10);
         watcher.subscribe(&channel("room:1")).unwrap();
         for (conn, user) in [("c1", "ann"), ("c2", "bob"), ("c3", "cid")] {
@@ -686,7 +685,7 @@ mod tests {
         let stalled = host(Arc::clone(&store), ttl);
         let other = host(store, ttl);
         let t = tid("acme");
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::outbound::queue(16);
         let watcher = stalled.hub.connect(t.clone(), tx, 10);
         watcher.subscribe(&channel("room:1")).unwrap();
         stalled

@@ -5,8 +5,6 @@
 
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
 use super::*;
 use crate::backend::memory;
 use crate::backend::postgres::{SqlSettings, SqlValue, Statement};
@@ -48,7 +46,7 @@ struct Fixture {
 /// A subscriber: its hub connection (kept alive) and its frames.
 struct Subscriber {
     _conn: HubConnection,
-    rx: mpsc::Receiver<Outbound>,
+    rx: crate::outbound::Receiver,
 }
 
 impl Subscriber {
@@ -141,7 +139,7 @@ impl Fixture {
     }
 
     fn subscribe(&self, tenant: &str, topic: &str) -> Subscriber {
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = crate::outbound::queue(64);
         let conn = self.hub.connect(tid(tenant), tx, 64);
         conn.subscribe(topic).unwrap();
         Subscriber { _conn: conn, rx }

@@ -1025,7 +1025,7 @@ mod tests {
         let chat_wasm = std::fs::read(crate::bundled::plugin_path("chat")).unwrap();
         let chat = load(&rt, starter(), &chat_wasm).await;
         assert!(chat.wants_presence_events());
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let (tx, mut rx) = crate::outbound::queue(4);
         let watcher = hub.connect(TenantId::parse("acme").unwrap(), tx, 4);
         watcher.subscribe("activity:lobby").unwrap();
         let events = [PresenceEvent {

@@ -3,9 +3,6 @@
 //! WIT bindings.
 
 use serde::Serialize;
-use tokio::sync::mpsc;
-
-use crate::hub::Outbound;
 
 /// A user as decided by the plugin's `authenticate` hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +25,7 @@ pub struct CallContext {
     /// The connection's outbound queue (not shown to the plugin): imports
     /// that attach the connection to host channels (broadcast groups) use
     /// it. `None` where there is no live connection (tools, tests).
-    pub outbound: Option<mpsc::Sender<Outbound>>,
+    pub outbound: Option<crate::outbound::Sender>,
 }
 
 /// The connection a hook serves, as its host imports see it.
@@ -37,7 +34,7 @@ pub struct CallerConnection {
     /// The connection (session) id.
     pub id: String,
     /// Its outbound queue, if it is live.
-    pub outbound: Option<mpsc::Sender<Outbound>>,
+    pub outbound: Option<crate::outbound::Sender>,
 }
 
 /// One validation problem in a call's arguments.

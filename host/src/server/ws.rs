@@ -19,6 +19,7 @@
 //! `idempotencyKey` makes it run at most once per key, path and user
 //! ([`Session::call`]).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,19 +31,20 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::AppState;
 use super::connect::{connect_request, truncate_utf8};
 use super::session::{CatchUp, PresenceSnapshot, Session};
 use super::tenancy::{self, TENANT_HEADER, TenancyError};
+use super::{AppState, ConnectionGuard};
 use crate::cursors;
-use crate::hub::Outbound;
 use crate::metrics::{self, RefusalKind};
+use crate::outbound::{self, Outbound};
 use crate::presence;
 use crate::protocol::{self, ClientFrame, ProtocolError, Ref, RpcCall, RpcErrorBody};
-use crate::quota::{ConnectionQuota, MessageVerdict, Refusal};
+use crate::quota::{ConnectionQuota, ConnectionSlot, MessageVerdict, Refusal};
 use crate::runtime::{CallError, ConnectRequest, Plugin};
 use crate::tenant::{Eviction, Tenant, canary_bucket};
 
@@ -73,9 +75,12 @@ pub const CLOSE_RATE_LIMITED: u16 = 4429;
 /// unknown (it is closed with 1008 before anything is read anyway).
 const UNKNOWN_TENANT_MAX_FRAME: usize = 8 * 1024;
 
-/// Initial read buffer per connection. tungstenite's default (128 KiB) would
-/// be touched on the first read and dominate the memory of idle connections.
-const READ_BUFFER_BYTES: usize = 2 * 1024;
+/// Read buffer per connection, and the most one read from the socket takes.
+/// tungstenite's default (128 KiB) would be touched on the first read and
+/// dominate the memory of idle connections. Most frames are smaller than
+/// this and arrive in one read; a larger frame takes one read per 512
+/// bytes (the buffer grows to hold the whole frame while it is read).
+const READ_BUFFER_BYTES: usize = 512;
 /// At most this many queued frames are written before one flush.
 const WRITE_BATCH: usize = 64;
 /// How long a closing connection waits for the peer's close frame.
@@ -140,11 +145,17 @@ fn accept(
         .map_or(UNKNOWN_TENANT_MAX_FRAME, |t| {
             usize::try_from(t.quota.plan().max_frame_bytes).unwrap_or(usize::MAX)
         });
+    let upgrading = Box::new((state, resolved, request));
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| run_connection(socket, state, resolved, request))
+        // Boxed: axum's upgrade task keeps its callback for the
+        // connection's life, so the callback holds only a pointer.
+        .on_upgrade(move |socket| {
+            let (state, resolved, request) = *upgrading;
+            run_connection(socket, state, resolved, request)
+        })
 }
 
 /// Send a close frame as the only frame and wait (bounded) for the peer's reply.
@@ -179,31 +190,70 @@ pub fn authenticate_close(err: &CallError) -> (u16, String) {
     }
 }
 
-async fn run_connection(
+/// One connection's life. Opening (the tenant checks, `authenticate`, the
+/// welcome) and closing run in boxed futures of their own, so that while
+/// the connection is open its task holds only what [`serve`] needs: that
+/// is what every idle connection costs.
+fn run_connection(
     socket: WebSocket,
     state: AppState,
     resolved: Result<crate::tenant::TenantId, TenancyError>,
     request: ConnectRequest,
-) {
-    let _tracked = state.track_connection();
+) -> impl Future<Output = ()> + Send + 'static {
+    let opening = Box::pin(open_connection(socket, state, resolved, request));
+    async move {
+        if let Some((open, span)) = opening.await {
+            serve(open).instrument(span).await;
+        }
+    }
+}
+
+/// An open connection: what [`serve`] needs while it reads frames.
+struct Open {
+    state: AppState,
+    conn: Connection,
+    stream: SplitStream<WebSocket>,
+    writer: JoinHandle<()>,
+    close_tx: oneshot::Sender<CloseFrame>,
+    ping: Arc<Notify>,
+    /// Counts the connection for graceful shutdown.
+    _tracked: ConnectionGuard,
+    /// The tenant's connection slot.
+    _slot: ConnectionSlot,
+}
+
+/// Admit the connection: refuse it (closing with the code the refusal
+/// calls for) or authenticate it and send `welcome`. Returns the open
+/// connection and its `conn` span.
+async fn open_connection(
+    socket: WebSocket,
+    state: AppState,
+    resolved: Result<crate::tenant::TenantId, TenancyError>,
+    request: ConnectRequest,
+) -> Option<(Open, tracing::Span)> {
+    let tracked = state.track_connection();
     if state.is_shutting_down() {
-        return close_now(socket, CLOSE_GOING_AWAY, "server shutting down").await;
+        close_now(socket, CLOSE_GOING_AWAY, "server shutting down").await;
+        return None;
     }
     let tenant = match resolved {
         Ok(id) => match state.registry().get(&id) {
             Some(t) if t.is_suspended() => {
                 tracing::debug!(tenant = %id, "connection refused: tenant suspended");
-                return close_now(socket, CLOSE_POLICY, "tenant suspended").await;
+                close_now(socket, CLOSE_POLICY, "tenant suspended").await;
+                return None;
             }
             Some(t) => t,
             None => {
                 tracing::debug!(tenant = %id, "connection refused: unknown tenant");
-                return close_now(socket, CLOSE_POLICY, "unknown tenant").await;
+                close_now(socket, CLOSE_POLICY, "unknown tenant").await;
+                return None;
             }
         },
         Err(e) => {
             tracing::debug!(error = ?e, "connection refused");
-            return close_now(socket, CLOSE_POLICY, &e.to_string()).await;
+            close_now(socket, CLOSE_POLICY, &e.to_string()).await;
+            return None;
         }
     };
     let slot = match tenant.quota.try_connect() {
@@ -217,13 +267,15 @@ async fn run_connection(
             };
             metrics::refusal(&tenant.id, kind);
             tracing::debug!(tenant = %tenant.id, reason, "connection refused");
-            return close_now(socket, CLOSE_RATE_LIMITED, reason).await;
+            close_now(socket, CLOSE_RATE_LIMITED, reason).await;
+            return None;
         }
     };
     let session_id = uuid::Uuid::new_v4().to_string();
     let Some(plugin) = tenant.plugin_for(canary_bucket(&session_id)) else {
         tracing::debug!(tenant = %tenant.id, "connection refused: no active plugin version");
-        return close_now(socket, CLOSE_TRY_AGAIN_LATER, "no plugin deployed").await;
+        close_now(socket, CLOSE_TRY_AGAIN_LATER, "no plugin deployed").await;
+        return None;
     };
     let span = tracing::info_span!(
         "conn",
@@ -232,26 +284,49 @@ async fn run_connection(
         session = %session_id,
         user = tracing::field::Empty,
     );
-    connection(socket, state, tenant, plugin, session_id, request)
-        .instrument(span)
-        .await;
-    drop(slot);
+    let start = Start {
+        state,
+        tenant,
+        plugin,
+        session_id,
+        request,
+        tracked,
+        slot,
+    };
+    let open = start_session(socket, start)
+        .instrument(span.clone())
+        .await?;
+    Some((open, span))
 }
 
-async fn connection(
-    mut socket: WebSocket,
+/// What [`start_session`] needs besides the socket.
+struct Start {
     state: AppState,
     tenant: Arc<Tenant>,
     plugin: Arc<Plugin>,
     session_id: String,
     request: ConnectRequest,
-) {
+    tracked: ConnectionGuard,
+    slot: ConnectionSlot,
+}
+
+/// Run `authenticate`, then create the session, send `welcome` and start
+/// the writer. `None` if the connection was closed instead.
+async fn start_session(mut socket: WebSocket, start: Start) -> Option<Open> {
+    let Start {
+        state,
+        tenant,
+        plugin,
+        session_id,
+        request,
+        tracked,
+        slot,
+    } = start;
     let mut evictions = tenant.evictions();
     let authenticated = tokio::select! {
         biased;
         _ = evictions.wait_for(Option::is_some) => None,
-        // Boxed: a plugin call's future is large, and inline it would be
-        // part of every idle connection's state for the connection's life.
+        // Boxed: a plugin call's future is large.
         user = Box::pin(plugin.authenticate(request)) => Some(user),
     };
     drop(plugin);
@@ -261,12 +336,13 @@ async fn connection(
             .borrow()
             .as_ref()
             .map(|e| e.reason.clone());
-        return close_now(
+        close_now(
             socket,
             CLOSE_POLICY,
             reason.as_deref().unwrap_or("tenant evicted"),
         )
         .await;
+        return None;
     };
     let user = match authenticated {
         Ok(user) => user,
@@ -276,13 +352,14 @@ async fn connection(
                 CallError::Live(_) => tracing::debug!(code, error = %e, "authenticate refused"),
                 _ => tracing::warn!(code, error = %e, "authenticate failed"),
             }
-            return close_now(socket, code, &reason).await;
+            close_now(socket, code, &reason).await;
+            return None;
         }
     };
     let plan = tenant.quota.plan();
     let as_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let max_inflight = as_usize(plan.max_inflight_calls_per_connection);
-    let (tx, rx) = mpsc::channel(state.settings().limits.send_queue);
+    let (tx, rx) = outbound::queue(state.settings().limits.send_queue);
     let hub = state.hub().connect(
         tenant.id.clone(),
         tx.clone(),
@@ -301,7 +378,7 @@ async fn connection(
         .await
         .is_err()
     {
-        return;
+        return None;
     }
     if let Some(user) = session.user() {
         tracing::Span::current().record("user", user.id.as_str());
@@ -311,7 +388,7 @@ async fn connection(
     let (sink, stream) = socket.split();
     let (close_tx, close_rx) = oneshot::channel();
     let ping = Arc::new(Notify::new());
-    let mut writer = tokio::spawn(
+    let writer = tokio::spawn(
         write_loop(
             sink,
             rx,
@@ -321,18 +398,52 @@ async fn connection(
         )
         .in_current_span(),
     );
-    let conn = Connection {
-        session: Arc::clone(&session),
-        tx,
-        max_inflight,
-        quota: ConnectionQuota::new(),
-    };
-    let (stream, close) = read_loop(stream, &conn, &state, &ping).await;
-    session.close();
-    drop(conn);
-    // Presence leaves go out (to other connections) whatever the close.
-    session.leave_all_presence().await;
+    Some(Open {
+        state,
+        conn: Connection {
+            session,
+            tx,
+            max_inflight,
+            quota: ConnectionQuota::new(),
+        },
+        stream,
+        writer,
+        close_tx,
+        ping,
+        _tracked: tracked,
+        _slot: slot,
+    })
+}
 
+/// Read frames until the connection closes, then close it.
+async fn serve(open: Open) {
+    let (stream, close) = read_loop(open.stream, &open.conn, &open.state, &open.ping).await;
+    let session = Arc::clone(&open.conn.session);
+    session.close();
+    drop(open.conn);
+    // Boxed: allocated only while the connection closes.
+    Box::pin(close_connection(
+        session,
+        stream,
+        open.writer,
+        open.close_tx,
+        close,
+    ))
+    .await;
+}
+
+/// Close a connection whose read loop ended: presence leaves go out (to
+/// other connections) whatever the close; then the close frame, if the
+/// server closes, and a bounded wait for the writer and the peer.
+async fn close_connection(
+    session: Arc<Session>,
+    stream: SplitStream<WebSocket>,
+    mut writer: JoinHandle<()>,
+    close_tx: oneshot::Sender<CloseFrame>,
+    close: CloseRequest,
+) {
+    session.leave_all_presence().await;
+    drop(session);
     match close {
         Some((code, reason)) => {
             let _ = close_tx.send(CloseFrame {
@@ -375,7 +486,7 @@ async fn connection(
 /// sends a ping. The bytes sent count toward `tenant`'s usage and metrics.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: outbound::Receiver,
     mut close_rx: oneshot::Receiver<CloseFrame>,
     ping: Arc<Notify>,
     tenant: Arc<Tenant>,
@@ -511,7 +622,8 @@ async fn read_loop(
         let frame = match conn.admit(frame) {
             Admission::Handle(frame) => frame,
             Admission::Refused(frame, refusal) => {
-                conn.refuse(frame, refusal).await;
+                // Boxed: allocated only while a refusal is answered.
+                Box::pin(conn.refuse(frame, refusal)).await;
                 continue;
             }
             Admission::Close => {
@@ -563,7 +675,7 @@ fn message_cost(frame: &Result<ClientFrame, ProtocolError>) -> u64 {
 /// What the reader needs to act on frames of one connection.
 struct Connection {
     session: Arc<Session>,
-    tx: mpsc::Sender<Outbound>,
+    tx: outbound::Sender,
     max_inflight: usize,
     quota: ConnectionQuota,
 }
@@ -905,7 +1017,7 @@ async fn run_call(
 /// topics' diffs through.
 async fn send_presence_states(
     session: &Session,
-    tx: &mpsc::Sender<Outbound>,
+    tx: &outbound::Sender,
     snapshots: &[PresenceSnapshot],
 ) {
     for s in snapshots {

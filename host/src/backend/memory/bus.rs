@@ -101,7 +101,6 @@ impl Bus for MemoryBus {
 mod tests {
     use super::*;
     use crate::hub::Outbound;
-    use tokio::sync::mpsc;
 
     #[tokio::test]
     async fn publishes_to_local_subscribers_of_that_tenant_only() {
@@ -109,7 +108,7 @@ mod tests {
         let bus = MemoryBus::new(Arc::clone(&hub));
         let acme = TenantId::parse("acme").unwrap();
         let beta = TenantId::parse("beta").unwrap();
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = crate::outbound::queue(8);
         let conn = hub.connect(acme.clone(), tx, 10);
         conn.subscribe("room:1").unwrap();
         bus.publish(&beta, "room:1", "message", "{}").await.unwrap();

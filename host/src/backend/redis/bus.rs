@@ -1240,7 +1240,6 @@ pub(crate) mod suite {
 
     use redis::AsyncCommands;
     use redis::aio::ConnectionManager;
-    use tokio::sync::mpsc;
 
     use crate::backend::Bus;
     use crate::hub::{Hub, HubConnection, Outbound};
@@ -1306,15 +1305,15 @@ pub(crate) mod suite {
         hub: &Arc<Hub>,
         tenant: &str,
         topic: &str,
-    ) -> (HubConnection, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(10_000);
+    ) -> (HubConnection, crate::outbound::Receiver) {
+        let (tx, rx) = crate::outbound::queue(10_000);
         let conn = hub.connect(tid(tenant), tx, 10);
         conn.subscribe(topic).unwrap();
         (conn, rx)
     }
 
     /// The next frame as JSON (fails after 5 s).
-    pub(crate) async fn recv(rx: &mut mpsc::Receiver<Outbound>) -> serde_json::Value {
+    pub(crate) async fn recv(rx: &mut crate::outbound::Receiver) -> serde_json::Value {
         let frame = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("no frame within 5 s")
@@ -1324,7 +1323,7 @@ pub(crate) mod suite {
     }
 
     /// Nothing more arrives within a short while.
-    pub(crate) async fn assert_quiet(rx: &mut mpsc::Receiver<Outbound>) {
+    pub(crate) async fn assert_quiet(rx: &mut crate::outbound::Receiver) {
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(rx.try_recv().is_err(), "unexpected extra frame");
     }
@@ -1365,7 +1364,7 @@ pub(crate) mod suite {
             &self,
             tenant: &str,
             topic: &str,
-        ) -> (HubConnection, mpsc::Receiver<Outbound>) {
+        ) -> (HubConnection, crate::outbound::Receiver) {
             let sub = subscriber(&self.hub, tenant, topic);
             let deadline = Instant::now() + Duration::from_secs(5);
             while !(self.following)(&tid(tenant), topic) {
