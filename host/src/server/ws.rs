@@ -216,10 +216,9 @@ struct Open {
     writer: JoinHandle<()>,
     close_tx: oneshot::Sender<CloseFrame>,
     ping: Arc<Notify>,
-    /// Counts the connection for graceful shutdown.
-    _tracked: ConnectionGuard,
-    /// The tenant's connection slot.
-    _slot: ConnectionSlot,
+    /// Count the connection for graceful shutdown and hold the tenant's
+    /// connection slot.
+    _guards: (ConnectionGuard, ConnectionSlot),
 }
 
 /// Admit the connection: refuse it (closing with the code the refusal
@@ -284,44 +283,32 @@ async fn open_connection(
         session = %session_id,
         user = tracing::field::Empty,
     );
-    let start = Start {
+    let open = start_session(
+        socket,
         state,
         tenant,
         plugin,
         session_id,
         request,
-        tracked,
-        slot,
-    };
-    let open = start_session(socket, start)
-        .instrument(span.clone())
-        .await?;
+        (tracked, slot),
+    )
+    .instrument(span.clone())
+    .await?;
     Some((open, span))
 }
 
-/// What [`start_session`] needs besides the socket.
-struct Start {
+/// Run `authenticate`, then create the session, send `welcome` and start
+/// the writer. `None` if the connection was closed instead. `guards` stay
+/// with the open connection.
+async fn start_session(
+    mut socket: WebSocket,
     state: AppState,
     tenant: Arc<Tenant>,
     plugin: Arc<Plugin>,
     session_id: String,
     request: ConnectRequest,
-    tracked: ConnectionGuard,
-    slot: ConnectionSlot,
-}
-
-/// Run `authenticate`, then create the session, send `welcome` and start
-/// the writer. `None` if the connection was closed instead.
-async fn start_session(mut socket: WebSocket, start: Start) -> Option<Open> {
-    let Start {
-        state,
-        tenant,
-        plugin,
-        session_id,
-        request,
-        tracked,
-        slot,
-    } = start;
+    guards: (ConnectionGuard, ConnectionSlot),
+) -> Option<Open> {
     let mut evictions = tenant.evictions();
     let authenticated = tokio::select! {
         biased;
@@ -410,8 +397,7 @@ async fn start_session(mut socket: WebSocket, start: Start) -> Option<Open> {
         writer,
         close_tx,
         ping,
-        _tracked: tracked,
-        _slot: slot,
+        _guards: guards,
     })
 }
 
