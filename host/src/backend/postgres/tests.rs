@@ -371,9 +371,16 @@ async fn caps_and_the_timeout_hold_even_when_the_plugin_lifts_them() {
 async fn temporary_files_are_capped_and_the_tenant_cannot_lift_the_cap() {
     let f = Fixture::new();
     let t = tid("temp");
+    // The sorts below take about a second alone and several while the
+    // rest of the suite runs: a generous timeout keeps this test about the
+    // temp-file cap, not the machine's speed.
+    let unhurried = SqlLimits {
+        timeout: Duration::from_secs(60),
+        ..limits()
+    };
     let l = SqlLimits {
         max_temp_file_mb: 1,
-        ..limits()
+        ..unhurried
     };
     let run = |sql: &'static str| f.sql.run(&t, &l, vec![st(sql, vec![])], true);
     let e = run("SET temp_file_limit = -1").await.unwrap_err();
@@ -406,7 +413,7 @@ async fn temporary_files_are_capped_and_the_tenant_cannot_lift_the_cap() {
         .sql
         .run(
             &t,
-            &limits(),
+            &unhurried,
             vec![
                 st("SET work_mem = '64kB'", vec![]),
                 st(
