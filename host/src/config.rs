@@ -31,6 +31,7 @@
 //! max_wasm_stack_kb = 512       # guest stack per call (deeper: RESOURCE_EXHAUSTED)
 //! worker_threads = 0            # async runtime threads; 0 = one per usable CPU
 //! cpu_workers_per_tenant = 0    # workers one tenant's long calls may hold; 0 = all but one
+//! idle_ping_ms = 60000          # ping a silent connection; drop it after twice this
 //!
 //! # Change a built-in plan, or define a new one on top of `base`.
 //! [plans.free]
@@ -689,6 +690,10 @@ pub struct Limits {
     /// 100 µs slice) may occupy at once, so no tenant takes every worker.
     /// 0 (default): all workers but one, at least one.
     pub cpu_workers_per_tenant: usize,
+    /// A connection that sends nothing (pongs included) for this long is
+    /// pinged; silent for twice this long, it is dropped. Milliseconds.
+    /// Default 60000.
+    pub idle_ping_ms: u64,
 }
 
 impl Default for Limits {
@@ -700,6 +705,7 @@ impl Default for Limits {
             max_wasm_stack_kb: 512,
             worker_threads: 0,
             cpu_workers_per_tenant: 0,
+            idle_ping_ms: 60_000,
         }
     }
 }
@@ -708,6 +714,11 @@ impl Limits {
     /// The wall-clock bound of one call.
     pub fn call_wall_timeout(&self) -> Duration {
         Duration::from_millis(self.call_wall_timeout_ms)
+    }
+
+    /// How long a connection may be silent before it is pinged.
+    pub fn idle_ping(&self) -> Duration {
+        Duration::from_millis(self.idle_ping_ms)
     }
 
     /// The guest stack bound in bytes.
@@ -737,6 +748,7 @@ impl Limits {
             ("send_queue", self.send_queue as u64),
             ("call_wall_timeout_ms", self.call_wall_timeout_ms),
             ("max_wasm_stack_kb", self.max_wasm_stack_kb),
+            ("idle_ping_ms", self.idle_ping_ms),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -1345,6 +1357,7 @@ mod tests {
             [limits]
             call_wall_timeout_ms = 100
             send_queue = 8
+            idle_ping_ms = 250
 
             [plans.free]
             max_connections = 7
@@ -1378,6 +1391,7 @@ mod tests {
         assert_eq!(c.cache_dir, PathBuf::from("/etc/tenantry/cache"));
         assert_eq!(c.limits.call_wall_timeout_ms, 100);
         assert_eq!(c.limits.send_queue, 8);
+        assert_eq!(c.limits.idle_ping(), Duration::from_millis(250));
         assert_eq!(c.limits.max_instances, 1000, "unset limits keep defaults");
         assert_eq!(c.tenants[0].plan_name, "gold");
         assert_eq!(c.tenants[0].plan.call_deadline_ms, 1000, "from the plan");

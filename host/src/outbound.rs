@@ -12,13 +12,15 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 pub use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
 
-/// A frame queued for one connection's writer task.
+/// A frame queued for one connection's writer ([`crate::server::writer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
     /// A text frame, shared between every receiver of the same publish.
@@ -38,7 +40,7 @@ pub fn queue(capacity: usize) -> (Sender, Receiver) {
             senders: 1,
             receiver: true,
         }),
-        readable: Notify::new(),
+        readable: AtomicWaker::new(),
         writable: Notify::new(),
     });
     (
@@ -51,8 +53,9 @@ pub fn queue(capacity: usize) -> (Sender, Receiver) {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the receiver: a frame was queued or the last sender went away.
-    readable: Notify,
+    /// Wakes the receiver (there is one): a frame was queued or the last
+    /// sender went away.
+    readable: AtomicWaker,
     /// Wakes one sender waiting for room: a frame was taken (or the
     /// receiver went away).
     writable: Notify,
@@ -84,7 +87,7 @@ impl Sender {
         }
         state.frames.push_back(frame);
         drop(state);
-        self.shared.readable.notify_one();
+        self.shared.readable.wake();
         Ok(())
     }
 
@@ -127,7 +130,7 @@ impl Drop for Sender {
         let last = state.senders == 0;
         drop(state);
         if last {
-            self.shared.readable.notify_one();
+            self.shared.readable.wake();
         }
     }
 }
@@ -147,16 +150,26 @@ impl Receiver {
     /// The next frame, waiting for one; `None` once the queue is empty and
     /// every sender is gone. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        loop {
-            let queued = self.shared.readable.notified();
-            tokio::pin!(queued);
-            queued.as_mut().enable();
-            match self.shared.pop() {
-                Ok(frame) => return Some(frame),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => {}
-            }
-            queued.await;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next frame if one is queued (`Ready(Some)`), `Ready(None)` once
+    /// the queue is empty and every sender is gone; else `Pending`, and
+    /// `cx` is woken when a frame is queued. For a writer that polls the
+    /// queue from its own poll loop.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        match self.shared.pop() {
+            Ok(frame) => return Poll::Ready(Some(frame)),
+            Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+            Err(TryRecvError::Empty) => {}
+        }
+        self.shared.readable.register(cx.waker());
+        // A frame queued between the first look and the registration woke
+        // nobody: look again.
+        match self.shared.pop() {
+            Ok(frame) => Poll::Ready(Some(frame)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
         }
     }
 

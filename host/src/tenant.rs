@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::quota::TenantQuota;
 use crate::runtime::Plugin;
@@ -127,7 +127,12 @@ pub struct Tenant {
     plan_name: RwLock<String>,
     deployment: RwLock<Deployment>,
     suspended: AtomicBool,
-    eviction: watch::Sender<Option<Eviction>>,
+    /// The current eviction, if any (cleared when the tenant is resumed).
+    eviction: parking_lot::Mutex<Option<Eviction>>,
+    /// Whether `eviction` is set: a cheap check for every connection poll.
+    evicting: AtomicBool,
+    /// Wakes everyone in [`Tenant::evicted`] when an eviction is set.
+    evicted: Notify,
 }
 
 impl Tenant {
@@ -140,7 +145,9 @@ impl Tenant {
             plan_name: RwLock::new(plan_name),
             deployment: RwLock::new(Deployment::default()),
             suspended: AtomicBool::new(false),
-            eviction: watch::Sender::new(None),
+            eviction: parking_lot::Mutex::new(None),
+            evicting: AtomicBool::new(false),
+            evicted: Notify::new(),
         }
     }
 
@@ -188,21 +195,42 @@ impl Tenant {
     pub fn set_suspended(&self, suspended: bool) {
         self.suspended.store(suspended, Ordering::Relaxed);
         if !suspended {
-            self.eviction.send_replace(None);
+            *self.eviction.lock() = None;
+            self.evicting.store(false, Ordering::SeqCst);
         }
     }
 
     /// Close every open connection of the tenant with `code` and `reason`.
     pub fn evict(&self, code: u16, reason: impl Into<String>) {
-        self.eviction.send_replace(Some(Eviction {
+        *self.eviction.lock() = Some(Eviction {
             code,
             reason: reason.into(),
-        }));
+        });
+        self.evicting.store(true, Ordering::SeqCst);
+        self.evicted.notify_waiters();
     }
 
-    /// Watch for [`Tenant::evict`] (connections select on it).
-    pub fn evictions(&self) -> watch::Receiver<Option<Eviction>> {
-        self.eviction.subscribe()
+    /// Whether the tenant is evicted (see [`Tenant::evicted`]). One atomic
+    /// load.
+    pub fn is_evicted(&self) -> bool {
+        self.evicting.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the tenant is evicted ([`Tenant::evict`]) and return the
+    /// eviction; at once if it already is. Connections wait on this; the
+    /// future is small (no channel receiver) because every open
+    /// connection holds one.
+    pub async fn evicted(&self) -> Eviction {
+        loop {
+            let mut notified = std::pin::pin!(self.evicted.notified());
+            // Enabled before looking, so an eviction set after the look
+            // still wakes it.
+            notified.as_mut().enable();
+            if let Some(eviction) = self.eviction.lock().clone() {
+                return eviction;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -283,6 +311,43 @@ mod tests {
             counts.iter().all(|&c| (800..1200).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    fn tenant() -> Tenant {
+        let quota = TenantQuota::new(crate::plan::Plan::built_in("starter").unwrap(), 1);
+        Tenant::new(TenantId::parse("evictee").unwrap(), "starter".into(), quota)
+    }
+
+    #[tokio::test]
+    async fn an_eviction_wakes_every_waiter_and_holds_until_the_tenant_is_resumed() {
+        let t = Arc::new(tenant());
+        assert!(!t.is_evicted());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let t = Arc::clone(&t);
+                tokio::spawn(async move { t.evicted().await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "nothing evicted yet"
+        );
+        t.evict(4000, "gone");
+        for w in waiters {
+            let e = tokio::time::timeout(std::time::Duration::from_secs(5), w)
+                .await
+                .expect("every waiter is woken")
+                .unwrap();
+            assert_eq!((e.code, e.reason.as_str()), (4000, "gone"));
+        }
+        assert!(t.is_evicted());
+        // A connection that starts waiting later sees it at once.
+        assert_eq!(t.evicted().await.reason, "gone");
+        t.set_suspended(false);
+        assert!(!t.is_evicted());
+        let later = tokio::time::timeout(std::time::Duration::from_millis(50), t.evicted()).await;
+        assert!(later.is_err(), "resumed: no eviction any more");
     }
 
     #[test]

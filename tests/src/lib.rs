@@ -564,6 +564,26 @@ impl Client {
             .await
     }
 
+    /// Stay connected for `d` without sending anything, but reading, so that
+    /// the WebSocket library answers the server's pings. Fails if a text
+    /// frame arrives or the connection ends. Returns how many pings the
+    /// server sent.
+    pub async fn idle_answering_pings(&mut self, d: Duration) -> Result<usize> {
+        if let Some(f) = self.pending.first() {
+            bail!("unexpected frame {f}");
+        }
+        let deadline = tokio::time::Instant::now() + d;
+        let mut pings = 0;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Ok(pings),
+                Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+                Ok(Some(Ok(Message::Pong(_)))) => {}
+                Ok(other) => bail!("unexpected {other:?} while idle"),
+            }
+        }
+    }
+
     /// Expect that no frame arrives within `d` (frames already queued count).
     pub async fn expect_silence(&mut self, d: Duration) -> Result<()> {
         if let Some(f) = self.pending.first() {

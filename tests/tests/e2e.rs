@@ -483,6 +483,38 @@ async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A silent peer is pinged after `idle_ping_ms`; one that answers (its
+/// library sends the pongs) stays connected however long it says nothing,
+/// and one that does not answer (it never reads) is dropped after twice
+/// that, without disturbing the other.
+#[tokio::test]
+async fn silent_peers_are_pinged_and_dropped_only_if_they_do_not_answer() {
+    let h = HostProcess::start_with(
+        bin(),
+        &[TenantSpec::new("pinged", "fixture")],
+        "[limits]\nidle_ping_ms = 300\n",
+    )
+    .unwrap();
+    let mut answering = client(&h, "/t/pinged/ws").await;
+    let mut deaf = client(&h, "/t/pinged/ws").await;
+    let pings = answering
+        .idle_answering_pings(Duration::from_millis(2000))
+        .await
+        .unwrap();
+    assert!(pings >= 3, "one ping per 300 ms of silence, got {pings}");
+    let echoed = answering.rpc("fixture/echo", json!(["still here"])).await;
+    assert_eq!(echoed.unwrap(), json!("still here"));
+    // `deaf` read nothing for 2 s (four times the limit): the host has
+    // dropped it, without a close frame (the peer does not read one).
+    let started = std::time::Instant::now();
+    let closed = deaf.closed().await.unwrap();
+    assert_eq!(closed.code, None, "{closed:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the connection was already gone, not closed now"
+    );
+}
+
 #[tokio::test]
 async fn health_endpoint_answers() {
     let h = two_fixture_tenants();

@@ -765,7 +765,7 @@ impl Plugin {
         };
         // Boxed: the store and wasmtime's instantiate/call futures are
         // several KiB, and would otherwise be inlined into every caller's
-        // future (e.g. each connection's reader task) for its whole life.
+        // future (e.g. each connection's task) for its whole life.
         match tokio::time::timeout(rt.config.call_wall_timeout, Box::pin(work)).await {
             Ok(Ok((r, warm, plan))) => {
                 if reuse && warm.uses < plan.instance_reuse {

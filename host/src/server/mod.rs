@@ -13,17 +13,19 @@
 pub mod connect;
 pub mod session;
 pub mod tenancy;
+pub mod writer;
 pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, Limits};
 use crate::hub::Hub;
@@ -59,8 +61,10 @@ struct Shared {
     hub: Arc<Hub>,
     services: Arc<Services>,
     settings: ServerSettings,
-    /// `true` once shutdown started; every connection watches it.
-    shutdown: watch::Sender<bool>,
+    /// `true` once shutdown started.
+    shutting_down: AtomicBool,
+    /// Wakes every connection in [`AppState::shutdown_started`].
+    shutdown: Notify,
     /// Number of live WebSocket connections.
     connections: watch::Sender<usize>,
 }
@@ -87,7 +91,8 @@ impl AppState {
                 hub,
                 services,
                 settings,
-                shutdown: watch::Sender::new(false),
+                shutting_down: AtomicBool::new(false),
+                shutdown: Notify::new(),
                 connections: watch::Sender::new(0),
             }),
         }
@@ -122,16 +127,29 @@ impl AppState {
     /// and new ones are refused the same way. [`serve`] calls this when its
     /// shutdown future completes.
     pub fn begin_shutdown(&self) {
-        self.shared.shutdown.send_replace(true);
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.shutdown.notify_waiters();
     }
 
     /// Whether shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
-        *self.shared.shutdown.borrow()
+        self.shared.shutting_down.load(Ordering::SeqCst)
     }
 
-    fn shutdown_receiver(&self) -> watch::Receiver<bool> {
-        self.shared.shutdown.subscribe()
+    /// Wait until shutdown has started (at once if it has). Every open
+    /// connection waits on this, so it is a small future (no channel
+    /// receiver).
+    async fn shutdown_started(&self) {
+        loop {
+            let mut notified = std::pin::pin!(self.shared.shutdown.notified());
+            // Enabled before looking, so a shutdown that starts after the
+            // look still wakes it.
+            notified.as_mut().enable();
+            if self.is_shutting_down() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Count a connection until the returned guard is dropped.

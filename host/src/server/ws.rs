@@ -1,7 +1,8 @@
 //! The svelte-adapter-uws 0.5 WebSocket endpoint (with svelte-realtime RPC):
-//! the upgrade handler, the admission steps and the per-connection reader
-//! and writer tasks. Frames are decoded and encoded by [`crate::protocol`];
-//! the connection state lives in [`Session`].
+//! the upgrade handler, the admission steps and the per-connection poll
+//! loop that reads, handles and writes frames. Frames are decoded and
+//! encoded by [`crate::protocol`]; the connection state lives in
+//! [`Session`].
 //!
 //! Admission, in order: the tenant is resolved from the request
 //! ([`super::tenancy`]); the upgrade is always accepted; an unknown or
@@ -19,25 +20,24 @@
 //! `idempotencyKey` makes it run at most once per key, path and user
 //! ([`Session::call`]).
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::Response;
-use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Notify, oneshot};
-use tokio::task::JoinHandle;
+use futures_util::StreamExt;
 use tracing::Instrument;
 
 use super::connect::{connect_request, truncate_utf8};
 use super::session::{CatchUp, PresenceSnapshot, Session};
 use super::tenancy::{self, TENANT_HEADER, TenancyError};
+use super::writer::Writer;
 use super::{AppState, ConnectionGuard};
 use crate::cursors;
 use crate::metrics::{self, RefusalKind};
@@ -46,7 +46,7 @@ use crate::presence;
 use crate::protocol::{self, ClientFrame, ProtocolError, Ref, RpcCall, RpcErrorBody};
 use crate::quota::{ConnectionQuota, ConnectionSlot, MessageVerdict, Refusal};
 use crate::runtime::{CallError, ConnectRequest, Plugin};
-use crate::tenant::{Eviction, Tenant, canary_bucket};
+use crate::tenant::{Tenant, canary_bucket};
 
 /// Most topics of one `resume` frame that are replayed (the rest are left
 /// to the client's resubscribe).
@@ -81,17 +81,15 @@ const UNKNOWN_TENANT_MAX_FRAME: usize = 8 * 1024;
 /// this and arrive in one read; a larger frame takes one read per 512
 /// bytes (the buffer grows to hold the whole frame while it is read).
 const READ_BUFFER_BYTES: usize = 512;
-/// At most this many queued frames are written before one flush.
-const WRITE_BATCH: usize = 64;
+/// At most this many frames are read and handled in one poll of a
+/// connection before it lets other tasks run.
+const READ_BATCH: usize = 16;
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After closing with 1009 the rest of the oversized message cannot be read
 /// (the library stops parsing); keep the socket open this long so the peer
 /// can read our close frame before the TCP connection goes away.
 const TOO_BIG_LINGER: Duration = Duration::from_millis(500);
-/// A peer that sends nothing for this long is pinged; after twice this
-/// long without any frame (pongs included) the connection is dropped.
-pub const IDLE_PING_AFTER: Duration = Duration::from_secs(60);
 /// Error code for `"stream":true` calls, which are not supported yet.
 const STREAM_UNSUPPORTED: &str = "stream calls are not supported yet";
 
@@ -202,20 +200,22 @@ fn run_connection(
 ) -> impl Future<Output = ()> + Send + 'static {
     let opening = Box::pin(open_connection(socket, state, resolved, request));
     async move {
-        if let Some((open, span)) = opening.await {
-            serve(open).instrument(span).await;
-        }
+        // Not `if let`: its scrutinee would keep a second `Open` in this
+        // future for the connection's life.
+        let Some((open, span)) = opening.await else {
+            return;
+        };
+        serve(open).instrument(span).await;
     }
 }
 
-/// An open connection: what [`serve`] needs while it reads frames.
+/// An open connection: what [`serve`] needs while it is open.
 struct Open {
     state: AppState,
     conn: Connection,
-    stream: SplitStream<WebSocket>,
-    writer: JoinHandle<()>,
-    close_tx: oneshot::Sender<CloseFrame>,
-    ping: Arc<Notify>,
+    socket: WebSocket,
+    /// The connection's outbound queue, written to `socket` by [`drive`].
+    rx: outbound::Receiver,
     /// Count the connection for graceful shutdown and hold the tenant's
     /// connection slot.
     _guards: (ConnectionGuard, ConnectionSlot),
@@ -297,9 +297,9 @@ async fn open_connection(
     Some((open, span))
 }
 
-/// Run `authenticate`, then create the session, send `welcome` and start
-/// the writer. `None` if the connection was closed instead. `guards` stay
-/// with the open connection.
+/// Run `authenticate`, then create the session and send `welcome`. `None`
+/// if the connection was closed instead. `guards` stay with the open
+/// connection.
 async fn start_session(
     mut socket: WebSocket,
     state: AppState,
@@ -309,27 +309,19 @@ async fn start_session(
     request: ConnectRequest,
     guards: (ConnectionGuard, ConnectionSlot),
 ) -> Option<Open> {
-    let mut evictions = tenant.evictions();
     let authenticated = tokio::select! {
         biased;
-        _ = evictions.wait_for(Option::is_some) => None,
+        eviction = tenant.evicted() => Err(eviction),
         // Boxed: a plugin call's future is large.
-        user = Box::pin(plugin.authenticate(request)) => Some(user),
+        user = Box::pin(plugin.authenticate(request)) => Ok(user),
     };
     drop(plugin);
-    let Some(authenticated) = authenticated else {
-        let reason = tenant
-            .evictions()
-            .borrow()
-            .as_ref()
-            .map(|e| e.reason.clone());
-        close_now(
-            socket,
-            CLOSE_POLICY,
-            reason.as_deref().unwrap_or("tenant evicted"),
-        )
-        .await;
-        return None;
+    let authenticated = match authenticated {
+        Ok(authenticated) => authenticated,
+        Err(eviction) => {
+            close_now(socket, eviction.code, &eviction.reason).await;
+            return None;
+        }
     };
     let user = match authenticated {
         Ok(user) => user,
@@ -371,20 +363,6 @@ async fn start_session(
         tracing::Span::current().record("user", user.id.as_str());
     }
     tracing::debug!("connected");
-
-    let (sink, stream) = socket.split();
-    let (close_tx, close_rx) = oneshot::channel();
-    let ping = Arc::new(Notify::new());
-    let writer = tokio::spawn(
-        write_loop(
-            sink,
-            rx,
-            close_rx,
-            Arc::clone(&ping),
-            Arc::clone(session.tenant()),
-        )
-        .in_current_span(),
-    );
     Some(Open {
         state,
         conn: Connection {
@@ -393,129 +371,68 @@ async fn start_session(
             max_inflight,
             quota: ConnectionQuota::new(),
         },
-        stream,
-        writer,
-        close_tx,
-        ping,
+        socket,
+        rx,
         _guards: guards,
     })
 }
 
-/// Read frames until the connection closes, then close it.
-async fn serve(open: Open) {
-    let (stream, close) = read_loop(open.stream, &open.conn, &open.state, &open.ping).await;
-    let session = Arc::clone(&open.conn.session);
-    session.close();
-    drop(open.conn);
-    // Boxed: allocated only while the connection closes.
-    Box::pin(close_connection(
-        session,
-        stream,
-        open.writer,
-        open.close_tx,
-        close,
-    ))
-    .await;
+/// Run the open connection until it closes, then close it.
+///
+/// A plain fn around an `async move` block, not an `async fn`: an async
+/// fn stores its arguments twice in its future (as captured and as
+/// locals), and the block uses `open` in place, so every open connection
+/// holds it once.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve(mut open: Open) -> impl Future<Output = ()> + Send {
+    async move {
+        let close = drive(&mut open.socket, &mut open.rx, &open.conn, &open.state).await;
+        let Open {
+            conn,
+            socket,
+            rx,
+            _guards,
+            ..
+        } = open;
+        let session = Arc::clone(&conn.session);
+        session.close();
+        drop(conn);
+        drop(rx);
+        // Boxed: allocated only while the connection closes.
+        Box::pin(close_connection(session, socket, close)).await;
+    }
 }
 
-/// Close a connection whose read loop ended: presence leaves go out (to
-/// other connections) whatever the close; then the close frame, if the
-/// server closes, and a bounded wait for the writer and the peer.
-async fn close_connection(
-    session: Arc<Session>,
-    stream: SplitStream<WebSocket>,
-    mut writer: JoinHandle<()>,
-    close_tx: oneshot::Sender<CloseFrame>,
-    close: CloseRequest,
-) {
+/// Close a connection whose poll loop ended: presence leaves go out (to
+/// other connections) whatever the close; then, if the server closes, the
+/// close frame (frames still queued are discarded) and a bounded wait for
+/// the peer's.
+async fn close_connection(session: Arc<Session>, mut socket: WebSocket, close: CloseRequest) {
     session.leave_all_presence().await;
     drop(session);
-    match close {
-        Some((code, reason)) => {
-            let _ = close_tx.send(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(truncate_utf8(&reason, 123).as_ref()),
-            });
-            // A peer that does not read can block the writer: give up on it.
-            if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut writer)
-                .await
-                .is_err()
-            {
-                writer.abort();
-            }
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(truncate_utf8(&reason, 123).as_ref()),
+        };
+        // A peer that does not read can block the send: give up on it.
+        let sent = tokio::time::timeout(
+            CLOSE_HANDSHAKE_TIMEOUT,
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await;
+        if matches!(sent, Ok(Ok(()))) {
             if code == CLOSE_TOO_BIG {
                 tokio::time::sleep(TOO_BIG_LINGER).await;
             } else {
-                let mut stream = stream;
                 let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-                    while let Some(Ok(_)) = stream.next().await {}
+                    while let Some(Ok(_)) = socket.next().await {}
                 })
                 .await;
             }
         }
-        None => {
-            drop(close_tx);
-            if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut writer)
-                .await
-                .is_err()
-            {
-                writer.abort();
-            }
-        }
     }
     tracing::debug!("disconnected");
-}
-
-/// Write queued frames, flushing once per batch, until the connection
-/// closes. A close frame from `close_rx` is sent at once (queued frames are
-/// discarded); a dropped `close_rx` sender ends the writer silently; `ping`
-/// sends a ping. The bytes sent count toward `tenant`'s usage and metrics.
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: outbound::Receiver,
-    mut close_rx: oneshot::Receiver<CloseFrame>,
-    ping: Arc<Notify>,
-    tenant: Arc<Tenant>,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            close = &mut close_rx => {
-                if let Ok(frame) = close {
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                }
-                return;
-            }
-            () = ping.notified() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    return;
-                }
-            }
-            next = rx.recv() => {
-                let Some(Outbound::Text(text)) = next else { return };
-                let mut bytes = text.len() as u64;
-                if sink.feed(Message::Text(text)).await.is_err() {
-                    return;
-                }
-                for _ in 1..WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(Outbound::Text(text)) => {
-                            bytes += text.len() as u64;
-                            if sink.feed(Message::Text(text)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-                tenant.quota.usage.bytes_out(bytes);
-                metrics::bytes_sent(&tenant.id, bytes);
-            }
-        }
-    }
 }
 
 /// Count `len` bytes received on `conn` toward its tenant's usage and metrics.
@@ -540,92 +457,140 @@ fn is_too_big(err: &axum::Error) -> bool {
 
 type CloseRequest = Option<(u16, std::borrow::Cow<'static, str>)>;
 
-/// Read and handle frames until the peer goes away (`None`) or the server
-/// must close the connection (`Some(code, reason)`). A peer silent for
-/// [`IDLE_PING_AFTER`] is pinged (through `ping`); silent for twice that, it
-/// is dropped.
-async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
-    conn: &Connection,
-    state: &AppState,
-    ping: &Notify,
-) -> (SplitStream<WebSocket>, CloseRequest) {
-    const SHUTDOWN: CloseRequest = Some((
-        CLOSE_GOING_AWAY,
-        std::borrow::Cow::Borrowed("server shutting down"),
-    ));
-    let mut shutdown = state.shutdown_receiver();
-    let mut evictions = conn.session.tenant().evictions();
-    let evicted = |e: &Option<Eviction>| -> CloseRequest {
-        e.as_ref()
-            .map(|e| (CLOSE_POLICY, std::borrow::Cow::Owned(e.reason.clone())))
-    };
-    let idle = tokio::time::sleep(IDLE_PING_AFTER);
-    tokio::pin!(idle);
-    let mut pinged = false;
-    let close = loop {
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|s| *s) => break SHUTDOWN,
-            e = evictions.wait_for(Option::is_some) => break e.ok().and_then(|e| evicted(&e)),
-            _ = &mut idle => {
+/// The connection's one poll loop, until the peer goes away (`None`) or the
+/// server must close the connection (`Some(code, reason)`). Each poll
+/// reads and handles frames, one at a time and in order (the next frame is
+/// read once the last one's handling is done), writes what is queued on
+/// `rx` (the handling's answers, the hub's events), and watches shutdown,
+/// the tenant's eviction and the idle timer: a peer silent for
+/// `limits.idle_ping_ms` is pinged; silent for twice that, it is dropped.
+///
+/// Polling all of it from one future keeps an open connection to one task
+/// and no locks or channels of its own: the socket is not split, and the
+/// writer ([`Writer`]) is plain state.
+#[allow(clippy::manual_async_fn)] // on purpose, as `serve`
+fn drive<'a>(
+    socket: &'a mut WebSocket,
+    rx: &'a mut outbound::Receiver,
+    conn: &'a Connection,
+    state: &'a AppState,
+) -> impl Future<Output = CloseRequest> + Send + 'a {
+    async move {
+        const SHUTDOWN: CloseRequest = Some((
+            CLOSE_GOING_AWAY,
+            std::borrow::Cow::Borrowed("server shutting down"),
+        ));
+        // The loop's captures are part of every open connection's memory:
+        // the tenant and the idle limit are looked up where they are used
+        // rather than kept.
+        let idle_ping = || state.settings().limits.idle_ping();
+        let mut shutdown = pin!(state.shutdown_started());
+        let mut evicted = pin!(conn.session.tenant().evicted());
+        // Fires `idle_ping` after the last frame read, or after the ping.
+        // (Moving a tokio timer later is one atomic operation, no lock.)
+        let mut idle = pin!(tokio::time::sleep(idle_ping()));
+        let mut pinged = false;
+        let mut writer = Writer::default();
+        // The handling of the last frame read, while it is not done. Boxed:
+        // allocated only while a frame is handled.
+        let mut handling: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+        // The waker the shutdown and eviction waits hold. Polling a waiting
+        // `Notified` takes its `Notify`'s lock, which every connection (of
+        // the tenant) shares, so they are polled only when the waker they
+        // hold is not this poll's, or when their flag says they are done.
+        let mut registered: Option<std::task::Waker> = None;
+        poll_fn(move |cx| {
+            let rewaked = registered.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
+            if (rewaked || state.is_shutting_down()) && shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(SHUTDOWN);
+            }
+            if (rewaked || conn.session.tenant().is_evicted())
+                && let Poll::Ready(eviction) = evicted.as_mut().poll(cx)
+            {
+                return Poll::Ready(Some((eviction.code, eviction.reason.into())));
+            }
+            if rewaked {
+                registered = Some(cx.waker().clone());
+            }
+            let mut read = 0;
+            loop {
+                if let Some(h) = handling.as_mut() {
+                    if h.as_mut().poll(cx).is_pending() {
+                        break;
+                    }
+                    handling = None;
+                }
+                if read == READ_BATCH {
+                    // Let other connections run; come back at once.
+                    cx.waker().wake_by_ref();
+                    break;
+                }
+                let Poll::Ready(next) = socket.poll_next_unpin(cx) else {
+                    break;
+                };
+                read += 1;
+                pinged = false;
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + idle_ping());
+                let frame = match next {
+                    None => return Poll::Ready(None),
+                    Some(Err(e)) if is_too_big(&e) => {
+                        tracing::debug!(error = %e, "frame over the size limit");
+                        return Poll::Ready(Some((CLOSE_TOO_BIG, "message too big".into())));
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "read error");
+                        return Poll::Ready(None);
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        received(conn, text.len());
+                        protocol::decode_text(text.as_str())
+                    }
+                    Some(Ok(Message::Binary(bytes))) => {
+                        received(conn, bytes.len());
+                        protocol::decode_binary(&bytes)
+                    }
+                    // The library answers pings and the peer's close itself; the
+                    // stream ends after the close handshake.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => continue,
+                };
+                handling = match conn.admit(frame) {
+                    Admission::Handle(frame) => Some(Box::pin(conn.handle(frame))),
+                    Admission::Refused(frame, refusal) => {
+                        Some(Box::pin(conn.refuse(frame, refusal)))
+                    }
+                    Admission::Close => {
+                        tracing::debug!("connection over its message rate; closing");
+                        return Poll::Ready(Some((
+                            CLOSE_RATE_LIMITED,
+                            "rate limit exceeded".into(),
+                        )));
+                    }
+                };
+            }
+            while idle.as_mut().poll(cx).is_ready() {
                 if pinged {
                     tracing::debug!("peer unresponsive; dropping the connection");
-                    break None;
+                    return Poll::Ready(None);
                 }
                 pinged = true;
-                ping.notify_one();
-                idle.as_mut().reset(tokio::time::Instant::now() + IDLE_PING_AFTER);
-                continue;
+                writer.ping();
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + idle_ping());
             }
-            next = stream.next() => next,
-        };
-        pinged = false;
-        idle.as_mut()
-            .reset(tokio::time::Instant::now() + IDLE_PING_AFTER);
-        let frame = match next {
-            None => break None,
-            Some(Err(e)) if is_too_big(&e) => {
-                tracing::debug!(error = %e, "frame over the size limit");
-                break Some((CLOSE_TOO_BIG, "message too big".into()));
+            let written = writer.poll_write(socket, rx, cx, |bytes| {
+                let tenant = conn.session.tenant();
+                tenant.quota.usage.bytes_out(bytes);
+                metrics::bytes_sent(&tenant.id, bytes);
+            });
+            if let Poll::Ready(Err(e)) = written {
+                tracing::debug!(error = %e, "write error");
+                return Poll::Ready(None);
             }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "read error");
-                break None;
-            }
-            Some(Ok(Message::Text(text))) => {
-                received(conn, text.len());
-                protocol::decode_text(text.as_str())
-            }
-            Some(Ok(Message::Binary(bytes))) => {
-                received(conn, bytes.len());
-                protocol::decode_binary(&bytes)
-            }
-            // The library answers pings and the peer's close itself; the
-            // stream ends after the close handshake.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => continue,
-        };
-        let frame = match conn.admit(frame) {
-            Admission::Handle(frame) => frame,
-            Admission::Refused(frame, refusal) => {
-                // Boxed: allocated only while a refusal is answered.
-                Box::pin(conn.refuse(frame, refusal)).await;
-                continue;
-            }
-            Admission::Close => {
-                tracing::debug!("connection over its message rate; closing");
-                break Some((CLOSE_RATE_LIMITED, "rate limit exceeded".into()));
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|s| *s) => break SHUTDOWN,
-            e = evictions.wait_for(Option::is_some) => break e.ok().and_then(|e| evicted(&e)),
-            // Boxed for the same reason: allocated only while a frame is handled.
-            () = Box::pin(conn.handle(frame)) => {}
-        }
-    };
-    (stream, close)
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 /// What to do with a decoded frame after the rate checks.
