@@ -129,8 +129,9 @@ pub struct Tenant {
     suspended: AtomicBool,
     /// The current eviction, if any (cleared when the tenant is resumed).
     eviction: parking_lot::Mutex<Option<Eviction>>,
-    /// Whether `eviction` is set: a cheap check for every connection poll.
-    evicting: AtomicBool,
+    /// Whether `eviction` was ever set (resuming does not clear it): a cheap
+    /// check for every connection poll.
+    ever_evicted: AtomicBool,
     /// Wakes everyone in [`Tenant::evicted`] when an eviction is set.
     evicted: Notify,
 }
@@ -146,7 +147,7 @@ impl Tenant {
             deployment: RwLock::new(Deployment::default()),
             suspended: AtomicBool::new(false),
             eviction: parking_lot::Mutex::new(None),
-            evicting: AtomicBool::new(false),
+            ever_evicted: AtomicBool::new(false),
             evicted: Notify::new(),
         }
     }
@@ -196,7 +197,6 @@ impl Tenant {
         self.suspended.store(suspended, Ordering::Relaxed);
         if !suspended {
             *self.eviction.lock() = None;
-            self.evicting.store(false, Ordering::SeqCst);
         }
     }
 
@@ -206,14 +206,17 @@ impl Tenant {
             code,
             reason: reason.into(),
         });
-        self.evicting.store(true, Ordering::SeqCst);
+        self.ever_evicted.store(true, Ordering::SeqCst);
         self.evicted.notify_waiters();
     }
 
-    /// Whether the tenant is evicted (see [`Tenant::evicted`]). One atomic
-    /// load.
-    pub fn is_evicted(&self) -> bool {
-        self.evicting.load(Ordering::SeqCst)
+    /// Whether the tenant has ever been evicted while this process served
+    /// it; resuming does not clear this. One atomic load. A connection
+    /// polls its [`Tenant::evicted`] wait only when this is set (or its
+    /// waker changed); it must stay set, because an eviction cleared before
+    /// the connection looked has already used up that wait's wake-up.
+    pub fn has_been_evicted(&self) -> bool {
+        self.ever_evicted.load(Ordering::SeqCst)
     }
 
     /// Wait until the tenant is evicted ([`Tenant::evict`]) and return the
@@ -321,7 +324,7 @@ mod tests {
     #[tokio::test]
     async fn an_eviction_wakes_every_waiter_and_holds_until_the_tenant_is_resumed() {
         let t = Arc::new(tenant());
-        assert!(!t.is_evicted());
+        assert!(!t.has_been_evicted());
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let t = Arc::clone(&t);
@@ -341,11 +344,11 @@ mod tests {
                 .unwrap();
             assert_eq!((e.code, e.reason.as_str()), (4000, "gone"));
         }
-        assert!(t.is_evicted());
+        assert!(t.has_been_evicted());
         // A connection that starts waiting later sees it at once.
         assert_eq!(t.evicted().await.reason, "gone");
         t.set_suspended(false);
-        assert!(!t.is_evicted());
+        assert!(t.has_been_evicted(), "stays set");
         let later = tokio::time::timeout(std::time::Duration::from_millis(50), t.evicted()).await;
         assert!(later.is_err(), "resumed: no eviction any more");
     }

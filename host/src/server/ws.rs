@@ -497,14 +497,15 @@ fn drive<'a>(
         // The waker the shutdown and eviction waits hold. Polling a waiting
         // `Notified` takes its `Notify`'s lock, which every connection (of
         // the tenant) shares, so they are polled only when the waker they
-        // hold is not this poll's, or when their flag says they are done.
+        // hold is not this poll's, or when their flag says they may be done
+        // (see `Tenant::has_been_evicted`).
         let mut registered: Option<std::task::Waker> = None;
         poll_fn(move |cx| {
             let rewaked = registered.as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
             if (rewaked || state.is_shutting_down()) && shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(SHUTDOWN);
             }
-            if (rewaked || conn.session.tenant().is_evicted())
+            if (rewaked || conn.session.tenant().has_been_evicted())
                 && let Poll::Ready(eviction) = evicted.as_mut().poll(cx)
             {
                 return Poll::Ready(Some((eviction.code, eviction.reason.into())));
