@@ -46,6 +46,7 @@ pub mod protocol;
 pub mod quota;
 pub mod runtime;
 pub mod server;
+pub mod signal;
 pub mod tasks;
 pub mod tenant;
 pub mod usage;

@@ -158,14 +158,10 @@ impl Receiver {
     /// `cx` is woken when a frame is queued. For a writer that polls the
     /// queue from its own poll loop.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
-        match self.shared.pop() {
-            Ok(frame) => return Poll::Ready(Some(frame)),
-            Err(TryRecvError::Disconnected) => return Poll::Ready(None),
-            Err(TryRecvError::Empty) => {}
-        }
+        // Registered before looking (one compare-and-swap), so a frame
+        // queued after the look still wakes it, and the queue is locked
+        // once per poll.
         self.shared.readable.register(cx.waker());
-        // A frame queued between the first look and the registration woke
-        // nobody: look again.
         match self.shared.pop() {
             Ok(frame) => Poll::Ready(Some(frame)),
             Err(TryRecvError::Disconnected) => Poll::Ready(None),

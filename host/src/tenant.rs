@@ -5,12 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::signal::Signal;
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 
 use crate::quota::TenantQuota;
 use crate::runtime::Plugin;
@@ -127,13 +128,8 @@ pub struct Tenant {
     plan_name: RwLock<String>,
     deployment: RwLock<Deployment>,
     suspended: AtomicBool,
-    /// The current eviction, if any (cleared when the tenant is resumed).
-    eviction: parking_lot::Mutex<Option<Eviction>>,
-    /// Whether `eviction` was ever set (resuming does not clear it): a cheap
-    /// check for every connection poll.
-    ever_evicted: AtomicBool,
-    /// Wakes everyone in [`Tenant::evicted`] when an eviction is set.
-    evicted: Notify,
+    /// The current eviction, if any (lowered when the tenant is resumed).
+    eviction: Signal<Eviction>,
 }
 
 impl Tenant {
@@ -146,9 +142,7 @@ impl Tenant {
             plan_name: RwLock::new(plan_name),
             deployment: RwLock::new(Deployment::default()),
             suspended: AtomicBool::new(false),
-            eviction: parking_lot::Mutex::new(None),
-            ever_evicted: AtomicBool::new(false),
-            evicted: Notify::new(),
+            eviction: Signal::new(),
         }
     }
 
@@ -196,44 +190,30 @@ impl Tenant {
     pub fn set_suspended(&self, suspended: bool) {
         self.suspended.store(suspended, Ordering::Relaxed);
         if !suspended {
-            *self.eviction.lock() = None;
+            self.eviction.lower();
         }
     }
 
     /// Close every open connection of the tenant with `code` and `reason`.
     pub fn evict(&self, code: u16, reason: impl Into<String>) {
-        *self.eviction.lock() = Some(Eviction {
+        self.eviction.raise(Eviction {
             code,
             reason: reason.into(),
         });
-        self.ever_evicted.store(true, Ordering::SeqCst);
-        self.evicted.notify_waiters();
     }
 
     /// Whether the tenant has ever been evicted while this process served
-    /// it; resuming does not clear this. One atomic load. A connection
-    /// polls its [`Tenant::evicted`] wait only when this is set (or its
-    /// waker changed); it must stay set, because an eviction cleared before
-    /// the connection looked has already used up that wait's wake-up.
+    /// it; resuming does not clear this. One atomic load (see
+    /// [`Signal::ever_raised`] for why it stays set).
     pub fn has_been_evicted(&self) -> bool {
-        self.ever_evicted.load(Ordering::SeqCst)
+        self.eviction.ever_raised()
     }
 
     /// Wait until the tenant is evicted ([`Tenant::evict`]) and return the
-    /// eviction; at once if it already is. Connections wait on this; the
-    /// future is small (no channel receiver) because every open
-    /// connection holds one.
-    pub async fn evicted(&self) -> Eviction {
-        loop {
-            let mut notified = std::pin::pin!(self.evicted.notified());
-            // Enabled before looking, so an eviction set after the look
-            // still wakes it.
-            notified.as_mut().enable();
-            if let Some(eviction) = self.eviction.lock().clone() {
-                return eviction;
-            }
-            notified.await;
-        }
+    /// eviction; at once if it already is. Every open connection waits on
+    /// this.
+    pub fn evicted(&self) -> impl Future<Output = Eviction> + Send + '_ {
+        self.eviction.wait()
     }
 }
 

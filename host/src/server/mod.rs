@@ -19,16 +19,16 @@ pub mod ws;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::config::{Config, Limits};
 use crate::hub::Hub;
+use crate::signal::Signal;
 use crate::tenant::Registry;
 use session::Services;
 use tenancy::TenancySettings;
@@ -61,10 +61,8 @@ struct Shared {
     hub: Arc<Hub>,
     services: Arc<Services>,
     settings: ServerSettings,
-    /// `true` once shutdown started.
-    shutting_down: AtomicBool,
-    /// Wakes every connection in [`AppState::shutdown_started`].
-    shutdown: Notify,
+    /// Raised once shutdown started; every connection waits on it.
+    shutdown: Signal<()>,
     /// Number of live WebSocket connections.
     connections: watch::Sender<usize>,
 }
@@ -91,8 +89,7 @@ impl AppState {
                 hub,
                 services,
                 settings,
-                shutting_down: AtomicBool::new(false),
-                shutdown: Notify::new(),
+                shutdown: Signal::new(),
                 connections: watch::Sender::new(0),
             }),
         }
@@ -127,29 +124,18 @@ impl AppState {
     /// and new ones are refused the same way. [`serve`] calls this when its
     /// shutdown future completes.
     pub fn begin_shutdown(&self) {
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
-        self.shared.shutdown.notify_waiters();
+        self.shared.shutdown.raise(());
     }
 
     /// Whether shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.shutting_down.load(Ordering::SeqCst)
+        // Never lowered, so "ever raised" is "raised".
+        self.shared.shutdown.ever_raised()
     }
 
-    /// Wait until shutdown has started (at once if it has). Every open
-    /// connection waits on this, so it is a small future (no channel
-    /// receiver).
-    async fn shutdown_started(&self) {
-        loop {
-            let mut notified = std::pin::pin!(self.shared.shutdown.notified());
-            // Enabled before looking, so a shutdown that starts after the
-            // look still wakes it.
-            notified.as_mut().enable();
-            if self.is_shutting_down() {
-                return;
-            }
-            notified.await;
-        }
+    /// Wait until shutdown has started (at once if it has).
+    fn shutdown_started(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.shared.shutdown.wait()
     }
 
     /// Count a connection until the returned guard is dropped.
