@@ -44,7 +44,25 @@ type Handler = Box<dyn Fn(&Ctx, Value) -> Result<String, LiveError> + Send + Syn
 /// ```
 #[derive(Default)]
 pub struct Router {
-    routes: Vec<(Cow<'static, str>, Handler)>,
+    routes: Vec<Route>,
+}
+
+/// One registered handler. `key` is [`path_key`] of `path`: a fresh
+/// instance builds the whole router for its one call, so registering and
+/// looking up compare this number first and the strings only when it is
+/// equal (no quadratic string comparisons as the plugin grows).
+struct Route {
+    key: u64,
+    path: Cow<'static, str>,
+    handler: Handler,
+}
+
+/// FNV-1a of `path`: cheap to compute for short paths, and different for
+/// almost every pair of different paths.
+fn path_key(path: &str) -> u64 {
+    path.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl fmt::Debug for Router {
@@ -57,18 +75,22 @@ impl fmt::Debug for Router {
 
 /// Whether `path` matches svelte-realtime's `^[a-zA-Z0-9_-]+(/[a-zA-Z0-9_-]+)+$`.
 pub fn is_valid_path(path: &str) -> bool {
-    let mut segments = 0;
-    for segment in path.split('/') {
-        if segment.is_empty()
-            || !segment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+    let mut segments = 1;
+    let mut segment_empty = true;
+    for b in path.bytes() {
+        if b == b'/' {
+            if segment_empty {
+                return false;
+            }
+            segments += 1;
+            segment_empty = true;
+        } else if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            segment_empty = false;
+        } else {
             return false;
         }
-        segments += 1;
     }
-    segments >= 2
+    !segment_empty && segments >= 2
 }
 
 /// `args` followed by the serde path of the failing value, e.g. `args[0].text`.
@@ -136,8 +158,9 @@ impl Router {
             is_valid_path(&path),
             "tenantry-sdk: `{path}` is not a valid live path (expected `module/fn`)"
         );
+        let key = path_key(&path);
         assert!(
-            !self.routes.iter().any(|(p, _)| *p == path),
+            !self.routes.iter().any(|r| r.key == key && r.path == path),
             "tenantry-sdk: live path `{path}` is registered twice"
         );
         let erased: Handler = Box::new(move |ctx, args| {
@@ -146,13 +169,17 @@ impl Router {
             serde_json::to_string(&result)
                 .map_err(|_| LiveError::internal("Failed to encode the result"))
         });
-        self.routes.push((path, erased));
+        self.routes.push(Route {
+            key,
+            path,
+            handler: erased,
+        });
         self
     }
 
     /// The registered paths, in registration order.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.routes.iter().map(|(p, _)| p.as_ref())
+        self.routes.iter().map(|r| r.path.as_ref())
     }
 
     /// Serve one call as the host does: `args_json` must be a JSON array.
@@ -162,7 +189,8 @@ impl Router {
     /// `INVALID_REQUEST`; arguments that do not decode → `VALIDATION`; else
     /// whatever the handler returned.
     pub fn call(&self, ctx: &Ctx, path: &str, args_json: &str) -> Result<String, LiveError> {
-        let Some((_, handler)) = self.routes.iter().find(|(p, _)| p == path) else {
+        let key = path_key(path);
+        let Some(route) = self.routes.iter().find(|r| r.key == key && r.path == path) else {
             return Err(LiveError::not_found(format!("Unknown RPC path: {path}")));
         };
         let args: Value = serde_json::from_str(args_json)
@@ -170,7 +198,7 @@ impl Router {
         if !args.is_array() {
             return Err(LiveError::invalid_request("args must be a JSON array"));
         }
-        handler(ctx, args)
+        (route.handler)(ctx, args)
     }
 }
 
@@ -296,9 +324,48 @@ mod tests {
             "chat/se nd",
             "",
             "ch.at/x",
+            "a/b/",
+            "/",
+            "a/é",
         ] {
             assert!(!is_valid_path(bad), "{bad}");
         }
+    }
+
+    /// The specification `is_valid_path` implements, written the obvious way.
+    fn matches_path_regex(path: &str) -> bool {
+        let segments: Vec<&str> = path.split('/').collect();
+        segments.len() >= 2
+            && segments.iter().all(|s| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn path_validation_matches_the_regex(path in "[a-c_/.é-]{0,12}") {
+            proptest::prop_assert_eq!(is_valid_path(&path), matches_path_regex(&path));
+        }
+    }
+
+    #[test]
+    fn many_routes_each_dispatch_to_their_own_handler() {
+        let mut r = Router::new();
+        for i in 0..200u32 {
+            r = r.live(format!("m/f{i}"), move |_: &Ctx, (): ()| Ok(i));
+        }
+        for i in [0u32, 7, 199] {
+            assert_eq!(
+                r.call(&ctx(), &format!("m/f{i}"), "[]").unwrap(),
+                i.to_string()
+            );
+        }
+        assert_eq!(
+            r.call(&ctx(), "m/f200", "[]").unwrap_err().code,
+            "NOT_FOUND"
+        );
     }
 
     #[test]
