@@ -32,6 +32,8 @@
 //! worker_threads = 0            # async runtime threads; 0 = one per usable CPU
 //! cpu_workers_per_tenant = 0    # workers one tenant's long calls may hold; 0 = all but one
 //! idle_ping_ms = 60000          # ping a silent connection; drop it after twice this
+//! refused_connect_hold_ms = 1000 # hold a connection refused with 4429 this long before closing it
+//! max_held_refusals = 1024      # refused connections held at once; past it, closed at once
 //!
 //! # Change a built-in plan, or define a new one on top of `base`.
 //! [plans.free]
@@ -694,6 +696,17 @@ pub struct Limits {
     /// pinged; silent for twice this long, it is dropped. Milliseconds.
     /// Default 60000.
     pub idle_ping_ms: u64,
+    /// A connection refused with 4429 before `welcome` (the tenant is over
+    /// `connects_per_sec` or at `max_connections`, or `authenticate` could
+    /// not run for its call limits) is held this long, unread, before it
+    /// is closed: a client reconnecting in a tight loop then costs the host
+    /// a few attempts per second instead of thousands. Milliseconds;
+    /// 0 closes at once. Default 1000 (clients back off longer than that
+    /// after a 4429 anyway).
+    pub refused_connect_hold_ms: u64,
+    /// Refused connections held at once, over all tenants; a refusal past
+    /// it is closed at once. Bounds the sockets holding costs. Default 1024.
+    pub max_held_refusals: usize,
 }
 
 impl Default for Limits {
@@ -706,6 +719,8 @@ impl Default for Limits {
             worker_threads: 0,
             cpu_workers_per_tenant: 0,
             idle_ping_ms: 60_000,
+            refused_connect_hold_ms: 1000,
+            max_held_refusals: 1024,
         }
     }
 }
@@ -719,6 +734,11 @@ impl Limits {
     /// How long a connection may be silent before it is pinged.
     pub fn idle_ping(&self) -> Duration {
         Duration::from_millis(self.idle_ping_ms)
+    }
+
+    /// How long a connection refused with 4429 is held before it is closed.
+    pub fn refused_connect_hold(&self) -> Duration {
+        Duration::from_millis(self.refused_connect_hold_ms)
     }
 
     /// The guest stack bound in bytes.
@@ -1358,6 +1378,7 @@ mod tests {
             call_wall_timeout_ms = 100
             send_queue = 8
             idle_ping_ms = 250
+            refused_connect_hold_ms = 0
 
             [plans.free]
             max_connections = 7
@@ -1392,6 +1413,8 @@ mod tests {
         assert_eq!(c.limits.call_wall_timeout_ms, 100);
         assert_eq!(c.limits.send_queue, 8);
         assert_eq!(c.limits.idle_ping(), Duration::from_millis(250));
+        assert_eq!(c.limits.refused_connect_hold(), Duration::ZERO);
+        assert_eq!(c.limits.max_held_refusals, 1024);
         assert_eq!(c.limits.max_instances, 1000, "unset limits keep defaults");
         assert_eq!(c.tenants[0].plan_name, "gold");
         assert_eq!(c.tenants[0].plan.call_deadline_ms, 1000, "from the plan");

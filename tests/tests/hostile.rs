@@ -74,9 +74,10 @@ fn retry_after(reply: &Value) -> u64 {
 }
 
 /// Connect until the tenant admits the connection (a slot freed by a
-/// closed connection is returned asynchronously), for at most 2 s.
+/// closed connection is returned asynchronously), for at most 5 s (each
+/// refused attempt is held for `refused_connect_hold_ms`, 1 s by default).
 async fn connect_when_admitted(h: &HostProcess, path: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match Client::connect(&h.url(path)).await {
             Ok(c) => return c,
@@ -650,6 +651,56 @@ async fn max_connections_closes_the_extra_connection_with_4429() {
     let closed = refused(&p.h, &ws(&p.a)).await;
     assert_eq!(closed.code, Some(4429), "still at the limit: {closed:?}");
     assert!(p.h.is_running());
+}
+
+#[tokio::test]
+async fn refused_connections_are_held_before_their_4429_close() {
+    let (a, b) = ("hold-a", "hold-b");
+    let mut h = HostProcess::start_with(
+        bin(),
+        &[hostile(a).limits("max_connections = 1"), fixture(b)],
+        "[limits]\nrefused_connect_hold_ms = 700\nmax_held_refusals = 1",
+    )
+    .unwrap();
+    let mut admitted = client(&h, &ws(a)).await;
+    // Refused (the tenant is at max_connections): held, unread, then closed.
+    let t0 = Instant::now();
+    let mut held = Client::connect_raw(&h.url(&ws(a))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The one hold slot is taken: the next refusal is closed at once.
+    let t1 = Instant::now();
+    let at_once = refused(&h, &ws(a)).await;
+    assert_eq!(at_once.code, Some(4429), "{at_once:?}");
+    assert!(
+        t1.elapsed() < Duration::from_millis(500),
+        "with every hold slot taken a refusal is closed at once, took {:?}",
+        t1.elapsed()
+    );
+    // Meanwhile the admitted connection and the other tenant are served.
+    assert_eq!(admitted.rpc("hostile/echo", json!([1])).await.unwrap(), 1);
+    let mut other = client(&h, &ws(b)).await;
+    assert_eq!(other.rpc("fixture/echo", json!([2])).await.unwrap(), 2);
+    let closed = held.closed().await.unwrap();
+    assert_eq!(closed.code, Some(4429), "{closed:?}");
+    assert_eq!(closed.reason, "tenant connection limit reached");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(650),
+        "the refusal was not held: closed after {:?}",
+        t0.elapsed()
+    );
+    if let Ok(f) = held.next_frame().await {
+        panic!("a held connection got a frame: {f}");
+    }
+    // The slot is free again: the next refusal is held too.
+    let t2 = Instant::now();
+    let again = refused(&h, &ws(a)).await;
+    assert_eq!(again.code, Some(4429), "{again:?}");
+    assert!(
+        t2.elapsed() >= Duration::from_millis(650),
+        "{:?}",
+        t2.elapsed()
+    );
+    assert!(h.is_running());
 }
 
 #[tokio::test]

@@ -65,6 +65,9 @@ struct Shared {
     shutdown: Signal<()>,
     /// Number of live WebSocket connections.
     connections: watch::Sender<usize>,
+    /// Slots for refused connections held before their 4429 close
+    /// (`limits.max_held_refusals`).
+    refusal_holds: tokio::sync::Semaphore,
 }
 
 /// State shared by every request handler. Cheap to clone.
@@ -83,6 +86,7 @@ impl AppState {
         services: Arc<Services>,
         settings: ServerSettings,
     ) -> Self {
+        let settings_max_held = settings.limits.max_held_refusals;
         Self {
             shared: Arc::new(Shared {
                 registry,
@@ -91,6 +95,9 @@ impl AppState {
                 settings,
                 shutdown: Signal::new(),
                 connections: watch::Sender::new(0),
+                refusal_holds: tokio::sync::Semaphore::new(
+                    settings_max_held.min(tokio::sync::Semaphore::MAX_PERMITS),
+                ),
             }),
         }
     }
@@ -131,6 +138,12 @@ impl AppState {
     pub fn is_shutting_down(&self) -> bool {
         // Never lowered, so "ever raised" is "raised".
         self.shared.shutdown.ever_raised()
+    }
+
+    /// A slot to hold one refused connection before its 4429 close, if
+    /// fewer than `limits.max_held_refusals` are held now.
+    fn hold_refusal(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.shared.refusal_holds.try_acquire().ok()
     }
 
     /// Wait until shutdown has started (at once if it has).

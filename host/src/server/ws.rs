@@ -171,6 +171,24 @@ async fn close_now(mut socket: WebSocket, code: u16, reason: &str) {
     .await;
 }
 
+/// Close a connection refused before `welcome` with 4429 and `reason`,
+/// after holding it unread for `limits.refused_connect_hold_ms` (if a hold
+/// slot is free; shutdown ends the hold). A client retrying in a tight loop
+/// then makes a few attempts per second per socket instead of thousands,
+/// each of which would cost an accept, an upgrade and a close.
+async fn close_throttled(socket: WebSocket, state: &AppState, reason: &str) {
+    let hold = state.settings().limits.refused_connect_hold();
+    if !hold.is_zero()
+        && let Some(_slot) = state.hold_refusal()
+    {
+        tokio::select! {
+            () = tokio::time::sleep(hold) => {}
+            () = state.shutdown_started() => {}
+        }
+    }
+    close_now(socket, CLOSE_RATE_LIMITED, reason).await;
+}
+
 /// The close code and reason for a failed `authenticate`.
 pub fn authenticate_close(err: &CallError) -> (u16, String) {
     match err {
@@ -266,7 +284,8 @@ async fn open_connection(
             };
             metrics::refusal(&tenant.id, kind);
             tracing::debug!(tenant = %tenant.id, reason, "connection refused");
-            close_now(socket, CLOSE_RATE_LIMITED, reason).await;
+            // Boxed: its timer would otherwise grow every connection's future.
+            Box::pin(close_throttled(socket, &state, reason)).await;
             return None;
         }
     };
@@ -331,7 +350,11 @@ async fn start_session(
                 CallError::Live(_) => tracing::debug!(code, error = %e, "authenticate refused"),
                 _ => tracing::warn!(code, error = %e, "authenticate failed"),
             }
-            close_now(socket, code, &reason).await;
+            if code == CLOSE_RATE_LIMITED {
+                Box::pin(close_throttled(socket, &state, &reason)).await;
+            } else {
+                close_now(socket, code, &reason).await;
+            }
             return None;
         }
     };
