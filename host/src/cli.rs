@@ -337,6 +337,7 @@ pub async fn serve_config(
             max_memory,
             max_instances: config.limits.max_instances,
             max_wasm_stack: config.limits.max_wasm_stack_bytes(),
+            memory_keep_resident: config.limits.memory_keep_resident_bytes(),
             fuel: plans().any(|p| p.fuel_per_call > 0),
         },
         backends,

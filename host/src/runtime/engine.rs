@@ -59,7 +59,9 @@ pub fn build_engine(rc: &RuntimeConfig) -> wasmtime::Result<Engine> {
         .max_memory_size(rc.max_memory)
         // Reset only dirty pages and keep them resident: 2.5x faster fresh
         // instances and positive scaling across threads (spike §4b, §7).
-        .linear_memory_keep_resident(1 << 20)
+        // How much is the operator's trade of RSS against page faults
+        // (`limits.memory_keep_resident_kb`, BENCHMARKS.md "keep_resident").
+        .linear_memory_keep_resident(rc.memory_keep_resident)
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);
 

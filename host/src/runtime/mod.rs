@@ -66,6 +66,9 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Guest stack one call may use, in bytes (deeper: `RESOURCE_EXHAUSTED`).
     pub max_wasm_stack: usize,
+    /// Linear memory a pool slot keeps mapped (reset in place) after a call,
+    /// in bytes; the rest is given back to the OS.
+    pub memory_keep_resident: usize,
     /// Whether fuel is metered (needed by plans with `fuel_per_call` > 0;
     /// costs some speed for every call).
     pub fuel: bool,
@@ -79,6 +82,7 @@ impl Default for RuntimeConfig {
             max_memory: 64 << 20,
             max_instances: 1000,
             max_wasm_stack: 512 << 10,
+            memory_keep_resident: 1 << 20,
             fuel: false,
         }
     }

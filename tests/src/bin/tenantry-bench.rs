@@ -18,7 +18,9 @@
 //! `steady` (B, plugin `fixture`, plan `bench`) runs a steady, paced echo
 //! load; tenant `noisy` (A, plugin `hostile`, the default plan `starter`)
 //! runs one hostile behaviour at full speed per phase. It reports B's
-//! latency and errors per phase against a baseline with A idle.
+//! latency and errors per phase against a baseline with A idle, measured
+//! just before that phase (`--rounds N` repeats the whole and judges each
+//! phase by its median ratio).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -61,6 +63,9 @@ struct Cli {
     /// The bench plan's `instance_reuse` (0: a fresh instance per call).
     #[arg(long, default_value_t = 0)]
     reuse: u32,
+    /// The host's `limits.memory_keep_resident_kb` (unset: the host's default).
+    #[arg(long)]
+    keep_resident_kb: Option<u64>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -182,9 +187,10 @@ enum Mode {
         #[arg(long, default_value_t = 0)]
         hold: u64,
     },
-    /// Noisy neighbour: tenant B's steady echo load, first alone, then while
-    /// tenant A (hostile plugin, default plan) runs one hostile behaviour
-    /// per phase at full speed. Reports B's latency and errors per phase.
+    /// Noisy neighbour: tenant B's steady echo load while tenant A (hostile
+    /// plugin, default plan) runs one hostile behaviour per phase at full
+    /// speed, each phase right after a baseline with A idle. Reports B's
+    /// latency and errors per phase against that baseline.
     Noisy {
         /// B's connections, each a closed loop of `fixture/echo` calls.
         #[arg(long, default_value_t = 4)]
@@ -201,9 +207,13 @@ enum Mode {
         noisy_connections: usize,
         /// Run only these phases (comma-separated, from: spin, alloc,
         /// recurse, panic, huge, publish_flood, kv_flood, log_flood,
-        /// rpc_flood, connect_flood). The baseline always runs first.
+        /// rpc_flood, connect_flood). Each runs right after a baseline of its own.
         #[arg(long, value_delimiter = ',')]
         phases: Vec<String>,
+        /// Run every phase (each with its baseline) this many times; the
+        /// verdict takes each phase's median p99 ratio over the rounds.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         /// Print one JSON line with every phase on stdout (the table goes to stderr).
         #[arg(long)]
         json: bool,
@@ -231,10 +241,14 @@ fn main() -> Result<()> {
         Mode::Noisy {
             phases,
             connections,
+            rounds,
             ..
         } => {
             if *connections == 0 {
                 bail!("--connections must be at least 1");
+            }
+            if *rounds == 0 {
+                bail!("--rounds must be at least 1");
             }
             parse_phases(phases)?
         }
@@ -270,7 +284,7 @@ fn main() -> Result<()> {
             *seconds,
         ));
     }
-    let extra = match &cli.mode {
+    let mut extra = match &cli.mode {
         Mode::Presence {
             redis: Some(url), ..
         } => format!(
@@ -285,6 +299,9 @@ fn main() -> Result<()> {
         ),
         _ => String::new(),
     };
+    if let Some(kb) = cli.keep_resident_kb {
+        extra.push_str(&format!("\n[limits]\nmemory_keep_resident_kb = {kb}\n"));
+    }
     let host = start_host(&host_bin, pin, cli.reuse, &tenants, &extra)?;
     eprintln!("host pid {} on {}", host.pid(), host.addr);
     rt.block_on(async {
@@ -359,6 +376,7 @@ fn main() -> Result<()> {
                 seconds,
                 noisy_connections,
                 phases: _,
+                rounds,
                 json,
             } => {
                 let cfg = NoisyConfig {
@@ -367,6 +385,7 @@ fn main() -> Result<()> {
                     seconds,
                     noisy_connections,
                     phases: noisy_phases,
+                    rounds,
                     json,
                 };
                 noisy(&host, cfg).await
@@ -1267,9 +1286,36 @@ struct NoisyConfig {
     rate: u64,
     seconds: u64,
     noisy_connections: usize,
-    /// The behaviours to run, in order (the baseline is not listed).
+    /// The behaviours to run, in order (the baselines are not listed).
     phases: Vec<&'static str>,
+    /// How many times each phase (with its baseline) runs.
+    rounds: usize,
     json: bool,
+}
+
+/// One attacked phase and the baseline measured just before it.
+struct Pair {
+    round: usize,
+    baseline: PhaseReport,
+    attacked: PhaseReport,
+}
+
+impl Pair {
+    /// B's p99 under attack over B's p99 in the baseline just before.
+    fn ratio(&self) -> f64 {
+        self.attacked.p(0.99) as f64 / self.baseline.p(0.99).max(1) as f64
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// The `--phases` list as behaviours (empty: all of them, in order).
@@ -1629,7 +1675,9 @@ async fn run_phase(
     })
 }
 
-fn phase_line(r: &PhaseReport, base_p99: u64) -> String {
+/// One table row: `r` against the baseline p99 `base_p99`, with its round
+/// when there are several.
+fn phase_line(r: &PhaseReport, base_p99: u64, round: usize, cfg: &NoisyConfig) -> String {
     let ratio = r.p(0.99) as f64 / base_p99.max(1) as f64;
     let a = if r.name == "baseline" {
         "-".to_owned()
@@ -1646,9 +1694,14 @@ fn phase_line(r: &PhaseReport, base_p99: u64) -> String {
     } else {
         format!("{} ({})", r.b_error_count(), outcomes_text(&r.b_errors))
     };
+    let name = if cfg.rounds > 1 {
+        format!("{}#{round}", r.name)
+    } else {
+        r.name.clone()
+    };
     format!(
-        "{:<14} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6.2}x {:>5}%  {}",
-        r.name,
+        "{:<17} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6.2}x {:>5}%  {}",
+        name,
         r.b_calls,
         b_err,
         r.p(0.50),
@@ -1718,77 +1771,134 @@ async fn noisy(host: &HostProcess, cfg: NoisyConfig) -> Result<()> {
             cfg.connections, cfg.seconds, cfg.noisy_connections
         ));
         out(format!(
-            "{:<14} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>6}  A calls (rate): answers",
+            "{:<17} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>6}  A calls (rate): answers",
             "phase", "B calls", "B err", "p50 µs", "p99 µs", "p999 µs", "p99 x", "host"
         ));
-        let baseline = run_phase(host, &b_handle, &mut b_conns, &cfg, None).await?;
-        let base_p99 = baseline.p(0.99);
-        out(phase_line(&baseline, base_p99));
-        let mut reports = vec![baseline];
-        for b in &cfg.phases {
-            let r = run_phase(host, &b_handle, &mut b_conns, &cfg, Some(b)).await?;
-            out(phase_line(&r, base_p99));
-            reports.push(r);
+        // Each phase is compared with a baseline measured just before it,
+        // so a machine whose speed drifts over minutes (a shared VM) moves
+        // both sides of a ratio together.
+        let mut pairs = Vec::new();
+        for round in 1..=cfg.rounds {
+            for b in &cfg.phases {
+                let baseline = run_phase(host, &b_handle, &mut b_conns, &cfg, None).await?;
+                let base_p99 = baseline.p(0.99);
+                out(phase_line(&baseline, base_p99, round, &cfg));
+                let attacked = run_phase(host, &b_handle, &mut b_conns, &cfg, Some(b)).await?;
+                out(phase_line(&attacked, base_p99, round, &cfg));
+                pairs.push(Pair {
+                    round,
+                    baseline,
+                    attacked,
+                });
+            }
         }
-        anyhow::Ok((reports, base_p99))
+        anyhow::Ok(pairs)
     }
     .await;
     let _ = done_tx.send(());
     let _ = b_thread.join();
-    let (reports, base_p99) = result?;
+    let pairs = result?;
 
-    let ratio = |r: &PhaseReport| r.p(0.99) as f64 / base_p99.max(1) as f64;
-    let pass = |r: &PhaseReport| ratio(r) <= MAX_P99_RATIO && r.b_error_count() == 0;
-    let attacked = &reports[1..];
-    let verdicts: Vec<String> = attacked
+    // Per phase, over the rounds: the median ratio, and every B error.
+    struct Verdict {
+        name: &'static str,
+        ratios: Vec<f64>,
+        median: f64,
+        b_errors: u64,
+        baseline_errors: u64,
+    }
+    let verdicts: Vec<Verdict> = cfg
+        .phases
         .iter()
-        .map(|r| {
-            if pass(r) {
-                format!("{} PASS", r.name)
-            } else {
-                let mut why = Vec::new();
-                if ratio(r) > MAX_P99_RATIO {
-                    why.push(format!("p99 {:.1}x", ratio(r)));
-                }
-                if r.b_error_count() > 0 {
-                    why.push(format!("{} errors", r.b_error_count()));
-                }
-                format!("{} FAIL ({})", r.name, why.join(", "))
+        .map(|name| {
+            let mine: Vec<&Pair> = pairs.iter().filter(|p| p.attacked.name == *name).collect();
+            let ratios: Vec<f64> = mine.iter().map(|p| p.ratio()).collect();
+            Verdict {
+                name,
+                median: median(&mut ratios.clone()),
+                ratios,
+                b_errors: mine.iter().map(|p| p.attacked.b_error_count()).sum(),
+                baseline_errors: mine.iter().map(|p| p.baseline.b_error_count()).sum(),
             }
         })
         .collect();
-    let passed = attacked.iter().filter(|r| pass(r)).count();
-    let all_pass = passed == attacked.len() && reports[0].b_error_count() == 0;
-    let baseline_note = if reports[0].b_error_count() > 0 {
-        " (baseline itself had B errors)"
+    let pass = |v: &Verdict| v.median <= MAX_P99_RATIO && v.b_errors == 0 && v.baseline_errors == 0;
+    let texts: Vec<String> = verdicts
+        .iter()
+        .map(|v| {
+            let ratios = if cfg.rounds > 1 {
+                let each: Vec<String> = v.ratios.iter().map(|r| format!("{r:.1}")).collect();
+                format!(" [{}]", each.join(" "))
+            } else {
+                String::new()
+            };
+            if pass(v) {
+                format!("{} PASS{ratios}", v.name)
+            } else {
+                let mut why = Vec::new();
+                if v.median > MAX_P99_RATIO {
+                    why.push(format!("p99 {:.1}x", v.median));
+                }
+                if v.b_errors > 0 {
+                    why.push(format!("{} errors", v.b_errors));
+                }
+                if v.baseline_errors > 0 {
+                    why.push(format!("{} errors in its baseline", v.baseline_errors));
+                }
+                format!("{} FAIL ({}){ratios}", v.name, why.join(", "))
+            }
+        })
+        .collect();
+    let passed = verdicts.iter().filter(|v| pass(v)).count();
+    let all_pass = passed == verdicts.len();
+    let over = if cfg.rounds > 1 {
+        format!(" (median of {} rounds)", cfg.rounds)
     } else {
-        ""
+        String::new()
     };
     out(format!(
-        "verdict (target: B's p99 at most {MAX_P99_RATIO}x baseline, B sees zero errors): {} \
-         -> {passed}/{} PASS{baseline_note}: {}",
-        verdicts.join(", "),
-        attacked.len(),
+        "verdict (target: B's p99 at most {MAX_P99_RATIO}x its baseline{over}, B sees zero errors): {} \
+         -> {passed}/{} PASS: {}",
+        texts.join(", "),
+        verdicts.len(),
         if all_pass { "PASS" } else { "FAIL" }
     ));
 
     if cfg.json {
-        let phases: Vec<Value> = reports
+        let report = |r: &PhaseReport, round: usize, base_p99: u64| {
+            json!({
+                "phase": r.name, "round": round,
+                "b_calls": r.b_calls, "b_seconds": r.b_seconds,
+                "b_calls_per_s": (r.b_calls as f64 / r.b_seconds).round(),
+                "b_errors": r.b_error_count(), "b_error_codes": r.b_errors,
+                "p50_us": r.p(0.50), "p99_us": r.p(0.99), "p999_us": r.p(0.999),
+                "max_us": r.lat.last().copied().unwrap_or(0),
+                "p99_ratio": ((r.p(0.99) as f64 / base_p99.max(1) as f64) * 100.0).round() / 100.0,
+                "host_cpu_percent": r.host_cpu_percent,
+                "a_calls": r.a_calls,
+                "a_calls_per_s": (r.a_calls as f64 / r.a_seconds).round(),
+                "a_answers": r.a_outcomes,
+            })
+        };
+        let phases: Vec<Value> = pairs
             .iter()
-            .map(|r| {
+            .flat_map(|p| {
+                let base = p.baseline.p(0.99);
+                [
+                    report(&p.baseline, p.round, base),
+                    report(&p.attacked, p.round, base),
+                ]
+            })
+            .collect();
+        let summary: Vec<Value> = verdicts
+            .iter()
+            .map(|v| {
                 json!({
-                    "phase": r.name,
-                    "b_calls": r.b_calls, "b_seconds": r.b_seconds,
-                    "b_calls_per_s": (r.b_calls as f64 / r.b_seconds).round(),
-                    "b_errors": r.b_error_count(), "b_error_codes": r.b_errors,
-                    "p50_us": r.p(0.50), "p99_us": r.p(0.99), "p999_us": r.p(0.999),
-                    "max_us": r.lat.last().copied().unwrap_or(0),
-                    "p99_ratio": (ratio(r) * 100.0).round() / 100.0,
-                    "host_cpu_percent": r.host_cpu_percent,
-                    "a_calls": r.a_calls,
-                    "a_calls_per_s": (r.a_calls as f64 / r.a_seconds).round(),
-                    "a_answers": r.a_outcomes,
-                    "pass": r.name == "baseline" || pass(r),
+                    "phase": v.name,
+                    "p99_ratios": v.ratios.iter().map(|r| (r * 100.0).round() / 100.0).collect::<Vec<_>>(),
+                    "median_p99_ratio": (v.median * 100.0).round() / 100.0,
+                    "b_errors": v.b_errors, "baseline_b_errors": v.baseline_errors,
+                    "pass": pass(v),
                 })
             })
             .collect();
@@ -1797,8 +1907,10 @@ async fn noisy(host: &HostProcess, cfg: NoisyConfig) -> Result<()> {
             json!({
                 "mode": "noisy", "connections": cfg.connections, "rate_per_s": cfg.rate,
                 "seconds": cfg.seconds, "noisy_connections": cfg.noisy_connections,
+                "rounds": cfg.rounds,
                 "target": {"max_p99_ratio": MAX_P99_RATIO, "max_b_errors": 0},
-                "phases": phases, "passed": passed, "failed": attacked.len() - passed,
+                "phases": phases, "summary": summary,
+                "passed": passed, "failed": verdicts.len() - passed,
                 "pass": all_pass,
             })
         );
@@ -1938,4 +2050,21 @@ async fn notify_bench(
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_rounds() {
+        assert_eq!(median(&mut []), 0.0);
+        assert_eq!(median(&mut [3.0]), 3.0);
+        assert_eq!(
+            median(&mut [9.0, 1.0, 2.0]),
+            2.0,
+            "one bad round does not decide"
+        );
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
 }
