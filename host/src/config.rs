@@ -672,6 +672,11 @@ impl AdminSettings {
     }
 }
 
+/// A size given in KiB, in bytes (saturating at `usize::MAX`).
+fn kib_to_bytes(kib: u64) -> usize {
+    usize::try_from(kib.saturating_mul(1024)).unwrap_or(usize::MAX)
+}
+
 /// Process-wide limits (the `[limits]` table). Per-tenant limits are in plans.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -753,12 +758,12 @@ impl Limits {
 
     /// The guest stack bound in bytes.
     pub fn max_wasm_stack_bytes(&self) -> usize {
-        usize::try_from(self.max_wasm_stack_kb.saturating_mul(1024)).unwrap_or(usize::MAX)
+        kib_to_bytes(self.max_wasm_stack_kb)
     }
 
     /// The linear memory a pool slot keeps resident, in bytes.
     pub fn memory_keep_resident_bytes(&self) -> usize {
-        usize::try_from(self.memory_keep_resident_kb.saturating_mul(1024)).unwrap_or(usize::MAX)
+        kib_to_bytes(self.memory_keep_resident_kb)
     }
 
     /// The configured worker thread count; `None`: one per usable CPU.

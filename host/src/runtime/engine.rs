@@ -60,7 +60,7 @@ pub fn build_engine(rc: &RuntimeConfig) -> wasmtime::Result<Engine> {
         // Reset only dirty pages and keep them resident: 2.5x faster fresh
         // instances and positive scaling across threads (spike §4b, §7).
         // How much is the operator's trade of RSS against page faults
-        // (`limits.memory_keep_resident_kb`, BENCHMARKS.md "keep_resident").
+        // (`limits.memory_keep_resident_kb`, BENCHMARKS.md "Keeping the whole slot resident").
         .linear_memory_keep_resident(rc.memory_keep_resident)
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);
