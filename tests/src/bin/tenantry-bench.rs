@@ -66,6 +66,10 @@ struct Cli {
     /// The host's `limits.memory_keep_resident_kb` (unset: the host's default).
     #[arg(long)]
     keep_resident_kb: Option<u64>,
+    /// The host's `limits.worker_threads` (unset: the host's default, one
+    /// per CPU it may run on: one when pinned).
+    #[arg(long)]
+    worker_threads: Option<usize>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -299,8 +303,15 @@ fn main() -> Result<()> {
         ),
         _ => String::new(),
     };
+    let mut limits = String::new();
     if let Some(kb) = cli.keep_resident_kb {
-        extra.push_str(&format!("\n[limits]\nmemory_keep_resident_kb = {kb}\n"));
+        limits.push_str(&format!("memory_keep_resident_kb = {kb}\n"));
+    }
+    if let Some(n) = cli.worker_threads {
+        limits.push_str(&format!("worker_threads = {n}\n"));
+    }
+    if !limits.is_empty() {
+        extra.push_str(&format!("\n[limits]\n{limits}"));
     }
     let host = start_host(&host_bin, pin, cli.reuse, &tenants, &extra)?;
     eprintln!("host pid {} on {}", host.pid(), host.addr);
