@@ -480,7 +480,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open(url: &str) -> Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, NO_NAGLE).await?;
     // Wait for welcome so the connection is fully set up.
     loop {
         match ws.next().await {
@@ -491,6 +491,10 @@ async fn open(url: &str) -> Result<Ws> {
     }
     Ok(ws)
 }
+
+/// The load's sockets send at once (`TCP_NODELAY`), as browsers' do: with
+/// Nagle a client's small frame would wait for the ACK of its last one.
+const NO_NAGLE: bool = true;
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -832,6 +836,9 @@ async fn fanout(host: &HostProcess, subs: usize, rate: u64, seconds: u64) -> Res
     let url = host.url("/t/bench/ws");
     let received = Arc::new(AtomicU64::new(0));
     let gaps = Arc::new(AtomicU64::new(0));
+    // Each message carries its publish time (µs since `origin`), so every
+    // subscriber measures publish -> delivery latency.
+    let origin = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..subs {
         let mut ws = open(&url).await?;
@@ -847,6 +854,7 @@ async fn fanout(host: &HostProcess, subs: usize, rate: u64, seconds: u64) -> Res
         let gaps = Arc::clone(&gaps);
         tasks.push(tokio::spawn(async move {
             let mut last = 0u64;
+            let mut lat = Vec::new();
             while let Some(Ok(msg)) = ws.next().await {
                 if let Message::Text(t) = msg {
                     let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
@@ -859,9 +867,15 @@ async fn fanout(host: &HostProcess, subs: usize, rate: u64, seconds: u64) -> Res
                         }
                         last = seq;
                         received.fetch_add(1, Ordering::Relaxed);
+                        if let Some(sent) = v["data"]["t"].as_u64() {
+                            let now =
+                                u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+                            lat.push(now.saturating_sub(sent));
+                        }
                     }
                 }
             }
+            lat
         }));
     }
     let mut publisher = open(&url).await?;
@@ -871,10 +885,11 @@ async fn fanout(host: &HostProcess, subs: usize, rate: u64, seconds: u64) -> Res
     let t0 = Instant::now();
     let mut next = tokio::time::Instant::now();
     for _ in 0..total {
+        let sent = origin.elapsed().as_micros();
         publisher
-            .send(Message::text(
-                r#"{"rpc":"fixture/publish","args":["fan","m",{"v":"0123456789"}]}"#,
-            ))
+            .send(Message::text(format!(
+                r#"{{"rpc":"fixture/publish","args":["fan","m",{{"t":{sent}}}]}}"#
+            )))
             .await?;
         next += interval;
         tokio::time::sleep_until(next).await;
@@ -893,9 +908,13 @@ async fn fanout(host: &HostProcess, subs: usize, rate: u64, seconds: u64) -> Res
             r#"{"rpc":"fixture/publish","args":["fan","done",null]}"#,
         ))
         .await?;
+    let mut lat = Vec::new();
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        if let Ok(Ok(l)) = tokio::time::timeout(Duration::from_secs(5), t).await {
+            lat.extend(l);
+        }
     }
+    lat.sort_unstable();
     let got = received.load(Ordering::Relaxed);
     println!(
         "{}",
@@ -905,6 +924,8 @@ async fn fanout(host: &HostProcess, subs: usize, rate: u64, seconds: u64) -> Res
             "lost": expected.saturating_sub(got), "seq_gaps": gaps.load(Ordering::Relaxed),
             "deliveries_per_s": (got as f64 / elapsed).round(),
             "host_cpu_percent": (cpu as f64 / elapsed / 10_000.0).round(),
+            "latency_p50_us": percentile(&lat, 0.50), "latency_p99_us": percentile(&lat, 0.99),
+            "latency_max_us": lat.last().copied().unwrap_or(0),
         })
     );
     Ok(())
@@ -1424,8 +1445,11 @@ async fn await_answer(
 /// Open a connection of A: the socket after `welcome`, or the outcome
 /// (`close:4429` when the tenant is at its connection limit, ...).
 async fn open_noisy(url: &str) -> std::result::Result<Ws, String> {
-    let Ok(Ok((mut ws, _))) =
-        tokio::time::timeout(A_ANSWER_TIMEOUT, tokio_tungstenite::connect_async(url)).await
+    let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+        A_ANSWER_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(url, None, NO_NAGLE),
+    )
+    .await
     else {
         return Err("connect_error".to_owned());
     };
