@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::serve::{ListenerExt, TapIo};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{Config, Limits};
@@ -217,6 +217,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `listener` with every accepted connection set up for realtime traffic:
+/// `TCP_NODELAY`, so a frame goes out as soon as it is flushed (as realtime
+/// servers do). With Nagle's algorithm a small frame to a subscriber waits
+/// for the ACK of the one before it, up to the client's delayed-ACK timer
+/// (about 40 ms; BENCHMARKS.md, "`TCP_NODELAY` and fan-out latency").
+fn client_listener(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    listener.tap_io(set_nodelay)
+}
+
+/// Turn Nagle off on one accepted connection (a failure is only logged:
+/// the connection still works, with higher latency).
+fn set_nodelay(stream: &mut TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+    }
+}
+
 /// Serve HTTP and WebSocket on `listener` until `shutdown` completes; then
 /// stop accepting, close every WebSocket with 1001 and wait (at most
 /// [`SHUTDOWN_GRACE`]) for the close handshakes.
@@ -227,14 +244,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let trigger = state.clone();
-    // Frames go out as soon as they are flushed (as realtime servers do):
-    // with Nagle a small frame waits for the ACK of the one before it.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
-        }
-    });
-    axum::serve(listener, app)
+    axum::serve(client_listener(listener), app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down");
@@ -248,4 +258,29 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener;
+
+    /// The listener `serve` uses turns Nagle's algorithm off on every
+    /// connection it accepts.
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = client_listener(listener);
+        for _ in 0..2 {
+            let client = TcpStream::connect(addr);
+            let ((stream, peer), client) = tokio::join!(listener.accept(), client);
+            let client = client.unwrap();
+            assert_eq!(peer, client.local_addr().unwrap());
+            assert!(
+                stream.nodelay().unwrap(),
+                "TCP_NODELAY on the accepted socket"
+            );
+        }
+    }
 }
